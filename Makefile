@@ -1,0 +1,48 @@
+# Developer entry points. `make test` is what CI runs (via .ci/run).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test bench clean redis
+
+venv: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the dependency list changed since the last install.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[local,test]'
+	touch $@
+
+demo: venv
+	$(BIN)/refstream demo
+
+# Integration tests need Redis: reuse one on 127.0.0.1:6379, else Debian's redis-server.
+redis: venv
+	@if $(BIN)/python -c 'import sys; from streams.stack import redis_answers; sys.exit(not redis_answers("127.0.0.1", 6379))'; then \
+		echo "redis: reusing the one answering on 127.0.0.1:6379"; \
+	elif command -v redis-server >/dev/null 2>&1 || [ -x /usr/sbin/redis-server ]; then \
+		echo "redis: redis-server found; the test fixtures start their own"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; \
+	else \
+		echo "redis-server is missing: run 'sudo apt-get install -y redis-server' (or start a Redis on 127.0.0.1:6379)" >&2; \
+		exit 1; \
+	fi
+
+test: venv redis
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python -m bench.e2e
+
+# Stop a stack `refstream stack up` left running first: its state lives in .data.
+clean:
+	@if [ -f .data/stack/state.json ] && [ -x $(BIN)/python ]; then \
+		REFSTREAM_DATA_DIR=.data $(BIN)/python -c 'from streams.config import Settings; from streams.stack import down; down(Settings.from_env())' || true; \
+	fi
+	rm -rf .data

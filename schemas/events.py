@@ -1,0 +1,91 @@
+"""Input event models: the public contract of the five input topics (see docs/events.md).
+
+Decoding is done with msgspec: it validates types and required fields while parsing,
+which is both stricter and much faster than `json.loads` plus hand-written checks.
+`ts` is normalised to epoch milliseconds (UTC) by `schemas.validate`.
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal, Union
+
+import msgspec
+
+Timestamp = Union[int, str]  # epoch millis, or ISO-8601 with a timezone; normalised to int
+
+
+class _Event(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    event_id: str
+    ts: Timestamp
+
+
+class Click(_Event, kw_only=True):
+    tracking_code: str
+    visitor_id: str
+    ip: str | None = None
+    user_agent: str | None = None
+    url: str | None = None
+    referrer: str | None = None
+    campaign: str | None = None
+    material_id: str | None = None
+    method: str = "GET"
+
+
+class Signup(_Event, kw_only=True):
+    account_id: str
+    visitor_id: str
+    ip: str | None = None
+    user_agent: str | None = None
+    email_domain: str | None = None
+    email_hash: str | None = None
+    account_type: Literal["personal", "enterprise"] = "personal"
+    realname_id_hash: str | None = None
+    device_id: str | None = None
+
+
+OrderStatus = Literal["paid", "refunded", "cancelled", "chargeback"]
+
+
+class Order(_Event, kw_only=True):
+    order_id: str
+    account_id: str
+    cart_id: str | None = None
+    product: str
+    sku: str | None = None
+    category: str | None = None
+    amount: Decimal  # paid by the customer, after any discount; exact, never a float
+    currency: str
+    discount: Decimal = Decimal(0)
+    status: OrderStatus
+    renewal: bool = False
+
+
+class Promoter(_Event, kw_only=True):
+    promoter_id: str
+    tracking_code: str
+    level: int = 1
+    account_type: Literal["personal", "enterprise"] = "personal"
+    account_id: str | None = None
+    is_employee: bool = False
+    is_partner_staff: bool = False
+    verified: bool = False
+    joined_at: Timestamp | None = None
+
+
+class Exclusion(_Event, kw_only=True):
+    account_id: str | None = None
+    email_domain: str | None = None
+    owner: Literal["direct_sales", "channel_partner"]
+    since: Timestamp | None = None
+
+
+Event = Union[Click, Signup, Order, Promoter, Exclusion]
+
+#: input topic name (before the prefix) -> model
+MODELS: dict[str, type[_Event]] = {
+    "clicks": Click,
+    "signups": Signup,
+    "orders": Order,
+    "promoters": Promoter,
+    "exclusions": Exclusion,
+}

@@ -1,0 +1,163 @@
+"""Internal join records and the pipeline's outputs.
+
+Internal topics (`visitor-join`, `account-join`) carry *batches* of records encoded with
+msgpack: one Kafka message per batch per partition, so Faust's per-message cost is paid
+once per few hundred events instead of once per event. Personal data is already hashed
+here (IPs) or reduced (emails to a domain / hash) by the router.
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Union
+
+import msgspec
+
+
+class ClickRec(msgspec.Struct, tag="c", array_like=True):
+    event_id: str
+    ts: int
+    visitor_id: str
+    tracking_code: str
+    campaign: str | None = None
+    material_id: str | None = None
+    ip_hash: str | None = None
+    user_agent: str | None = None
+    url: str | None = None
+    referrer: str | None = None
+    method: str = "GET"
+    src: str = ""  # source topic/partition/offset, for late-event reports
+
+
+class SignupRec(msgspec.Struct, tag="s", array_like=True):
+    event_id: str
+    ts: int
+    account_id: str
+    visitor_id: str
+    ip_hash: str | None = None
+    user_agent: str | None = None
+    email_domain: str | None = None
+    email_hash: str | None = None
+    account_type: str = "personal"
+    realname_id_hash: str | None = None
+    device_id: str | None = None
+    src: str = ""
+
+
+class OrderRec(msgspec.Struct, tag="o", array_like=True):
+    event_id: str
+    ts: int
+    order_id: str
+    account_id: str
+    product: str
+    amount: Decimal
+    currency: str
+    status: str
+    discount: Decimal = Decimal(0)
+    cart_id: str | None = None
+    sku: str | None = None
+    category: str | None = None
+    renewal: bool = False
+    src: str = ""
+
+
+class ClickRef(msgspec.Struct, array_like=True, frozen=True):
+    """The part of a click that attribution needs and keeps in state."""
+
+    event_id: str
+    ts: int
+    tracking_code: str
+    campaign: str | None = None
+
+
+class AttributionRec(msgspec.Struct, tag="a", array_like=True):
+    """A signup and the click it is attributed to (None: organic), from the visitor join.
+
+    Re-sent when a later (but not late) click changes the choice, and once more with
+    `final=True` when the event-time watermark has passed the signup.
+    """
+
+    account_id: str
+    signup_event_id: str
+    signup_ts: int
+    visitor_id: str
+    click: ClickRef | None
+    final: bool = False
+
+
+JoinRecord = Union[ClickRec, SignupRec, OrderRec, AttributionRec]
+
+
+class Batch(msgspec.Struct, array_like=True):
+    """Records for one partition of a join topic, plus the event-time progress of the
+    sources that feed it (source -> highest event time seen), so that every join's
+    watermark can follow the slowest of all its upstream partitions. A batch may carry
+    clocks only (a heartbeat)."""
+
+    records: list[JoinRecord]
+    clocks: dict[str, int] = {}
+
+
+class Conversion(msgspec.Struct, kw_only=True):
+    """One attributed order, in its latest known state (the `conversions` topic).
+
+    `revision` grows whenever the content changes (re-attribution, refund, ...), so the
+    ClickHouse view keeps the highest revision per `order_id`.
+    """
+
+    order_id: str
+    revision: int
+    status: str  # approved | rejected | reversed
+    reasons: list[str]
+    promoter_id: str
+    tracking_code: str
+    campaign: str
+    account_id: str
+    visitor_id: str
+    click_event_id: str
+    click_ts: int
+    signup_event_id: str
+    signup_ts: int
+    order_event_id: str
+    order_ts: int
+    cart_id: str
+    product: str
+    category: str
+    amount: Decimal
+    discount: Decimal
+    currency: str
+    order_status: str
+    renewal: bool
+    attribution_model: str
+    attribution_final: bool
+    decided_at: int
+
+
+class LateEvent(msgspec.Struct, kw_only=True):
+    """An event that arrived after the watermark had passed it (the `late-events` topic)."""
+
+    kind: str
+    event_id: str
+    ts: int
+    watermark: int
+    lateness_ms: int
+    join: str
+    source: str
+    key: str
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """An input message that could not be processed (the `dead-letters` topic)."""
+
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: str  # the original bytes, decoded as UTF-8 with replacement
+    at: int
+
+
+batch_encoder = msgspec.msgpack.Encoder()
+batch_decoder = msgspec.msgpack.Decoder(Batch)
+json_encoder = msgspec.json.Encoder()
+conversion_decoder = msgspec.json.Decoder(Conversion)

@@ -1,0 +1,120 @@
+"""Read queries over the deduplicated views. Values only ever travel as bound parameters
+(`{name:Type}` placeholders, `parameters=`), never formatted into the SQL text.
+
+Timestamps come back as epoch-millisecond ints, like in the records.
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+#: DateTime64 columns are read as their raw ticks (epoch ms for DateTime64(3))
+_INT_TIMES = {"DateTime64": "int"}
+
+PROMOTER_SUMMARY_SQL = """
+WITH
+    c AS (SELECT tracking_code, uniqExact(event_id) AS n FROM clicks GROUP BY tracking_code),
+    s AS (
+        SELECT tracking_code, count() AS n FROM attributions_current
+        WHERE tracking_code != '' GROUP BY tracking_code
+    ),
+    o AS (
+        SELECT promoter_id, tracking_code, count() AS n, sum(amount) AS gmv
+        FROM conversions_current WHERE status = {status:String}
+        GROUP BY promoter_id, tracking_code
+    )
+SELECT
+    p.promoter_id AS promoter_id,
+    p.tracking_code AS tracking_code,
+    c.n AS clicks,
+    s.n AS signups,
+    o.n AS orders,
+    o.gmv AS gmv
+FROM promoters_current AS p
+LEFT JOIN c ON c.tracking_code = p.tracking_code
+LEFT JOIN s ON s.tracking_code = p.tracking_code
+LEFT JOIN o ON o.promoter_id = p.promoter_id AND o.tracking_code = p.tracking_code
+ORDER BY gmv DESC, promoter_id, tracking_code
+SETTINGS join_use_nulls = 0
+"""
+
+
+def promoter_summary(client: Any, *, status: str = "approved") -> list[dict]:
+    """One row per tracking code of `promoters_current`: promoter_id, tracking_code,
+    clicks (distinct click events on the code), signups (accounts attributed to the code),
+    orders and gmv (count and sum of amount of conversions with `status`, credited to
+    this promoter through this code). Commission is not included yet."""
+    result = client.query(PROMOTER_SUMMARY_SQL, parameters={"status": status})
+    rows = [dict(zip(result.column_names, r)) for r in result.result_rows]
+    for row in rows:
+        for key in ("clicks", "signups", "orders"):
+            row[key] = int(row[key])
+        row["gmv"] = Decimal(row["gmv"])
+    return rows
+
+
+def conversions_for(client: Any, order_ids: list[str] | None = None) -> list[dict]:
+    """Rows of `conversions_current` (latest revision per order), all or those of `order_ids`,
+    ordered by order_id. Each dict converts back with `msgspec.convert(row, Conversion)`."""
+    if order_ids is None:
+        sql, params = "SELECT * FROM conversions_current ORDER BY order_id", {}
+    else:
+        sql = "SELECT * FROM conversions_current WHERE order_id IN {ids:Array(String)} ORDER BY order_id"
+        params = {"ids": list(order_ids)}
+    result = client.query(sql, parameters=params, query_formats=_INT_TIMES)
+    return [dict(zip(result.column_names, r)) for r in result.result_rows]
+
+
+#: name -> what is counted; FINAL shows rows as deduplicated by their natural key
+COUNTS_SQL = """
+SELECT
+    (SELECT count() FROM clicks FINAL) AS clicks,
+    (SELECT count() FROM signups FINAL) AS signups,
+    (SELECT count() FROM orders FINAL) AS orders,
+    (SELECT count() FROM conversions_current) AS conversions_current,
+    (SELECT count() FROM attributions_current) AS attributions_current,
+    (SELECT count() FROM dead_letters FINAL) AS dead_letters,
+    (SELECT count() FROM late_events FINAL) AS late_events
+"""
+
+
+def counts(client: Any) -> dict[str, int]:
+    """Distinct rows per table / view."""
+    result = client.query(COUNTS_SQL)
+    return {name: int(v) for name, v in zip(result.column_names, result.result_rows[0])}
+
+
+SUMMARY_COLUMNS = ("promoter_id", "tracking_code", "clicks", "signups", "orders", "gmv")
+
+
+def format_summary(rows: list[dict]) -> str:
+    """`promoter_summary` rows as a fixed-width text table with a totals line."""
+    if not rows:
+        return "(no promoters)"
+    numeric = {"clicks", "signups", "orders", "gmv"}
+
+    def cell(key: str, value: Any) -> str:
+        if key == "gmv":
+            d = Decimal(value)
+            return f"{d:,.2f}" if d == d.quantize(Decimal("0.01")) else f"{d:,.4f}"
+        if key in numeric:
+            return f"{int(value):,}"
+        return str(value)
+
+    totals = {
+        "promoter_id": "TOTAL",
+        "tracking_code": "",
+        **{k: sum((Decimal(r[k]) if k == "gmv" else int(r[k]) for r in rows), Decimal(0) if k == "gmv" else 0)
+           for k in numeric},
+    }
+    body = [[cell(k, r[k]) for k in SUMMARY_COLUMNS] for r in rows]
+    foot = [cell(k, totals[k]) for k in SUMMARY_COLUMNS]
+    widths = [max(len(k), *(len(line[i]) for line in body + [foot])) for i, k in enumerate(SUMMARY_COLUMNS)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if k in numeric else c.ljust(w) for k, c, w in zip(SUMMARY_COLUMNS, cells, widths)
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(list(SUMMARY_COLUMNS)), rule, *map(line, body), rule, line(foot)])

@@ -1,0 +1,74 @@
+"""Versioned DDL migrations, applied in order at every start-up (`migrate`).
+
+A migration is `(version, description, [statements])`. Applied versions are recorded in
+`schema_migrations`; a version is recorded only after all its statements succeeded, and
+every statement is idempotent (`IF NOT EXISTS`, `CREATE OR REPLACE VIEW`), so a
+migration interrupted half-way, or two workers migrating at once, converge on a re-run.
+Never edit a released migration: append a new one (see `sinks.tables` for adding columns).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+from sinks.tables import TABLES, VIEWS, quote
+
+log = logging.getLogger(__name__)
+
+
+class Migration(NamedTuple):
+    version: int
+    description: str
+    statements: list[str]
+
+
+MIGRATIONS_TABLE = "schema_migrations"
+
+_MIGRATIONS_DDL = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
+    version UInt32,
+    description String,
+    applied_at DateTime64(3, 'UTC') DEFAULT now64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(applied_at)
+ORDER BY version"""
+
+
+def _views() -> list[str]:
+    return [f"CREATE OR REPLACE VIEW {quote(name)} AS {sql}" for name, sql in VIEWS.items()]
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(
+        1,
+        "raw events, attributions, conversions, promoters, late events, dead letters; *_current views",
+        [t.create_sql() for t in TABLES.values()] + _views(),
+    ),
+]
+
+
+def applied_versions(client: Any) -> set[int]:
+    client.command(_MIGRATIONS_DDL)
+    result = client.query(f"SELECT DISTINCT version FROM {MIGRATIONS_TABLE}")
+    return {int(row[0]) for row in result.result_rows}
+
+
+def migrate(client: Any, migrations: list[Migration] | None = None) -> list[int]:
+    """Apply the migrations not applied yet, in version order; return their versions."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"duplicate migration versions in {versions}")
+    done = applied_versions(client)
+    applied: list[int] = []
+    for m in sorted(migrations, key=lambda m: m.version):
+        if m.version in done:
+            continue
+        log.info("applying ClickHouse migration %d: %s", m.version, m.description)
+        for statement in m.statements:
+            client.command(statement)
+        client.insert(
+            MIGRATIONS_TABLE, [(m.version, m.description)], column_names=["version", "description"],
+            column_type_names=["UInt32", "String"],
+        )
+        applied.append(m.version)
+    return applied

@@ -1,0 +1,107 @@
+"""One settings object, read from `REFSTREAM_*` environment variables (documented in README)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PREFIX = "REFSTREAM_"
+DAY_MS = 86_400_000
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot work; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_url: str = "kafka://127.0.0.1:9092"
+    clickhouse_dsn: str = ""  # default: chdb under data_dir
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    topic_prefix: str = ""
+    data_dir: str = ".data"
+    app_id: str = "refstream"
+    partitions: int = 4  # of the internal join topics and tables
+    attribution_model: str = "last_click"  # or first_click
+    attribution_window_days: float = 30
+    binding_days: float = 180
+    refund_window_days: float = 90  # how long after binding a refund still claws back
+    allowed_lateness_s: float = 3600
+    max_future_s: float = 3600
+    max_clicks_per_visitor: int = 64
+    pii_salt: str = "refstream-dev-salt"
+    table_store: str = "memory://"
+    web_bind: str = "127.0.0.1"
+    web_port: int = 6066
+    router_batch: int = 2000
+    router_flush_s: float = 0.1
+    sink_batch: int = 20000
+    sink_flush_s: float = 0.5
+    producer_max_batch_bytes: int = 16384
+    broker_session_timeout_s: float = 30
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        """Build settings from `REFSTREAM_<FIELD>` variables; unknown ones are ignored."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise ConfigError(
+                    f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}"
+                ) from None
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.attribution_model not in ("last_click", "first_click"):
+            raise ConfigError(
+                f"{PREFIX}ATTRIBUTION_MODEL must be last_click or first_click, "
+                f"not {self.attribution_model!r}"
+            )
+        if self.partitions < 1:
+            raise ConfigError(f"{PREFIX}PARTITIONS must be at least 1")
+        if not self.kafka_url.startswith(("kafka://", "aiokafka://")):
+            raise ConfigError(
+                f"{PREFIX}KAFKA_URL must look like kafka://host:9092[;host2:9092], "
+                f"not {self.kafka_url!r}"
+            )
+
+    # Derived values -------------------------------------------------------------------
+
+    @property
+    def clickhouse(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{Path(self.data_dir).resolve() / 'clickhouse'}"
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """host:port list for plain aiokafka clients."""
+        hosts = self.kafka_url.split("://", 1)[1]
+        return [h.strip() for h in hosts.replace(",", ";").split(";") if h.strip()]
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + name
+
+    @property
+    def window_ms(self) -> int:
+        return int(self.attribution_window_days * DAY_MS)
+
+    @property
+    def binding_ms(self) -> int:
+        return int(self.binding_days * DAY_MS)
+
+    @property
+    def refund_window_ms(self) -> int:
+        return int(self.refund_window_days * DAY_MS)
+
+    @property
+    def lateness_ms(self) -> int:
+        return int(self.allowed_lateness_s * 1000)

@@ -1,0 +1,245 @@
+"""Glue between the join topics, the join tables and the pure join logic.
+
+One message of a join topic is a batch of records for one partition. A step:
+1. judges lateness in arrival order against the partition's event clock (one clock per
+   source partition; see streams/join/clock.py), then takes in the batch's source clocks,
+2. applies the records key by key (one state read and write per key and batch),
+3. sends what the pure functions returned (attributions, conversions, late events),
+4. now and then advances the partition's state to the watermark (finalise, expire).
+State values are msgpack bytes in Faust tables with changelogs; the clock of partition p
+lives in the same table under a reserved key, so it is recovered with the state.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import msgspec
+
+from schemas.records import (
+    AttributionRec, Batch, ClickRec, ClickRef, Conversion, LateEvent, OrderRec, SignupRec,
+    batch_decoder, batch_encoder, json_encoder,
+)
+from streams.config import Settings
+from streams.join import attribution as attr
+from streams.join import conversions as conv
+from streams.join.clock import EventClock
+from streams.metrics import Metrics
+from streams.partitioning import partition_for
+
+CLOCK_KEY = b"\x00clock/%d"
+SWEEP_EVERY_S = 2.0
+
+
+class JoinStep:
+    name: str
+    state_type: type
+
+    def __init__(self, settings: Settings, table: Any, topics: Any, metrics: Metrics,
+                 sources: tuple[str, ...]) -> None:
+        self.settings = settings
+        self.sources = sources  # every upstream partition the watermark waits for
+        self.table = table
+        self.topics = topics
+        self.metrics = metrics
+        self._encoder = msgspec.msgpack.Encoder()
+        self._state_decoder = msgspec.msgpack.Decoder(self.state_type)
+        self._clock_decoder = msgspec.msgpack.Decoder(EventClock)
+        self._keys: dict[int, set[bytes]] = {}  # partition -> state keys, rebuilt after assignment
+        self._last_sweep: dict[int, float] = defaultdict(float)
+        self._out: list[tuple[str, Any]] = []
+
+    # -- per subclass --------------------------------------------------------------
+    def source_of(self, rec: Any) -> str | None:
+        """The raw source partition of a record; None for derived records (never late)."""
+        return rec.src.rsplit("/", 1)[0] if hasattr(rec, "src") else None
+
+    def key_of(self, rec: Any) -> bytes: ...
+    def apply(self, state: Any, key: bytes, rec: Any) -> None: ...
+    def knows(self, state: Any, rec: Any) -> bool: ...
+    def advance(self, state: Any, key: bytes, watermark: int) -> bool: ...
+
+    # -- plumbing ------------------------------------------------------------------
+    def forget_assignment(self) -> None:
+        """Partitions moved: key indexes are rebuilt from the recovered table on next use."""
+        self._keys.clear()
+
+    def _load(self, key: bytes) -> Any:
+        raw = self.table.get(key)
+        return self._state_decoder.decode(raw) if raw else self.state_type()
+
+    def _store(self, p: int, key: bytes, state: Any, empty: bool) -> None:
+        if empty:
+            if key in self.table:
+                del self.table[key]
+            self._index(p).discard(key)
+        else:
+            self.table[key] = self._encoder.encode(state)
+            self._index(p).add(key)
+
+    def _index(self, p: int) -> set[bytes]:
+        keys = self._keys.get(p)
+        if keys is None:
+            n = self.settings.partitions
+            keys = self._keys[p] = {
+                k for k in self.table.keys() if not k.startswith(b"\x00") and partition_for(k, n) == p
+            }
+        return keys
+
+    def _clock(self, p: int) -> EventClock:
+        raw = self.table.get(CLOCK_KEY % p)
+        clock = self._clock_decoder.decode(raw) if raw else EventClock((), 0)
+        clock.kinds, clock.lateness_ms = self.sources, self.settings.lateness_ms  # settings may change
+        return clock
+
+    async def process(self, event: Any) -> None:
+        """Process one batch message of this join's topic."""
+        p = event.message.partition
+        batch = batch_decoder.decode(event.value)
+        clock = self._clock(p)
+        by_key: dict[bytes, list[tuple[Any, bool]]] = defaultdict(list)
+        for rec in batch.records:
+            source = self.source_of(rec)
+            late = False
+            if source is not None:
+                late = clock.is_late(rec.ts)
+                clock.observe(source, rec.ts)
+            by_key[self.key_of(rec)].append((rec, late))
+        for source, ts in batch.clocks.items():
+            clock.observe(source, ts)
+        for key, items in by_key.items():
+            state = self._load(key)
+            for rec, late in items:
+                if late and not self.knows(state, rec):
+                    self._late(rec, clock, p)
+                else:
+                    self.apply(state, key, rec)
+            self._store(p, key, state, state_is_empty(state))
+        self.table[CLOCK_KEY % p] = self._encoder.encode(clock)
+        wm = clock.watermark
+        if wm is not None:
+            self.metrics.watermark.labels(self.name, str(p)).set(wm)
+            now = time.monotonic()
+            if now - self._last_sweep[p] >= SWEEP_EVERY_S:
+                self._last_sweep[p] = now
+                self._sweep(p, wm)
+        await self._flush(p, wm)
+
+    def _sweep(self, p: int, watermark: int) -> None:
+        keys = self._index(p)
+        for key in list(keys):
+            state = self._load(key)
+            delete = self.advance(state, key, watermark)
+            self._store(p, key, state, delete)
+        self.metrics.state_keys.labels(self.name).set(sum(len(k) for k in self._keys.values()))
+
+    def _late(self, rec: Any, clock: EventClock, p: int) -> None:
+        kind = type(rec).__name__.removesuffix("Rec").lower()
+        self.metrics.late_events.labels(self.name, kind).inc()
+        wm = clock.watermark or 0
+        self._out.append(("late", LateEvent(
+            kind=kind, event_id=rec.event_id, ts=rec.ts, watermark=wm, lateness_ms=wm - rec.ts,
+            join=self.name, source=rec.src, key=self.key_of(rec).decode(),
+        )))
+
+    async def _flush(self, p: int, watermark: int | None) -> None:
+        out, self._out = self._out, []
+        attributions: dict[int, list] = defaultdict(list)
+        n = self.settings.partitions
+        for kind, item in out:
+            if kind == "late":
+                await self.topics.late_events.send(key=item.key.encode(), value=json_encoder.encode(item))
+            elif kind == "conversion":
+                await self.topics.conversions.send(key=item.order_id.encode(), value=json_encoder.encode(item))
+            else:  # attribution, to the account join
+                attributions[partition_for(item.account_id.encode(), n)].append(item)
+        await self.send_downstream(p, watermark, attributions)
+
+    async def send_downstream(self, p: int, watermark: int | None, batches: dict[int, list]) -> None:
+        """Only the visitor join feeds another join."""
+
+
+def state_is_empty(state: Any) -> bool:
+    if isinstance(state, attr.VisitorState):
+        return state.empty
+    return state.signup is None and not state.orders
+
+
+class VisitorJoin(JoinStep):
+    """clicks + signups by visitor_id -> attributions."""
+
+    name = "visitor"
+    state_type = attr.VisitorState
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        s = self.settings
+        self.rules = attr.AttributionRules(s.window_ms, s.attribution_model, s.max_clicks_per_visitor)
+        self._heard: dict[int, float] = defaultdict(float)
+
+    async def send_downstream(self, p: int, watermark: int | None, batches: dict[int, list]) -> None:
+        """Attributions to the account join, with this partition's watermark as its clock;
+        every account partition hears that clock at least every SWEEP_EVERY_S."""
+        clocks = {f"visitor/{p}": watermark} if watermark is not None else {}
+        heartbeat = bool(clocks) and time.monotonic() - self._heard[p] >= SWEEP_EVERY_S
+        if heartbeat:
+            self._heard[p] = time.monotonic()
+        for q in range(self.settings.partitions):
+            if q in batches or heartbeat:
+                await self.topics.account_join.send(
+                    value=batch_encoder.encode(Batch(batches.get(q, []), clocks)), partition=q)
+
+    def key_of(self, rec: Any) -> bytes:
+        return rec.visitor_id.encode()
+
+    def knows(self, state: attr.VisitorState, rec: Any) -> bool:
+        return attr.knows(state, rec.event_id)
+
+    def apply(self, state: attr.VisitorState, key: bytes, rec: ClickRec | SignupRec) -> None:
+        if isinstance(rec, ClickRec):
+            click = ClickRef(rec.event_id, rec.ts, rec.tracking_code, rec.campaign)
+            out = attr.add_click(state, rec.visitor_id, click, self.rules)
+        else:
+            out = attr.add_signup(state, rec.account_id, rec.visitor_id, rec.event_id, rec.ts, self.rules)
+        self._out.extend(("attribution", a) for a in out)
+
+    def advance(self, state: attr.VisitorState, key: bytes, watermark: int) -> bool:
+        final = attr.advance(state, key.decode(), watermark, self.rules, self.settings.lateness_ms)
+        for a in final:
+            self.metrics.join_results.labels(self.name, "hit" if a.click else "miss").inc()
+        self._out.extend(("attribution", a) for a in final)
+        return state.empty
+
+
+class AccountJoin(JoinStep):
+    """orders + attributions by account_id -> conversions."""
+
+    name = "account"
+    state_type = conv.AccountState
+
+    def __init__(self, settings: Settings, table: Any, topics: Any, metrics: Metrics,
+                 sources: tuple[str, ...], lookup: Any) -> None:
+        super().__init__(settings, table, topics, metrics, sources)
+        self.lookup = lookup
+        self.rules = conv.ConversionRules(settings.binding_ms, settings.refund_window_ms, settings.attribution_model)
+
+
+    def key_of(self, rec: Any) -> bytes:
+        return rec.account_id.encode()
+
+    def knows(self, state: conv.AccountState, rec: Any) -> bool:
+        return isinstance(rec, OrderRec) and conv.knows(state, rec)
+
+    def apply(self, state: conv.AccountState, key: bytes, rec: OrderRec | AttributionRec) -> None:
+        now = int(time.time() * 1000)
+        if isinstance(rec, OrderRec):
+            out = conv.add_order(state, rec, self.lookup, self.rules, now)
+        else:
+            out = conv.add_attribution(state, rec, self.lookup, self.rules, now)
+        for c in out:
+            self.metrics.conversions.labels(c.status).inc()
+        self._out.extend(("conversion", c) for c in out)
+
+    def advance(self, state: conv.AccountState, key: bytes, watermark: int) -> bool:
+        return conv.advance(state, watermark, self.rules)

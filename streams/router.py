@@ -1,0 +1,114 @@
+"""Route raw input messages: validate, strip personal data, re-key for the joins.
+
+Valid clicks and signups go to `visitor-join` partitioned by visitor_id, orders to
+`account-join` partitioned by account_id, as one msgpack batch message per destination
+partition. Every batch also carries the event-time progress of the raw partitions this
+router reads, and partitions that got no records hear it at least every second (a
+heartbeat), so the joins' watermarks can follow the slowest source. Invalid messages go
+to `dead-letters` with the reason and their source topic, partition and offset.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections import defaultdict
+from typing import Any, Iterable
+
+from schemas.events import Click, Order, Signup
+from schemas.records import Batch, ClickRec, DeadLetter, OrderRec, SignupRec, batch_encoder, json_encoder
+from schemas.validate import Invalid, decode
+from streams.config import Settings
+from streams.metrics import Metrics
+from streams.partitioning import partition_for
+
+
+def hash_pii(value: str | None, salt: bytes) -> str | None:
+    """Keyed hash of a personal value (IP): still comparable for fraud checks, not reversible."""
+    if not value:
+        return None
+    return hmac.new(salt, value.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+def to_record(event: Any, src: str, salt: bytes) -> ClickRec | SignupRec | OrderRec:
+    """The join record of a valid click, signup or order."""
+    if isinstance(event, Click):
+        return ClickRec(
+            event.event_id, event.ts, event.visitor_id, event.tracking_code, event.campaign,
+            event.material_id, hash_pii(event.ip, salt), event.user_agent, event.url,
+            event.referrer, event.method.upper(), src,
+        )
+    if isinstance(event, Signup):
+        return SignupRec(
+            event.event_id, event.ts, event.account_id, event.visitor_id, hash_pii(event.ip, salt),
+            event.user_agent, event.email_domain, event.email_hash, event.account_type,
+            event.realname_id_hash, event.device_id, src,
+        )
+    assert isinstance(event, Order)
+    return OrderRec(
+        event.event_id, event.ts, event.order_id, event.account_id, event.product, event.amount,
+        event.currency, event.status, event.discount, event.cart_id, event.sku, event.category,
+        event.renewal, src,
+    )
+
+
+def dead_letter(reason: str, message: Any) -> DeadLetter:
+    value = message.value if isinstance(message.value, bytes) else b""
+    key = message.key.decode("utf-8", "replace") if isinstance(message.key, bytes) else None
+    return DeadLetter(
+        reason=reason, topic=message.topic, partition=message.partition, offset=message.offset,
+        key=key, value=value.decode("utf-8", "replace"), at=int(time.time() * 1000),
+    )
+
+
+class Router:
+    def __init__(self, settings: Settings, topics: Any, metrics: Metrics) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.metrics = metrics
+        self.salt = settings.pii_salt.encode()
+        self.max_future_ms = int(settings.max_future_s * 1000)
+        self.prefix_len = len(settings.topic_prefix)
+        self.progress: dict[str, dict[str, int]] = {"visitor": {}, "account": {}}
+        self.last_heartbeat = 0.0
+
+    async def route(self, events: Iterable[Any]) -> None:
+        """Route one buffer of Faust events from the raw input topics."""
+        n = self.settings.partitions
+        visitors: dict[int, list] = defaultdict(list)
+        accounts: dict[int, list] = defaultdict(list)
+        now = int(time.time() * 1000)
+        counts: dict[str, int] = defaultdict(int)
+        for ev in events:
+            msg = ev.message
+            name = msg.topic[self.prefix_len:]
+            counts[msg.topic] += 1
+            event = decode(name, msg.value, now, self.max_future_ms)
+            if isinstance(event, Invalid):
+                await self.dead_letter(event.reason, msg)
+                continue
+            source = f"{msg.topic}/{msg.partition}"
+            rec = to_record(event, f"{source}/{msg.offset}", self.salt)
+            join = "account" if isinstance(rec, OrderRec) else "visitor"
+            progress = self.progress[join]
+            if rec.ts > progress.get(source, 0):
+                progress[source] = rec.ts
+            if join == "account":
+                accounts[partition_for(rec.account_id.encode(), n)].append(rec)
+            else:
+                visitors[partition_for(rec.visitor_id.encode(), n)].append(rec)
+        for topic, count in counts.items():
+            self.metrics.events_in.labels(topic).inc(count)
+        heartbeat = time.monotonic() - self.last_heartbeat >= 1.0
+        if heartbeat:
+            self.last_heartbeat = time.monotonic()
+        for topic, join, batches in ((self.topics.visitor_join, "visitor", visitors),
+                                     (self.topics.account_join, "account", accounts)):
+            clocks = self.progress[join]
+            for p in range(n):
+                if p in batches or (heartbeat and clocks):
+                    await topic.send(value=batch_encoder.encode(Batch(batches.get(p, []), clocks)), partition=p)
+
+    async def dead_letter(self, reason: str, msg: Any) -> None:
+        self.metrics.dead_letters.labels(msg.topic).inc()
+        await self.topics.dead_letters.send(key=msg.key, value=json_encoder.encode(dead_letter(reason, msg)))

@@ -1,0 +1,142 @@
+"""Run real refstream workers (subprocesses) against the test stack, and read results back."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from aiokafka import AIOKafkaProducer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Pipeline:
+    """One pipeline deployment: its topics (prefix), consumer group, ClickHouse dir and workers."""
+
+    env: dict[str, str]
+    workdir: Path
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, stack: Any, prefix: str, workdir: Path, **overrides: Any) -> "Pipeline":
+        workdir.mkdir(parents=True, exist_ok=True)
+        env = stack.settings_env(
+            topic_prefix=prefix, app_id=f"app-{prefix}{uuid.uuid4().hex[:4]}", data_dir=str(workdir),
+            clickhouse_dsn=f"chdb://{workdir / 'clickhouse'}", **overrides,
+        )
+        return cls(env, workdir)
+
+    @property
+    def port(self) -> int:
+        return int(self.env["REFSTREAM_WEB_PORT"])
+
+    @property
+    def kafka(self) -> str:
+        return self.env["REFSTREAM_KAFKA_URL"].split("://", 1)[1]
+
+    @property
+    def dsn(self) -> str:
+        return self.env["REFSTREAM_CLICKHOUSE_DSN"]
+
+    def topic(self, name: str) -> str:
+        return self.env["REFSTREAM_TOPIC_PREFIX"] + name
+
+    # -- workers -------------------------------------------------------------------
+    def start_worker(self, timeout: float = 120) -> subprocess.Popen:
+        log = (self.workdir / f"worker-{len(self.workers)}.log").open("w")
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=ROOT,
+                                env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append(proc)
+        self.wait(lambda: (self.get("/health") or {}).get("ok"), timeout, "worker start")
+        return proc
+
+    def stop_workers(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+        for proc in self.workers:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.workers = []
+
+    def get(self, path: str) -> Any:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
+    def wait(self, check: Callable[[], Any], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in self.workers:
+                if proc.poll() is not None and proc.returncode not in (0, -9):
+                    raise AssertionError(f"worker exited with {proc.returncode} during {what}; "
+                                         f"logs in {self.workdir}")
+            if check():
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}; logs in {self.workdir}")
+
+    def wait_counts(self, expected: dict[str, int], timeout: float = 180, settle_s: float = 3) -> dict:
+        """Wait until ClickHouse holds `expected` distinct rows per table and conversions settle."""
+        state: dict[str, Any] = {"last": None, "since": 0.0, "counts": None}
+
+        def check() -> bool:
+            counts = self.get("/counts")
+            state["counts"] = counts
+            if not counts or any(counts.get(t) != n for t, n in expected.items()):
+                return False
+            key = json.dumps(counts, sort_keys=True)
+            if key != state["last"]:
+                state.update(last=key, since=time.monotonic())
+                return False
+            return time.monotonic() - state["since"] >= settle_s
+
+        try:
+            self.wait(check, timeout, f"counts {expected}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last counts {state['counts']}") from None
+        return state["counts"]
+
+    # -- input -------------------------------------------------------------------------
+    def produce(self, messages: list[tuple[str, bytes | None, bytes]]) -> None:
+        """Send (topic without prefix, key, value) messages in order and wait for the acks."""
+        async def send() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.kafka, linger_ms=5)
+            await producer.start()
+            try:
+                futures = [await producer.send(self.topic(t), value=v, key=k) for t, k, v in messages]
+                await asyncio.gather(*futures)
+            finally:
+                await producer.stop()
+
+        asyncio.run(send())
+
+    # -- output ------------------------------------------------------------------------
+    def query(self, sql: str) -> list[dict]:
+        """Rows of a query on this pipeline's ClickHouse (in a subprocess: chdb allows one process
+        per directory, so the test process never holds it open). Workers must be stopped."""
+        code = ("import json,sys; from sinks.clickhouse import connect; c=connect(sys.argv[1]); "
+                "r=c.query(sys.argv[2]); print(json.dumps([dict(zip(r.column_names,x)) for x in r.result_rows],"
+                "default=str))")
+        out = subprocess.run([sys.executable, "-c", code, self.dsn, sql], cwd=ROOT, capture_output=True,
+                             text=True, check=True)
+        return json.loads(out.stdout)
+
+
+def event(**fields: Any) -> bytes:
+    return json.dumps(fields).encode()
