@@ -1,0 +1,66 @@
+"""SIGKILL a worker mid-stream, restart it: the result equals an uninterrupted run's."""
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from streams.traffic import TrafficSpec, generate
+from tests.support.pipeline import Pipeline
+
+pytestmark = pytest.mark.integration
+COMPARED = ("order_id", "status", "reasons", "promoter_id", "tracking_code", "account_id", "amount",
+            "click_event_id", "signup_event_id", "order_status")
+
+
+def expected_counts(traffic) -> dict[str, int]:
+    return {"clicks": traffic.counts.events["clicks"], "signups": traffic.counts.events["signups"],
+            "orders": traffic.counts.events["orders"], "dead_letters": sum(traffic.counts.malformed.values())}
+
+
+def conversions(p: Pipeline) -> dict[str, tuple]:
+    rows = p.query(f"SELECT {', '.join(COMPARED)} FROM conversions_current")
+    return {r["order_id"]: tuple(str(r[c]) for c in COMPARED) for r in rows}
+
+
+def start(p: Pipeline, traffic, promoters: int) -> None:
+    p.start_worker()
+    p.produce([m for m in traffic.messages if m[0] in ("promoters", "exclusions")])
+    p.wait(lambda: (p.get("/health") or {}).get("promoters") == promoters, 60, "promoters")
+
+
+def test_crash_and_restart_gives_the_same_conversions(stack, topic_prefix, tmp_path) -> None:
+    traffic = generate(TrafficSpec(seed=11, visitors=3000, days=10, end_ms=int(time.time() * 1000), malformed=3))
+    raw = [m for m in traffic.messages if m[0] not in ("promoters", "exclusions")]
+    promoters = len(traffic.truth.promoters)
+    expected = expected_counts(traffic)
+
+    calm = Pipeline.create(stack, topic_prefix + "calm-", tmp_path / "calm")
+    start(calm, traffic, promoters)
+    calm.produce(raw)
+    calm.wait_counts(expected)
+    calm.stop_workers()
+    reference = conversions(calm)
+
+    crashy = Pipeline.create(stack, topic_prefix + "crash-", tmp_path / "crash")
+    start(crashy, traffic, promoters)
+    half = len(raw) // 2
+    crashy.produce(raw[:half])
+    # kill as soon as some, but not all, of the first half reached ClickHouse
+    crashy.wait(lambda: (crashy.get("/health") or {}).get("sink", {}).get("rows_written", {}).get("clicks", 0) > 0,
+                120, "first rows")
+    crashy.stop_workers(sig=signal.SIGKILL)
+    crashy.produce(raw[half:])                      # traffic keeps coming while the worker is down
+    crashy.start_worker()
+    crashy.wait(lambda: (crashy.get("/health") or {}).get("sink", {}).get("rows_written", {}).get("clicks", 0) > 0,
+                120, "rows after restart")
+    crashy.stop_workers(sig=signal.SIGKILL)         # and once more, mid-recovery
+    crashy.start_worker()
+    crashy.wait_counts(expected)
+    crashy.stop_workers()
+    result = conversions(crashy)
+
+    truth = {oid for acc in traffic.truth.accounts.values() for oid in acc.orders}
+    assert set(reference) == truth, "the uninterrupted run must match the generator's ground truth"
+    assert result == reference
