@@ -18,15 +18,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[local,test]'
 	touch $@
 
-demo: venv
+demo: venv redis
 	$(BIN)/refstream demo
 
-# Integration tests need Redis: reuse one on 127.0.0.1:6379, else Debian's redis-server.
+# The local stack needs Redis: reuse one on 127.0.0.1:6379, else Debian's redis-server.
 redis: venv
 	@if $(BIN)/python -c 'import sys; from streams.stack import redis_answers; sys.exit(not redis_answers("127.0.0.1", 6379))'; then \
 		echo "redis: reusing the one answering on 127.0.0.1:6379"; \
 	elif command -v redis-server >/dev/null 2>&1 || [ -x /usr/sbin/redis-server ]; then \
-		echo "redis: redis-server found; the test fixtures start their own"; \
+		echo "redis: redis-server found; the local stack starts its own"; \
 	elif [ "$$(id -u)" = 0 ]; then \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; \
 	else \

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 import msgspec
 
@@ -16,6 +17,9 @@ from schemas.events import MODELS, Click, Exclusion, Order, Promoter, Signup
 
 _decoders = {topic: msgspec.json.Decoder(model) for topic, model in MODELS.items()}
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
+#: money is stored as Decimal(18, 4): 14 integer digits, 4 decimals
+MAX_AMOUNT = Decimal(10) ** 14
+_MONEY_STEP = Decimal("0.0001")
 #: ints below this are almost certainly epoch *seconds* (before 1973-03-03 as millis)
 _MIN_EPOCH_MS = 100_000_000_000
 
@@ -62,6 +66,10 @@ def _check(event: msgspec.Struct) -> str | None:
             return "amount and discount must be finite numbers"
         if event.amount < 0 or event.discount < 0:
             return "amount and discount must be >= 0"
+        if event.amount >= MAX_AMOUNT or event.discount >= MAX_AMOUNT:
+            return f"amount and discount must be below {MAX_AMOUNT:,}"
+        if event.amount != event.amount.quantize(_MONEY_STEP) or event.discount != event.discount.quantize(_MONEY_STEP):
+            return "amount and discount may have at most 4 decimal places"
         if not _CURRENCY.match(event.currency):
             return f"currency {event.currency!r} is not an ISO-4217 code like USD"
     if isinstance(event, Promoter):

@@ -82,6 +82,8 @@ class SinkStep:
         for ev in events:
             msg = ev.message
             self.metrics.events_in.labels(msg.topic).inc()
+            if msg.value is None:
+                continue  # a compaction tombstone on a reference topic is not an error
             event = decode(self._kind(msg.topic), msg.value, now, max_future)
             if isinstance(event, Invalid):
                 await router.dead_letter(event.reason, msg)

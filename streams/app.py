@@ -75,6 +75,8 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
         datadir=str(Path(s.data_dir) / "faust"),
         processing_guarantee="at_least_once",
         topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        env_prefix="REFSTREAM_FAUST_",  # so unprefixed variables like WEB_PORT do not override ours
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=s.broker_session_timeout_s,

@@ -22,7 +22,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     logs.setup(settings.log_level)
     if args.create_topics:
-        ensure_topics_sync(settings, INPUT_TOPICS + OUTPUT_TOPICS, settings.partitions)
+        ensure_topics_sync(settings, INPUT_TOPICS + OUTPUT_TOPICS, settings.partitions,
+                           replication_factor=settings.replication_factor)
     app = create_app(settings, partition_counts_sync(settings, ["clicks", "signups", "orders"]))
     worker = faust.Worker(app, loglevel=settings.log_level, logging_config=logs.logging_config(settings.log_level))
     worker.execute_from_commandline()
@@ -97,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"refstream: configuration error: {exc}", file=sys.stderr)
         return 2
-    return args.func(args, settings)
+    try:
+        return args.func(args, settings)
+    except Exception as exc:  # expected operational failures: say what and how, no traceback
+        if type(exc).__name__ not in ("StackError", "DsnError", "ChdbOpenError", "KafkaConnectionError"):
+            raise
+        print(f"refstream: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ class Settings:
     data_dir: str = ".data"
     app_id: str = "refstream"
     partitions: int = 4  # of the internal join topics and tables
+    replication_factor: int = 1  # of the topics refstream creates (3 on a production cluster)
     attribution_model: str = "last_click"  # or first_click
     attribution_window_days: float = 30
     binding_days: float = 180
@@ -50,7 +51,7 @@ class Settings:
             raw = env.get(PREFIX + f.name.upper())
             if raw is None or raw == "":
                 continue
-            kind = type(f.default)
+            kind = {"int": int, "float": float, "str": str}[f.type]
             try:
                 values[f.name] = kind(raw)
             except ValueError:

@@ -82,7 +82,8 @@ def run(args: argparse.Namespace, base: Settings) -> int:
     say("starting the local stack")
     local = stack.up(settings)
     settings = dataclasses.replace(settings, kafka_url=local.kafka_url, redis_url=local.redis_url)
-    ensure_topics_sync(settings, INPUT_TOPICS + OUTPUT_TOPICS, settings.partitions)
+    ensure_topics_sync(settings, INPUT_TOPICS + OUTPUT_TOPICS, settings.partitions,
+                       replication_factor=settings.replication_factor)
 
     env = {**os.environ, **to_env(settings)}
     log = data / "demo-worker.log"

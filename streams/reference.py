@@ -36,12 +36,16 @@ class PromoterDirectory:
             bisect.insort(versions, item, key=lambda v: (v[0], v[1]))
 
     def as_of(self, tracking_code: str, ts: int) -> PromoterRef | None:
-        """The promoter owning `tracking_code` at event time `ts`, or None."""
+        """The promoter owning `tracking_code` at event time `ts`, or None if nobody does.
+
+        Before the first version we know, the first version counts: a compacted topic keeps
+        only the latest record per tracking code, so older versions may be gone.
+        """
         versions = self._versions.get(tracking_code)
         if not versions:
             return None
         i = bisect.bisect_right(versions, ts, key=lambda v: v[0])
-        return PromoterRef(versions[i - 1][2].promoter_id) if i else None
+        return PromoterRef(versions[max(i, 1) - 1][2].promoter_id)
 
     def __len__(self) -> int:
         return len(self._versions)
@@ -67,6 +71,8 @@ async def follow_promoters(settings: Settings, directory: PromoterDirectory) -> 
             now = int(time.time() * 1000)
             for records in batches.values():
                 for rec in records:
+                    if rec.value is None:
+                        continue  # a compaction tombstone: nothing to add
                     event = decode("promoters", rec.value, now, max_future)
                     if isinstance(event, Promoter):
                         directory.add(event)

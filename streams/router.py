@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections import defaultdict
 from typing import Any, Iterable
@@ -52,12 +53,26 @@ def to_record(event: Any, src: str, salt: bytes) -> ClickRec | SignupRec | Order
     )
 
 
-def dead_letter(reason: str, message: Any) -> DeadLetter:
+_PII = re.compile(
+    r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"                     # emails
+    r"|\b(?:\d{1,3}\.){3}\d{1,3}\b"                     # IPv4
+    r"|\b[0-9a-fA-F]{1,4}(?::[0-9a-fA-F]{0,4}){3,7}\b"    # IPv6, also with '::'; not hh:mm:ss
+)
+
+
+def scrub(text: str, salt: bytes) -> str:
+    """Replace emails and IP addresses in free text by their keyed hashes."""
+    return _PII.sub(lambda m: f"<pii:{hash_pii(m.group(0), salt)}>", text)
+
+
+def dead_letter(reason: str, message: Any, salt: bytes) -> DeadLetter:
+    """A dead letter for `message`; the original value is kept, minus personal data."""
     value = message.value if isinstance(message.value, bytes) else b""
     key = message.key.decode("utf-8", "replace") if isinstance(message.key, bytes) else None
     return DeadLetter(
         reason=reason, topic=message.topic, partition=message.partition, offset=message.offset,
-        key=key, value=value.decode("utf-8", "replace"), at=int(time.time() * 1000),
+        key=scrub(key, salt) if key else key, value=scrub(value.decode("utf-8", "replace"), salt),
+        at=int(time.time() * 1000),
     )
 
 
@@ -111,4 +126,5 @@ class Router:
 
     async def dead_letter(self, reason: str, msg: Any) -> None:
         self.metrics.dead_letters.labels(msg.topic).inc()
-        await self.topics.dead_letters.send(key=msg.key, value=json_encoder.encode(dead_letter(reason, msg)))
+        letter = dead_letter(reason, msg, self.salt)
+        await self.topics.dead_letters.send(key=(letter.key or "").encode() or None, value=json_encoder.encode(letter))

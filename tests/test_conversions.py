@@ -125,3 +125,10 @@ def test_expiry(case: ExpiryCase) -> None:
     state, _ = run(case.steps)
     assert conv.advance(state, case.watermark, RULES) is case.deletable
     assert len(state.orders) == case.orders_left
+
+
+def test_events_of_a_known_order_are_never_late() -> None:
+    """A refund behind the watermark still claws back: it updates an order already in state."""
+    state, _ = run([attribution("A"), order("o1", DAY)])
+    assert conv.knows(state, order("o1", DAY - 10, "refunded"))
+    assert not conv.knows(state, order("o2", DAY))

@@ -44,7 +44,7 @@ def scenario(t0: int) -> list[tuple[str, bytes | None, bytes]]:
         signup("s5", t0 + H, "a5", "v5"),
         order("o6-paid", t0 + 4 * H, "o6", "a5", 30),
         ("orders", None, b"{not json"),                                        # dead letters
-        ("clicks", None, event(event_id="bad", ts=t0, tracking_code="T-A")),
+        ("clicks", None, event(event_id="bad", ts=t0, tracking_code="T-A", ip="198.51.100.9")),
         click("c9", t0 + 20 * H, "T-A", "v9"),                                 # moves the watermark
         signup("s9", t0 + 20 * H, "a9", "v9"),
         order("o9-paid", t0 + 20 * H, "o9", "a9", 1),
@@ -95,8 +95,9 @@ def test_conversions_current_has_exactly_the_expected_rows(stack, topic_prefix, 
     late = p.query("SELECT kind, event_id, join, source FROM late_events")
     assert [(r["kind"], r["event_id"], r["join"]) for r in late] == [("click", "c-late", "visitor")]
     assert late[0]["source"].startswith(topic_prefix + "clicks/")
-    dead = p.query("SELECT topic, reason, offset FROM dead_letters ORDER BY topic")
+    dead = p.query("SELECT topic, reason, offset, value FROM dead_letters ORDER BY topic")
     assert [(r["topic"], r["offset"]) for r in dead] == [(topic_prefix + "clicks", 5), (topic_prefix + "orders", 8)]
     assert "not valid JSON" in dead[1]["reason"] and "visitor_id" in dead[0]["reason"]
+    assert '"event_id": "bad"' in dead[0]["value"] and "198.51.100.9" not in dead[0]["value"]
     clicks = p.query("SELECT ip_hash FROM clicks WHERE event_id = 'c1'")
     assert clicks[0]["ip_hash"] and "203.0.113.7" not in clicks[0]["ip_hash"]  # PII hashed
