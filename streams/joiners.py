@@ -5,12 +5,14 @@ One message of a join topic is a batch of records for one partition. A step:
    source partition; see streams/join/clock.py), then takes in the batch's source clocks,
 2. applies the records key by key (one state read and write per key and batch),
 3. sends what the pure functions returned (attributions, conversions, late events),
-4. now and then advances the partition's state to the watermark (finalise, expire).
+4. now and then advances the keys that are due to the watermark (finalise, expire): a
+   heap of deadlines per partition, so a sweep touches only what changes.
 State values are msgpack bytes in Faust tables with changelogs; the clock of partition p
 lives in the same table under a reserved key, so it is recovered with the state.
 """
 from __future__ import annotations
 
+import heapq
 import time
 from collections import defaultdict
 from typing import Any
@@ -46,7 +48,8 @@ class JoinStep:
         self._encoder = msgspec.msgpack.Encoder()
         self._state_decoder = msgspec.msgpack.Decoder(self.state_type)
         self._clock_decoder = msgspec.msgpack.Decoder(EventClock)
-        self._keys: dict[int, set[bytes]] = {}  # partition -> state keys, rebuilt after assignment
+        self._due: dict[int, list[tuple[int, bytes]]] = {}  # partition -> heap of (deadline, key)
+        self._deadline: dict[bytes, int] = {}  # key -> its live entry in the heap
         self._last_sweep: dict[int, float] = defaultdict(float)
         self._out: list[tuple[str, Any]] = []
 
@@ -59,11 +62,13 @@ class JoinStep:
     def apply(self, state: Any, key: bytes, rec: Any) -> None: ...
     def knows(self, state: Any, rec: Any) -> bool: ...
     def advance(self, state: Any, key: bytes, watermark: int) -> bool: ...
+    def deadline(self, state: Any) -> int | None: ...
 
     # -- plumbing ------------------------------------------------------------------
     def forget_assignment(self) -> None:
-        """Partitions moved: key indexes are rebuilt from the recovered table on next use."""
-        self._keys.clear()
+        """Partitions moved: deadline heaps are rebuilt from the recovered table on next use."""
+        self._due.clear()
+        self._deadline.clear()
 
     def _load(self, key: bytes) -> Any:
         raw = self.table.get(key)
@@ -73,19 +78,29 @@ class JoinStep:
         if empty:
             if key in self.table:
                 del self.table[key]
-            self._index(p).discard(key)
+            self._deadline.pop(key, None)
         else:
             self.table[key] = self._encoder.encode(state)
-            self._index(p).add(key)
+            self._schedule(self._heap(p), key, self.deadline(state))
 
-    def _index(self, p: int) -> set[bytes]:
-        keys = self._keys.get(p)
-        if keys is None:
+    def _schedule(self, heap: list[tuple[int, bytes]], key: bytes, deadline: int | None) -> None:
+        """Keep one live heap entry per key, at its earliest deadline; later ones go stale."""
+        current = self._deadline.get(key)
+        if deadline is None:
+            self._deadline.pop(key, None)
+        elif current is None or deadline < current:
+            self._deadline[key] = deadline
+            heapq.heappush(heap, (deadline, key))
+
+    def _heap(self, p: int) -> list[tuple[int, bytes]]:
+        heap = self._due.get(p)
+        if heap is None:  # after (re)assignment: index the recovered keys of partition p once
+            heap = self._due[p] = []
             n = self.settings.partitions
-            keys = self._keys[p] = {
-                k for k in self.table.keys() if not k.startswith(b"\x00") and partition_for(k, n) == p
-            }
-        return keys
+            for key in list(self.table.keys()):
+                if not key.startswith(b"\x00") and partition_for(key, n) == p:
+                    self._schedule(heap, key, self.deadline(self._load(key)))
+        return heap
 
     def _clock(self, p: int) -> EventClock:
         raw = self.table.get(CLOCK_KEY % p)
@@ -127,12 +142,16 @@ class JoinStep:
         await self._flush(p, wm)
 
     def _sweep(self, p: int, watermark: int) -> None:
-        keys = self._index(p)
-        for key in list(keys):
+        heap = self._heap(p)
+        while heap and heap[0][0] < watermark:
+            deadline, key = heapq.heappop(heap)
+            if self._deadline.get(key) != deadline:
+                continue  # stale: the key was rescheduled or deleted since
+            del self._deadline[key]
             state = self._load(key)
             delete = self.advance(state, key, watermark)
             self._store(p, key, state, delete)
-        self.metrics.state_keys.labels(self.name).set(sum(len(k) for k in self._keys.values()))
+        self.metrics.state_keys.labels(self.name).set(len(self._deadline))
 
     def _late(self, rec: Any, clock: EventClock, p: int) -> None:
         kind = type(rec).__name__.removesuffix("Rec").lower()
@@ -211,6 +230,9 @@ class VisitorJoin(JoinStep):
         self._out.extend(("attribution", a) for a in final)
         return state.empty
 
+    def deadline(self, state: attr.VisitorState) -> int | None:
+        return attr.due(state, self.rules, self.settings.lateness_ms)
+
 
 class AccountJoin(JoinStep):
     """orders + attributions by account_id -> conversions."""
@@ -243,3 +265,6 @@ class AccountJoin(JoinStep):
 
     def advance(self, state: conv.AccountState, key: bytes, watermark: int) -> bool:
         return conv.advance(state, watermark, self.rules)
+
+    def deadline(self, state: conv.AccountState) -> int | None:
+        return conv.due(state, self.rules)

@@ -114,3 +114,17 @@ def test_advance_expires_by_event_time() -> None:
     assert state.signups[0].final
     attr.advance(state, "v", 7_000, rules, grace_ms=10)
     assert state.empty
+
+
+def test_due_is_the_first_watermark_that_changes_the_state() -> None:
+    rules = attr.AttributionRules(WINDOW, "last_click")
+    state = attr.VisitorState()
+    attr.add_click(state, "v", ClickRef("c", 100, "A"), rules)
+    attr.add_signup(state, "acc", "v", "s", 500, rules)
+    assert attr.due(state, rules, grace_ms=10) == 500  # the open signup finalises first
+    before = attr.VisitorState(list(state.clicks), [attr.OpenSignup(**{f: getattr(s, f) for f in s.__struct_fields__})
+                                                     for s in state.signups])
+    assert attr.advance(state, "v", 500, rules, grace_ms=10) == [] and state == before
+    assert attr.advance(state, "v", 501, rules, grace_ms=10)[0].final
+    assert attr.due(state, rules, grace_ms=10) == 510
+    assert attr.due(attr.VisitorState(), rules, grace_ms=10) is None

@@ -112,7 +112,9 @@ class ExpiryCase:
 EXPIRY = [
     ExpiryCase("order waiting for a signup, watermark before it", [order("o1", DAY)], DAY, False, 1),
     ExpiryCase("order waiting for a signup, watermark passed", [order("o1", DAY)], DAY + 1, True, 0),
-    ExpiryCase("provisional organic waits", [attribution(None), order("o1", DAY)], 400 * DAY, False, 1),
+    ExpiryCase("provisional organic waits", [attribution(None), order("o1", DAY)], 100 * DAY, False, 1),
+    ExpiryCase("provisional organic gives up after binding", [attribution(None), order("o1", DAY)],
+               180 * DAY + 1, True, 1),
     ExpiryCase("final organic goes", [attribution(None, final=True)], 1, True, 0),
     ExpiryCase("attributed kept for refunds", [attribution("A"), order("o1", DAY)], 270 * DAY, False, 1),
     ExpiryCase("attributed expires after binding + refund window", [attribution("A"), order("o1", DAY)],
@@ -132,3 +134,13 @@ def test_events_of_a_known_order_are_never_late() -> None:
     state, _ = run([attribution("A"), order("o1", DAY)])
     assert conv.knows(state, order("o1", DAY - 10, "refunded"))
     assert not conv.knows(state, order("o2", DAY))
+
+
+@pytest.mark.parametrize("case", EXPIRY, ids=lambda c: c.name)
+def test_due_says_when_expiry_can_happen(case: ExpiryCase) -> None:
+    state, _ = run(case.steps)
+    due = conv.due(state, RULES)
+    if case.deletable or case.orders_left < len(state.orders):
+        assert due is not None and due < case.watermark
+    elif due is not None:
+        assert not conv.advance(state, due, RULES)

@@ -97,6 +97,14 @@ def knows(state: VisitorState, event_id: str) -> bool:
     )
 
 
+def due(state: VisitorState, rules: AttributionRules, grace_ms: int) -> int | None:
+    """Earliest watermark value past which `advance` changes `state` (None: never)."""
+    times = [s.ts if not s.final else s.ts + grace_ms for s in state.signups]
+    if state.clicks:
+        times.append(state.clicks[0].ts + rules.window_ms)
+    return min(times) if times else None
+
+
 def advance(
     state: VisitorState, visitor_id: str, watermark: int, rules: AttributionRules, grace_ms: int
 ) -> list[AttributionRec]:

@@ -169,16 +169,27 @@ def add_attribution(
     return out
 
 
+def due(state: AccountState, rules: ConversionRules) -> int | None:
+    """Earliest watermark value past which `advance` changes `state` (None: not by time)."""
+    s = state.signup
+    if s is None:
+        return min((o.order.ts for o in state.orders.values()), default=None)
+    if s.click is None and s.final:
+        return s.signup_ts
+    return s.signup_ts + rules.binding_ms + (rules.refund_window_ms if s.click else 0)
+
+
 def advance(state: AccountState, watermark: int, rules: ConversionRules) -> bool:
     """Expire by event time; return True when the whole account state can be deleted.
 
-    Orders waiting for a signup wait until the watermark passes them. An attributed
-    account is kept through the binding period plus the refund window, for clawbacks.
+    Orders waiting for a signup wait until the watermark passes them. An organic account
+    waits for its final attribution (at most the binding period); an attributed one is
+    kept through the binding period plus the refund window, for clawbacks.
     """
     s = state.signup
     if s is None:
         state.orders = {k: o for k, o in state.orders.items() if o.order.ts >= watermark}
         return not state.orders
-    if s.click is None:
-        return s.final  # organic for good; while provisional, its orders wait
-    return s.signup_ts + rules.binding_ms + rules.refund_window_ms < watermark
+    if s.click is None and s.final:
+        return True
+    return s.signup_ts + rules.binding_ms + (rules.refund_window_ms if s.click else 0) < watermark
