@@ -16,6 +16,7 @@ from typing import Any
 import faust
 
 from sinks.step import SinkStep
+from streams.changelog import batched_table
 from streams.config import Settings
 from streams.joiners import AccountJoin, VisitorJoin
 from streams.metrics import Metrics
@@ -93,8 +94,8 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
     )
     metrics = Metrics()
     topics = make_topics(app, s)
-    visitors = app.Table("visitors", partitions=s.partitions, key_type=bytes, value_type=bytes)
-    accounts = app.Table("accounts", partitions=s.partitions, key_type=bytes, value_type=bytes)
+    visitors = batched_table(app, "visitors", partitions=s.partitions, key_type=bytes, value_type=bytes)
+    accounts = batched_table(app, "accounts", partitions=s.partitions, key_type=bytes, value_type=bytes)
     directory = PromoterDirectory()
 
     router = Router(s, topics, metrics)

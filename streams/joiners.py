@@ -13,6 +13,7 @@ lives in the same table under a reserved key, so it is recovered with the state.
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from collections import defaultdict
 from typing import Any
@@ -30,6 +31,7 @@ from streams.join.clock import EventClock
 from streams.metrics import Metrics
 from streams.partitioning import partition_for
 
+log = logging.getLogger(__name__)
 CLOCK_KEY = b"\x00clock/%d"
 SWEEP_EVERY_S = 2.0
 
@@ -97,9 +99,14 @@ class JoinStep:
         if heap is None:  # after (re)assignment: index the recovered keys of partition p once
             heap = self._due[p] = []
             n = self.settings.partitions
+            keys = 0
             for key in list(self.table.keys()):
                 if not key.startswith(b"\x00") and partition_for(key, n) == p:
+                    keys += 1
                     self._schedule(heap, key, self.deadline(self._load(key)))
+            clock = self._clock(p)
+            log.info("join partition ready", extra={"join": self.name, "partition": p, "keys": keys,
+                                                    "watermark": clock.watermark, "sources": clock.max_ts})
         return heap
 
     def _clock(self, p: int) -> EventClock:
@@ -139,6 +146,8 @@ class JoinStep:
             if now - self._last_sweep[p] >= SWEEP_EVERY_S:
                 self._last_sweep[p] = now
                 self._sweep(p, wm)
+        if hasattr(self.table, "flush_changelog"):
+            await self.table.flush_changelog()
         await self._flush(p, wm)
 
     def _sweep(self, p: int, watermark: int) -> None:

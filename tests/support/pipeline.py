@@ -26,6 +26,7 @@ class Pipeline:
     env: dict[str, str]
     workdir: Path
     workers: list[subprocess.Popen] = field(default_factory=list)
+    started: int = 0  # workers ever started, for distinct log files
 
     @classmethod
     def create(cls, stack: Any, prefix: str, workdir: Path, **overrides: Any) -> "Pipeline":
@@ -53,7 +54,8 @@ class Pipeline:
 
     # -- workers -------------------------------------------------------------------
     def start_worker(self, timeout: float = 120) -> subprocess.Popen:
-        log = (self.workdir / f"worker-{len(self.workers)}.log").open("w")
+        log = (self.workdir / f"worker-{self.started}.log").open("w")
+        self.started += 1
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=ROOT,
                                 env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
         self.workers.append(proc)
