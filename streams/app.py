@@ -16,7 +16,6 @@ from typing import Any
 import faust
 
 from sinks.step import SinkStep
-from streams.changelog import batched_table
 from streams.config import Settings
 from streams.joiners import AccountJoin, VisitorJoin
 from streams.metrics import Metrics
@@ -94,8 +93,8 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
     )
     metrics = Metrics()
     topics = make_topics(app, s)
-    visitors = batched_table(app, "visitors", partitions=s.partitions, key_type=bytes, value_type=bytes)
-    accounts = batched_table(app, "accounts", partitions=s.partitions, key_type=bytes, value_type=bytes)
+    visitors = app.Table("visitors", partitions=s.partitions, key_type=bytes, value_type=bytes)
+    accounts = app.Table("accounts", partitions=s.partitions, key_type=bytes, value_type=bytes)
     directory = PromoterDirectory()
 
     router = Router(s, topics, metrics)

@@ -146,8 +146,6 @@ class JoinStep:
             if now - self._last_sweep[p] >= SWEEP_EVERY_S:
                 self._last_sweep[p] = now
                 self._sweep(p, wm)
-        if hasattr(self.table, "flush_changelog"):
-            await self.table.flush_changelog()
         await self._flush(p, wm)
 
     def _sweep(self, p: int, watermark: int) -> None:
