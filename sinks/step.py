@@ -72,14 +72,7 @@ class SinkStep:
         return out
 
     async def write(self, events: Iterable[Any]) -> None:
-        events = list(events)
         await self._write(self.records(events))
-        if log.isEnabledFor(logging.DEBUG):
-            spans: dict[str, list[int]] = {}
-            for ev in events:
-                m = ev.message
-                spans.setdefault(f"{m.topic}/{m.partition}", []).append(m.offset)
-            log.debug("sink wrote", extra={"spans": {k: [min(v), max(v), len(v)] for k, v in spans.items()}})
 
     async def write_reference(self, events: Iterable[Any], router: Any) -> None:
         """Validate reference data (dead-lettering bad messages) and store promoters."""

@@ -18,12 +18,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from streams import logs
     from streams.app import create_app
-    from streams.topics import INPUT_TOPICS, OUTPUT_TOPICS, ensure_topics_sync, partition_counts_sync
+    from streams.topics import ensure_pipeline_topics_sync, partition_counts_sync
 
     logs.setup(settings.log_level)
     if args.create_topics:
-        ensure_topics_sync(settings, INPUT_TOPICS + OUTPUT_TOPICS, settings.partitions,
-                           replication_factor=settings.replication_factor)
+        ensure_pipeline_topics_sync(settings)
     app = create_app(settings, partition_counts_sync(settings, ["clicks", "signups", "orders"]))
     worker = faust.Worker(app, loglevel=settings.log_level, logging_config=logs.logging_config(settings.log_level))
     worker.execute_from_commandline()

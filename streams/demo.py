@@ -61,7 +61,7 @@ def run(args: argparse.Namespace, base: Settings) -> int:
     from sinks import queries
     from sinks.clickhouse import connect
     from streams import generate, stack
-    from streams.topics import INPUT_TOPICS, OUTPUT_TOPICS, ensure_topics_sync
+    from streams.topics import ensure_pipeline_topics_sync
     from streams.traffic import TrafficSpec
     from streams.traffic import generate as make_traffic
 
@@ -82,8 +82,7 @@ def run(args: argparse.Namespace, base: Settings) -> int:
     say("starting the local stack")
     local = stack.up(settings)
     settings = dataclasses.replace(settings, kafka_url=local.kafka_url, redis_url=local.redis_url)
-    ensure_topics_sync(settings, INPUT_TOPICS + OUTPUT_TOPICS, settings.partitions,
-                       replication_factor=settings.replication_factor)
+    ensure_pipeline_topics_sync(settings)
 
     env = {**os.environ, **to_env(settings)}
     log = data / "demo-worker.log"

@@ -173,7 +173,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Entry point of `refstream generate`. Returns the process exit code."""
     from aiokafka.errors import KafkaError
 
-    from streams.topics import INPUT_TOPICS, ensure_topics
+    from streams.topics import INPUT_TOPICS, ensure_pipeline_topics
 
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(4), "big")
@@ -192,7 +192,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"generate: live, ~{args.rate:g} events/s for {args.duration:g}s "
               f"({len(traffic.messages)} messages, seed {spec.seed}); Ctrl-C stops", file=sys.stderr)
     try:
-        await ensure_topics(settings, INPUT_TOPICS, settings.partitions)
+        await ensure_pipeline_topics(settings, INPUT_TOPICS)
         sent = await produce(settings, traffic, paced=live)
     except (KafkaError, OSError) as exc:
         print(f"generate: cannot produce to Kafka at {settings.kafka_url} "

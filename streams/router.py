@@ -127,4 +127,5 @@ class Router:
     async def dead_letter(self, reason: str, msg: Any) -> None:
         self.metrics.dead_letters.labels(msg.topic).inc()
         letter = dead_letter(reason, msg, self.salt)
-        await self.topics.dead_letters.send(key=(letter.key or "").encode() or None, value=json_encoder.encode(letter))
+        key = letter.key.encode() if letter.key else None
+        await self.topics.dead_letters.send(key=key, value=json_encoder.encode(letter))

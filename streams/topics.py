@@ -82,6 +82,16 @@ def ensure_topics_sync(
     )
 
 
+async def ensure_pipeline_topics(settings: Settings, names: list[str] | None = None) -> None:
+    """Create the missing input and output topics (or `names`) as the settings ask."""
+    await ensure_topics(settings, INPUT_TOPICS + OUTPUT_TOPICS if names is None else names,
+                        settings.partitions, replication_factor=settings.replication_factor)
+
+
+def ensure_pipeline_topics_sync(settings: Settings) -> None:
+    asyncio.run(ensure_pipeline_topics(settings))
+
+
 async def partition_counts(settings: Settings, names: list[str], timeout_s: float = 30.0) -> dict[str, int]:
     """Partitions of each existing topic in `names` (prefixed); the joins' clocks need them."""
     from aiokafka import AIOKafkaConsumer

@@ -169,6 +169,12 @@ def add_attribution(
     return out
 
 
+def _kept_until(s: AttributionRec, rules: ConversionRules) -> int:
+    """Event time until which an account's state is kept: binding period, plus the refund
+    window when attributed (for clawbacks)."""
+    return s.signup_ts + rules.binding_ms + (rules.refund_window_ms if s.click else 0)
+
+
 def due(state: AccountState, rules: ConversionRules) -> int | None:
     """Earliest watermark value past which `advance` changes `state` (None: not by time)."""
     s = state.signup
@@ -176,7 +182,7 @@ def due(state: AccountState, rules: ConversionRules) -> int | None:
         return min((o.order.ts for o in state.orders.values()), default=None)
     if s.click is None and s.final:
         return s.signup_ts
-    return s.signup_ts + rules.binding_ms + (rules.refund_window_ms if s.click else 0)
+    return _kept_until(s, rules)
 
 
 def advance(state: AccountState, watermark: int, rules: ConversionRules) -> bool:
@@ -192,4 +198,4 @@ def advance(state: AccountState, watermark: int, rules: ConversionRules) -> bool
         return not state.orders
     if s.click is None and s.final:
         return True
-    return s.signup_ts + rules.binding_ms + (rules.refund_window_ms if s.click else 0) < watermark
+    return _kept_until(s, rules) < watermark
