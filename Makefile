@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench clean redis
+.PHONY: venv demo test bench clean redis promtool chromium
 
 venv: $(STAMP)
 
@@ -34,8 +34,17 @@ redis: venv
 		exit 1; \
 	fi
 
-test: venv redis
+test: venv redis promtool chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# promtool checks and unit-tests deploy/prometheus (Debian's prometheus package, 2.42).
+promtool:
+	@if command -v promtool >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
+	else \
+		echo "promtool is missing: run 'sudo apt-get install -y prometheus' (tests/deploy skip the promtool checks)" >&2; \
+	fi
 
 bench: venv
 	$(BIN)/python -m bench.e2e
@@ -46,3 +55,12 @@ clean:
 		REFSTREAM_DATA_DIR=.data $(BIN)/python -c 'from streams.config import Settings; from streams.stack import down; down(Settings.from_env())' || true; \
 	fi
 	rm -rf .data
+
+# Headless Chromium for the dashboard test (Debian's package; the test skips without it).
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	else \
+		echo "chromium is missing: run 'sudo apt-get install -y chromium' (the dashboard test is skipped)" >&2; \
+	fi

@@ -70,6 +70,11 @@ class Promoter(_Event, kw_only=True):
     is_partner_staff: bool = False
     verified: bool = False
     joined_at: Timestamp | None = None
+    # the promoter's own identity, for self-referral checks (hashed like the signup's)
+    realname_id_hash: str | None = None
+    email_hash: str | None = None
+    device_id: str | None = None
+    ip: str | None = None
 
 
 class Exclusion(_Event, kw_only=True):

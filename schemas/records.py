@@ -61,12 +61,24 @@ class OrderRec(msgspec.Struct, tag="o", array_like=True):
 
 
 class ClickRef(msgspec.Struct, array_like=True, frozen=True):
-    """The part of a click that attribution needs and keeps in state."""
+    """The part of a click that attribution and the fraud checks need and keep in state."""
 
     event_id: str
     ts: int
     tracking_code: str
     campaign: str | None = None
+    ip_hash: str | None = None  # click flooding is counted per IP and code
+    bot: bool = False  # crawler user agent or HEAD request
+
+
+class SignupIdent(msgspec.Struct, array_like=True, frozen=True):
+    """Who signed up, as far as the self-referral and signup-farming checks need (hashed)."""
+
+    ip_hash: str | None = None
+    device_id: str | None = None
+    email_hash: str | None = None
+    email_domain: str | None = None
+    realname_id_hash: str | None = None
 
 
 class AttributionRec(msgspec.Struct, tag="a", array_like=True):
@@ -82,6 +94,7 @@ class AttributionRec(msgspec.Struct, tag="a", array_like=True):
     visitor_id: str
     click: ClickRef | None
     final: bool = False
+    ident: SignupIdent | None = None
 
 
 JoinRecord = Union[ClickRec, SignupRec, OrderRec, AttributionRec]
@@ -106,7 +119,7 @@ class Conversion(msgspec.Struct, kw_only=True):
 
     order_id: str
     revision: int
-    status: str  # approved | rejected | reversed
+    status: str  # approved | held | rejected | reversed
     reasons: list[str]
     promoter_id: str
     tracking_code: str
@@ -130,6 +143,16 @@ class Conversion(msgspec.Struct, kw_only=True):
     attribution_model: str
     attribution_final: bool
     decided_at: int
+    # pricing (docs/rules.md); 0 / '' when not priced
+    level: int = 0
+    rate: Decimal = Decimal(0)
+    tier: int = 0
+    commission: Decimal = Decimal(0)
+    bonus: Decimal = Decimal(0)
+    points: int = 0
+    cap_applied: bool = False
+    first_order: bool = False
+    rule_version: str = ""
 
 
 class LateEvent(msgspec.Struct, kw_only=True):

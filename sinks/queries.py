@@ -19,9 +19,15 @@ WITH
         WHERE tracking_code != '' GROUP BY tracking_code
     ),
     o AS (
-        SELECT promoter_id, tracking_code, count() AS n, sum(amount) AS gmv
+        SELECT promoter_id, tracking_code, count() AS n, sum(amount) AS gmv,
+               sum(commission + bonus) AS commission
         FROM conversions_current WHERE status = {status:String}
         GROUP BY promoter_id, tracking_code
+    ),
+    x AS (
+        SELECT promoter_id, tracking_code, countIf(status = 'held') AS held,
+               countIf(status = 'rejected') AS rejected, countIf(status = 'reversed') AS reversed
+        FROM conversions_current GROUP BY promoter_id, tracking_code
     )
 SELECT
     p.promoter_id AS promoter_id,
@@ -29,11 +35,16 @@ SELECT
     c.n AS clicks,
     s.n AS signups,
     o.n AS orders,
-    o.gmv AS gmv
+    o.gmv AS gmv,
+    o.commission AS commission,
+    x.held AS held,
+    x.rejected AS rejected,
+    x.reversed AS reversed
 FROM promoters_current AS p
 LEFT JOIN c ON c.tracking_code = p.tracking_code
 LEFT JOIN s ON s.tracking_code = p.tracking_code
 LEFT JOIN o ON o.promoter_id = p.promoter_id AND o.tracking_code = p.tracking_code
+LEFT JOIN x ON x.promoter_id = p.promoter_id AND x.tracking_code = p.tracking_code
 ORDER BY gmv DESC, promoter_id, tracking_code
 SETTINGS join_use_nulls = 0
 """
@@ -43,13 +54,15 @@ def promoter_summary(client: Any, *, status: str = "approved") -> list[dict]:
     """One row per tracking code of `promoters_current`: promoter_id, tracking_code,
     clicks (distinct click events on the code), signups (accounts attributed to the code),
     orders and gmv (count and sum of amount of conversions with `status`, credited to
-    this promoter through this code). Commission is not included yet."""
+    this promoter through this code), commission (commission + bonus of those), and how many
+    of the code's conversions are held, rejected and reversed."""
     result = client.query(PROMOTER_SUMMARY_SQL, parameters={"status": status})
     rows = [dict(zip(result.column_names, r)) for r in result.result_rows]
     for row in rows:
-        for key in ("clicks", "signups", "orders"):
+        for key in COUNT_COLUMNS:
             row[key] = int(row[key])
-        row["gmv"] = Decimal(row["gmv"])
+        for key in MONEY_COLUMNS:
+            row[key] = Decimal(row[key])
     return rows
 
 
@@ -84,17 +97,20 @@ def counts(client: Any) -> dict[str, int]:
     return {name: int(v) for name, v in zip(result.column_names, result.result_rows[0])}
 
 
-SUMMARY_COLUMNS = ("promoter_id", "tracking_code", "clicks", "signups", "orders", "gmv")
+COUNT_COLUMNS = ("clicks", "signups", "orders", "held", "rejected", "reversed")
+MONEY_COLUMNS = ("gmv", "commission")
+SUMMARY_COLUMNS = ("promoter_id", "tracking_code", "clicks", "signups", "orders", "gmv", "commission",
+                   "held", "rejected", "reversed")
 
 
 def format_summary(rows: list[dict]) -> str:
     """`promoter_summary` rows as a fixed-width text table with a totals line."""
     if not rows:
         return "(no promoters)"
-    numeric = {"clicks", "signups", "orders", "gmv"}
+    numeric = set(COUNT_COLUMNS + MONEY_COLUMNS)
 
     def cell(key: str, value: Any) -> str:
-        if key == "gmv":
+        if key in MONEY_COLUMNS:
             d = Decimal(value)
             return f"{d:,.2f}" if d == d.quantize(Decimal("0.01")) else f"{d:,.4f}"
         if key in numeric:
@@ -104,7 +120,8 @@ def format_summary(rows: list[dict]) -> str:
     totals = {
         "promoter_id": "TOTAL",
         "tracking_code": "",
-        **{k: sum((Decimal(r[k]) if k == "gmv" else int(r[k]) for r in rows), Decimal(0) if k == "gmv" else 0)
+        **{k: sum((Decimal(r[k]) if k in MONEY_COLUMNS else int(r[k]) for r in rows),
+                  Decimal(0) if k in MONEY_COLUMNS else 0)
            for k in numeric},
     }
     body = [[cell(k, r[k]) for k in SUMMARY_COLUMNS] for r in rows]
@@ -118,3 +135,51 @@ def format_summary(rows: list[dict]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(list(SUMMARY_COLUMNS)), rule, *map(line, body), rule, line(foot)])
+
+
+STATEMENT_SQL = """
+SELECT status, orders, amount, commission, bonus, points, arraySort(order_ids) AS order_ids
+FROM promoter_statement
+WHERE promoter_id = {promoter:String} AND month = toDate({month:String})
+ORDER BY status
+"""
+
+STATEMENT_ORDERS_SQL = """
+SELECT order_id, order_ts, status, arrayStringConcat(reasons, ',') AS reasons, amount, rate, tier,
+       cap_applied, commission, bonus, points, rule_version, account_id, tracking_code
+FROM conversions_current
+WHERE promoter_id = {promoter:String} AND toStartOfMonth(order_ts) = toDate({month:String})
+ORDER BY order_ts, order_id
+"""
+
+
+def statement(client: Any, promoter: str, month: str) -> tuple[list[dict], list[dict]]:
+    """A promoter's statement for `month` (YYYY-MM): one line per status (counts, amounts,
+    commission, bonus, points, its order ids), and every order behind those lines."""
+    params = {"promoter": promoter, "month": f"{month}-01"}
+    lines = client.query(STATEMENT_SQL, parameters=params)
+    orders = client.query(STATEMENT_ORDERS_SQL, parameters=params, query_formats=_INT_TIMES)
+    return ([dict(zip(lines.column_names, r)) for r in lines.result_rows],
+            [dict(zip(orders.column_names, r)) for r in orders.result_rows])
+
+
+def format_table(columns: tuple[str, ...], rows: list[dict], numeric: frozenset[str] = frozenset()) -> str:
+    """Rows as a fixed-width text table; `numeric` columns are right-aligned."""
+    body = [[_cell(r[k]) for k in columns] for r in rows]
+    widths = [max(len(k), *(len(line[i]) for line in body)) if body else len(k) for i, k in enumerate(columns)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if k in numeric else c.ljust(w)
+                         for k, c, w in zip(columns, cells, widths)).rstrip()
+
+    return "\n".join([line(list(columns)), "  ".join("-" * w for w in widths), *map(line, body)])
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return f"{value:,.2f}" if value == value.quantize(Decimal("0.01")) else f"{value:,.4f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Union
 
-from schemas.events import Promoter
+from schemas.events import Exclusion, Promoter
 from schemas.records import (
     AttributionRec,
     ClickRec,
@@ -31,7 +31,7 @@ from schemas.records import (
 
 Row = tuple
 Rows = dict[str, list[Row]]
-Record = Union[ClickRec, SignupRec, OrderRec, Conversion, LateEvent, DeadLetter, Promoter]
+Record = Union[ClickRec, SignupRec, OrderRec, Conversion, LateEvent, DeadLetter, Promoter, Exclusion]
 Versioned = tuple[int, AttributionRec]
 
 
@@ -72,7 +72,8 @@ def conversion_row(r: Conversion) -> Row:
         r.campaign, r.account_id, r.visitor_id, r.click_event_id, r.click_ts, r.signup_event_id,
         r.signup_ts, r.order_event_id, r.order_ts, r.cart_id, r.product, r.category, r.amount,
         r.discount, r.currency, r.order_status, r.renewal, r.attribution_model,
-        r.attribution_final, r.decided_at,
+        r.attribution_final, r.decided_at, r.level, r.rate, r.tier, r.commission, r.bonus,
+        r.points, r.cap_applied, r.first_order, r.rule_version,
     )
 
 
@@ -91,8 +92,14 @@ def promoter_row(r: Promoter) -> Row:
         )
     return (
         r.promoter_id, r.tracking_code, r.level, r.account_type, r.account_id or "", r.is_employee,
-        r.is_partner_staff, r.verified, r.joined_at or 0, r.ts, r.event_id,
+        r.is_partner_staff, r.verified, r.joined_at or 0, r.ts, r.event_id, r.realname_id_hash or "",
+        r.email_hash or "", r.device_id or "", r.ip or "",  # ip: hashed by the sink before this
     )
+
+
+def exclusion_row(r: Exclusion) -> Row:
+    since = r.since if isinstance(r.since, int) else r.ts
+    return (r.account_id or "", (r.email_domain or "").lower(), r.owner, since, r.ts, r.event_id)
 
 
 #: record type -> (table, row builder); AttributionRec is handled apart (it needs a version)
@@ -104,6 +111,7 @@ ROW_BUILDERS: dict[type, tuple[str, Callable[[Any], Row]]] = {
     LateEvent: ("late_events", late_event_row),
     DeadLetter: ("dead_letters", dead_letter_row),
     Promoter: ("promoters", promoter_row),
+    Exclusion: ("exclusions", exclusion_row),
 }
 
 

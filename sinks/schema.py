@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, NamedTuple
 
+from sinks.stats import STATS_STATEMENTS
 from sinks.tables import TABLES, VIEWS, quote
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,29 @@ def _views() -> list[str]:
     return [f"CREATE OR REPLACE VIEW {quote(name)} AS {sql}" for name, sql in VIEWS.items()]
 
 
+def _add_columns(table: str, names: list[str]) -> list[str]:
+    cols = {c.name: c for c in TABLES[table].columns}
+    return [f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(n)} {cols[n].type}" for n in names]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(
         1,
         "raw events, attributions, conversions, promoters, late events, dead letters; *_current views",
         [t.create_sql() for t in TABLES.values()] + _views(),
+    ),
+    Migration(
+        2,
+        "checks and commission: conversion pricing columns, promoter identity, exclusions, statement",
+        _add_columns("conversions", ["level", "rate", "tier", "commission", "bonus", "points", "cap_applied",
+                                     "first_order", "rule_version"])
+        + _add_columns("promoters", ["realname_id_hash", "email_hash", "device_id", "ip_hash"])
+        + [TABLES["exclusions"].create_sql()] + _views(),
+    ),
+    Migration(
+        3,
+        "live stats: per-minute aggregates over clicks, signups, orders (exact under duplicates); alerts",
+        STATS_STATEMENTS,
     ),
 ]
 

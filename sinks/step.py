@@ -15,12 +15,14 @@ from typing import Any, Iterable
 
 import msgspec
 
-from schemas.events import Promoter
+from schemas.events import Exclusion, Promoter
 from schemas.records import AttributionRec, DeadLetter, LateEvent, batch_decoder, conversion_decoder
 from schemas.validate import Invalid, decode
 from sinks.clickhouse import ClickHouseWriter, connect, redact
 from sinks.rows import rows_for
 from sinks.schema import migrate
+from sinks.tables import spam_codes_sql
+from streams.rules.ruleset import load_rules
 from streams.config import Settings
 from streams.metrics import Metrics
 
@@ -51,6 +53,9 @@ class SinkStep:
     def _open(self) -> ClickHouseWriter:
         client = connect(self.settings.clickhouse)
         applied = migrate(client)
+        rules = load_rules(self.settings.rules_file).rule_sets[-1]  # the newest thresholds
+        spam = spam_codes_sql(rules.spam_min_signups, rules.spam_long_share, rules.spam_long_delay_ms)
+        client.command(f"CREATE OR REPLACE VIEW spam_codes AS {spam}")
         log.info("clickhouse ready", extra={"dsn": redact(self.settings.clickhouse), "migrated": applied})
         return ClickHouseWriter(client, on_batch=self._on_batch, on_failure=self._on_failure)
 
@@ -75,7 +80,7 @@ class SinkStep:
         await self._write(self.records(events))
 
     async def write_reference(self, events: Iterable[Any], router: Any) -> None:
-        """Validate reference data (dead-lettering bad messages) and store promoters."""
+        """Validate reference data (dead-lettering bad messages) and store promoters and exclusions."""
         now = int(time.time() * 1000)
         max_future = int(self.settings.max_future_s * 1000)
         records = []
@@ -88,6 +93,8 @@ class SinkStep:
             if isinstance(event, Invalid):
                 await router.dead_letter(event.reason, msg)
             elif isinstance(event, Promoter):
+                records.append(msgspec.structs.replace(event, ip=router.hash(event.ip)))  # never in clear
+            elif isinstance(event, Exclusion):
                 records.append(event)
         await self._write(records)
 

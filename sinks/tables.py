@@ -133,6 +133,10 @@ CONVERSIONS = Table(
         ("cart_id", STR), ("product", ENUM), ("category", ENUM), ("amount", MONEY),
         ("discount", MONEY), ("currency", ENUM), ("order_status", ENUM), ("renewal", BOOL),
         ("attribution_model", ENUM), ("attribution_final", BOOL), ("decided_at", TS),
+        # pricing and explanation (migration 2; docs/rules.md)
+        ("level", "UInt8"), ("rate", "Decimal(9, 6)"), ("tier", "UInt8"), ("commission", MONEY),
+        ("bonus", MONEY), ("points", "Int64"), ("cap_applied", BOOL), ("first_order", BOOL),
+        ("rule_version", ENUM),
     ),
     engine="ReplacingMergeTree(revision)",
     order_by="order_id",
@@ -144,9 +148,22 @@ PROMOTERS = Table(
         ("promoter_id", STR), ("tracking_code", STR), ("level", "UInt16"), ("account_type", ENUM),
         ("account_id", STR), ("is_employee", BOOL), ("is_partner_staff", BOOL),
         ("verified", BOOL), ("joined_at", TS), ("ts", TS), ("event_id", STR),
+        # the promoter's identity for self-referral checks (migration 2)
+        ("realname_id_hash", STR), ("email_hash", STR), ("device_id", STR), ("ip_hash", STR),
     ),
     engine="ReplacingMergeTree",
     order_by="(tracking_code, ts, event_id)",
+)
+
+EXCLUSIONS = Table(
+    "exclusions",
+    _cols(
+        ("account_id", STR), ("email_domain", STR), ("owner", ENUM), ("since", TS), ("ts", TS),
+        ("event_id", STR),
+    ),
+    engine="ReplacingMergeTree",
+    order_by="(account_id, email_domain, ts, event_id)",
+    comment="customers owned by direct sales or a channel partner (reference data)",
 )
 
 # Operational reports. Deduplicated on their natural keys as well, so a redelivered
@@ -175,14 +192,54 @@ DEAD_LETTERS = Table(
 
 TABLES: dict[str, Table] = {
     t.name: t
-    for t in (CLICKS, SIGNUPS, ORDERS, ATTRIBUTIONS, CONVERSIONS, PROMOTERS, LATE_EVENTS, DEAD_LETTERS)
+    for t in (CLICKS, SIGNUPS, ORDERS, ATTRIBUTIONS, CONVERSIONS, PROMOTERS, EXCLUSIONS, LATE_EVENTS,
+              DEAD_LETTERS)
 }
+
+_TURNED = "e.enterprise_since > c.order_ts AND c.status != 'rejected'"  # personal at order time, enterprise later
+_SPAM = "sc.spam_code != ''"
+
+
+def spam_codes_sql(min_signups: int = 20, long_share: float = 0.5, long_delay_ms: int = 86_400_000) -> str:
+    """Tracking codes whose click -> signup delays are flat and spread out (click spamming,
+    docs/rules.md). Thresholds come from the rule book; the worker re-creates the view
+    with its own at start-up. Numbers only (typed here), never text from outside."""
+    return f"""SELECT tracking_code, count() AS signups,
+        countIf(toUnixTimestamp64Milli(signup_ts) - toUnixTimestamp64Milli(click_ts) > {int(long_delay_ms)}) AS long
+    FROM attributions_current WHERE tracking_code != ''
+    GROUP BY tracking_code
+    HAVING signups >= {int(min_signups)} AND long >= {float(long_share)} * signups"""
 
 #: view name -> SELECT. `*_current` views are the deduplicated, latest-state contract
 #: that dashboards and `sinks.queries` read.
 VIEWS: dict[str, str] = {
     "attributions_current": "SELECT * FROM attributions FINAL",
-    "conversions_current": "SELECT * FROM conversions FINAL",
+    "spam_codes": spam_codes_sql(),
+    # Applied here rather than per decision, so they are exact whatever the arrival order:
+    # - a promoter who turns enterprise forfeits all earlier earnings (SPEC §4), also on
+    #   orders the join will never see again;
+    # - click spamming is a statistic over all of a code's signups (`spam_codes`).
+    "conversions_current": f"""SELECT c.* REPLACE (
+        multiIf({_TURNED}, 'reversed', {_SPAM} AND c.status = 'approved', 'held', c.status) AS status,
+        arrayConcat(c.reasons,
+            if({_SPAM} AND NOT has(c.reasons, 'click_spamming'), ['click_spamming'], []),
+            if({_TURNED} AND NOT has(c.reasons, 'promoter_became_enterprise'),
+               ['promoter_became_enterprise'], [])) AS reasons,
+        if({_TURNED}, toDecimal64(0, 4), c.commission) AS commission,
+        if({_TURNED}, toDecimal64(0, 4), c.bonus) AS bonus,
+        if({_TURNED}, 0, c.points) AS points)
+    FROM conversions AS c FINAL
+    LEFT JOIN (SELECT promoter_id AS enterprise_promoter, min(ts) AS enterprise_since FROM promoters FINAL
+               WHERE account_type = 'enterprise' GROUP BY promoter_id) AS e
+    ON c.promoter_id = e.enterprise_promoter
+    LEFT JOIN (SELECT tracking_code AS spam_code FROM spam_codes) AS sc ON c.tracking_code = sc.spam_code""",
+    # One line per promoter, month and status, traceable to its orders.
+    "promoter_statement": """SELECT promoter_id, toStartOfMonth(order_ts) AS month, status,
+        count() AS orders, sum(amount) AS amount, sum(commission) AS commission,
+        sum(bonus) AS bonus, sum(points) AS points, groupArray(order_id) AS order_ids
+    FROM conversions_current WHERE promoter_id != ''
+    GROUP BY promoter_id, month, status""",
+    "exclusions_current": "SELECT * FROM exclusions FINAL",
     "promoters_current": (
         "SELECT * FROM promoters FINAL "
         "ORDER BY tracking_code, ts DESC, event_id DESC LIMIT 1 BY tracking_code"

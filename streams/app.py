@@ -19,8 +19,10 @@ from sinks.step import SinkStep
 from streams.config import Settings
 from streams.joiners import AccountJoin, VisitorJoin
 from streams.metrics import Metrics
-from streams.reference import PromoterDirectory, follow_promoters
+from streams.reference import ExclusionDirectory, PromoterDirectory, follow_reference
 from streams.router import Router
+from streams.web.routes import register as register_web
+from streams.rules.signals import SignalStore
 
 log = logging.getLogger(__name__)
 RAW = {"value_serializer": "raw", "key_serializer": "raw"}
@@ -95,12 +97,16 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
     topics = make_topics(app, s)
     visitors = app.Table("visitors", partitions=s.partitions, key_type=bytes, value_type=bytes)
     accounts = app.Table("accounts", partitions=s.partitions, key_type=bytes, value_type=bytes)
-    directory = PromoterDirectory()
+    directory = PromoterDirectory(s.pii_salt.encode())
+    exclusions = ExclusionDirectory()
+    signals = SignalStore(s.redis_url, s.redis_namespace,
+                          on_failure=lambda op: metrics.redis_failures.labels(op).inc())
 
-    router = Router(s, topics, metrics)
+    router = Router(s, topics, metrics, signals)
     visitor_sources, account_sources = join_sources(s, raw_partitions)
     visitor_join = VisitorJoin(s, visitors, topics, metrics, visitor_sources)
-    account_join = AccountJoin(s, accounts, topics, metrics, account_sources, directory.as_of)
+    account_join = AccountJoin(s, accounts, topics, metrics, account_sources, directory.as_of,
+                               exclusions.owner, signals)
     sink = SinkStep(s, metrics)
     app.refstream = {"metrics": metrics, "directory": directory, "sink": sink}  # for tests and bench
 
@@ -110,8 +116,8 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
         account_join.forget_assignment()
 
     @app.task
-    async def load_promoters() -> None:
-        await follow_promoters(s, directory)
+    async def load_reference() -> None:
+        await follow_reference(s, directory, exclusions)
 
     @app.agent(topics.raw_events)
     async def route(stream: Any) -> None:
@@ -148,8 +154,19 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
         return web.json({"ok": True, "promoters_loaded": directory.ready.is_set(), "promoters": len(directory),
                          "sink": sink.stats()})
 
+    @app.page("/ready")
+    async def ready(web: Any, request: Any) -> Any:
+        """200 once assigned partitions are recovered and reference data is loaded, else 503
+        (a readiness probe: no traffic until the worker can decide)."""
+        recovered = app.tables.recovery.completed.is_set() and not app.in_recovery and not app.rebalancing
+        ok = recovered and directory.ready.is_set()
+        return web.json({"ready": ok, "recovered": recovered, "reference_loaded": directory.ready.is_set()},
+                        status=200 if ok else 503)
+
     @app.page("/counts")
     async def counts(web: Any, request: Any) -> Any:
         return web.json(await sink.counts())
+
+    register_web(app, sink, s)  # stats API (/api/*) and dashboard (/dashboard)
 
     return app

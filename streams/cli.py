@@ -8,6 +8,9 @@ import argparse
 import asyncio
 import json
 import sys
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
 
 from streams.config import ConfigError, Settings
 
@@ -59,6 +62,90 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return demo.run(args, settings)
 
 
+def _month(value: str) -> str:
+    try:
+        datetime.strptime(value, "%Y-%m")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a month like 2026-03") from None
+    return value
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
+    """Print a promoter's monthly statement: approved, held, rejected and reversed lines
+    with counts, amounts, commission and points, and the orders behind each line."""
+    from sinks import queries
+    from sinks.clickhouse import connect
+
+    lines, orders = queries.statement(connect(settings.clickhouse), args.promoter, args.month)
+    print(f"statement of {args.promoter} for {args.month}\n")
+    if not lines:
+        print("(no conversions)")
+        return 0
+    money = frozenset({"orders", "amount", "commission", "bonus", "points"})
+    print(queries.format_table(("status", "orders", "amount", "commission", "bonus", "points"), lines, money))
+    payable = [ln for ln in lines if ln["status"] in ("approved", "held")]
+    total = sum((ln["commission"] + ln["bonus"] for ln in payable), Decimal(0))
+    print(f"\ncommission + bonus on approved and held orders: {total:,.2f}")
+    if args.orders:
+        for o in orders:
+            o["order_ts"] = _iso(o["order_ts"])
+        cols = ("order_id", "order_ts", "status", "reasons", "amount", "rate", "tier", "cap_applied",
+                "commission", "bonus", "points", "rule_version")
+        print("\n" + queries.format_table(cols, orders, frozenset({"amount", "rate", "tier", "commission",
+                                                                    "bonus", "points"})))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    """Reprocess the stored events with a candidate rule book and report what would change,
+    per promoter and per reason, without touching the live results."""
+    from sinks import queries
+    from sinks.clickhouse import connect
+    from streams import replay
+    from streams.rules.ruleset import load_rules
+
+    try:
+        candidate = load_rules(args.rules)
+    except ValueError as exc:
+        print(f"refstream: {exc}", file=sys.stderr)
+        return 2
+    current = load_rules(settings.rules_file)
+    print("reading stored events from ClickHouse ...", file=sys.stderr)
+    events = replay.load(connect(settings.clickhouse))
+    print(f"replaying {len(events.clicks):,} clicks, {len(events.signups):,} signups, "
+          f"{len(events.orders):,} orders twice ...", file=sys.stderr)
+    lo = _day_ms(args.from_) if args.from_ else None
+    hi = _day_ms(args.to) if args.to else None
+
+    def keep(c: Any) -> bool:
+        return (lo is None or c.order_ts >= lo) and (hi is None or c.order_ts < hi)
+
+    s = settings
+    base = [c for c in replay.run(events, current, s.window_ms, s.binding_ms, s.refund_window_ms,
+                                  s.attribution_model) if keep(c)]
+    new = [c for c in replay.run(events, candidate, s.window_ms, s.binding_ms, s.refund_window_ms,
+                                 s.attribution_model) if keep(c)]
+    diff = replay.compare(base, new)
+    print(f"{diff.changed_orders:,} of {diff.orders:,} conversions change "
+          f"(rules {[r.version for r in current.rule_sets]} -> {[r.version for r in candidate.rule_sets]})\n")
+    num = frozenset({"approved_base", "approved_new", "held_base", "held_new", "commission_base",
+                     "commission_new", "commission_delta", "orders_base", "orders_new", "delta"})
+    print(queries.format_table(("promoter_id", "approved_base", "approved_new", "held_base", "held_new",
+                                "commission_base", "commission_new", "commission_delta"),
+                               diff.by_promoter[:args.top], num))
+    print()
+    print(queries.format_table(("reason", "orders_base", "orders_new", "delta"), diff.by_reason, num))
+    return 0
+
+
+def _day_ms(value: str) -> int:
+    return int(datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp() * 1000)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="refstream",
@@ -87,6 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description=demo.__doc__)
     demo.add_arguments(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("statement", help="a promoter's monthly statement", description=cmd_statement.__doc__)
+    p.add_argument("--promoter", required=True, help="promoter_id")
+    p.add_argument("--month", required=True, type=_month, help="YYYY-MM (UTC, by order time)")
+    p.add_argument("--orders", action="store_true", help="also list every order behind the lines")
+    p.set_defaults(func=cmd_statement)
+
+    from streams import replay
+
+    p = sub.add_parser("replay", help="backtest another rule book on the stored events",
+                       description=cmd_replay.__doc__)
+    replay.add_arguments(p)
+    p.set_defaults(func=cmd_replay)
     return parser
 
 

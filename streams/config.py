@@ -31,9 +31,11 @@ class Settings:
     max_future_s: float = 3600
     max_clicks_per_visitor: int = 64
     pii_salt: str = "refstream-dev-salt"
+    rules_file: str = ""  # TOML rule book (docs/rules.md); empty: the SPEC defaults
     table_store: str = "memory://"
     web_bind: str = "127.0.0.1"
     web_port: int = 6066
+    api_token: str = ""  # REFSTREAM_API_TOKEN: when set, /api/* and /dashboard need "Authorization: Bearer <token>"
     router_batch: int = 2000
     router_flush_s: float = 0.1
     sink_batch: int = 20000
@@ -70,6 +72,12 @@ class Settings:
             )
         if self.partitions < 1:
             raise ConfigError(f"{PREFIX}PARTITIONS must be at least 1")
+        if self.rules_file:
+            from streams.rules.ruleset import load_rules  # late: rules import records, not config
+            try:
+                load_rules(self.rules_file)
+            except ValueError as e:
+                raise ConfigError(f"{PREFIX}RULES_FILE: {e}") from None
         if not self.kafka_url.startswith(("kafka://", "aiokafka://")):
             raise ConfigError(
                 f"{PREFIX}KAFKA_URL must look like kafka://host:9092[;host2:9092], "
@@ -90,6 +98,11 @@ class Settings:
 
     def topic(self, name: str) -> str:
         return self.topic_prefix + name
+
+    @property
+    def redis_namespace(self) -> str:
+        """Prefix of refstream's Redis keys: one app on one set of topics."""
+        return f"rs:{self.app_id}:{self.topic_prefix}"
 
     @property
     def window_ms(self) -> int:

@@ -10,6 +10,11 @@ this module sends it to Kafka. Two modes:
   wall clock, each message sent when its simulated delivery time comes. Delays between a
   visitor's click, signup and orders are compressed (a day becomes a minute) so that the
   whole funnel shows up during a demo; no late events are generated in this mode.
+
+Both modes mix labelled fraud patterns into the honest traffic (`--no-fraud` leaves them
+out, `--fraud-count PATTERN=N` changes one); the dry run prints the expected statuses and
+the orders per pattern. Live traffic has no click spamming nor promoter turning enterprise
+(they need days of history).
 """
 from __future__ import annotations
 
@@ -25,9 +30,12 @@ from typing import Any
 from streams.config import Settings
 from streams.traffic import (  # re-exported: the public API of sample traffic lives here too
     DAY_MS,
+    FRAUD_COUNTS,
+    PATTERNS,
     TOPICS,
     AccountTruth,
     Counts,
+    Expected,
     Traffic,
     TrafficSpec,
     Truth,
@@ -36,8 +44,8 @@ from streams.traffic import (  # re-exported: the public API of sample traffic l
 )
 
 __all__ = [
-    "AccountTruth", "Counts", "Traffic", "TrafficSpec", "Truth", "add_arguments", "compute_truth",
-    "generate", "produce", "run", "spec_from_args",
+    "FRAUD_COUNTS", "PATTERNS", "AccountTruth", "Counts", "Expected", "Traffic", "TrafficSpec", "Truth",
+    "add_arguments", "compute_truth", "generate", "produce", "run", "spec_from_args",
 ]
 
 #: live mode: one simulated day of a visitor's journey per wall-clock minute
@@ -123,8 +131,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="live mode: seconds of traffic (default 600)")
     parser.add_argument("--end-ms", type=int, default=None,
                         help="bulk mode: simulated 'now' in epoch millis (default: the wall clock)")
+    parser.add_argument("--fraud", action=argparse.BooleanOptionalAction, default=True,
+                        help="mix labelled fraud patterns into the traffic (default: yes; --no-fraud: honest only)")
+    parser.add_argument("--fraud-count", action="append", default=[], metavar="PATTERN=N",
+                        type=_fraud_count,
+                        help="actors of one fraud pattern (0 turns it off; repeatable); patterns: "
+                             + ", ".join(f"{p} (default {n})" for p, n in FRAUD_COUNTS.items()))
     parser.add_argument("--dry-run", action="store_true",
-                        help="print counts and the expected attribution, produce nothing")
+                        help="print counts and the expected attribution and statuses, produce nothing")
+
+
+def _fraud_count(text: str) -> tuple[str, int]:
+    """PATTERN=N, for --fraud-count."""
+    name, sep, n = text.partition("=")
+    if not sep or name not in FRAUD_COUNTS or not n.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected PATTERN=N with N >= 0 and PATTERN one of {', '.join(FRAUD_COUNTS)}; got {text!r}")
+    return name, int(n)
 
 
 def spec_from_args(args: argparse.Namespace, settings: Settings, now_ms: int) -> TrafficSpec:
@@ -133,7 +156,7 @@ def spec_from_args(args: argparse.Namespace, settings: Settings, now_ms: int) ->
         seed=args.seed, end_ms=args.end_ms or now_ms, promoters=args.promoters,
         visitors=args.visitors, days=args.days, malformed=args.malformed,
         allowed_lateness_ms=settings.lateness_ms, window_ms=settings.window_ms,
-        binding_ms=settings.binding_ms,
+        binding_ms=settings.binding_ms, fraud=args.fraud, fraud_counts=dict(args.fraud_count) or None,
     )
 
 
@@ -145,10 +168,14 @@ def live_spec(args: argparse.Namespace, settings: Settings, now_ms: int) -> Traf
         days=duration_ms / DAY_MS, time_scale=LIVE_TIME_SCALE, live=True, late=0.0,
         max_delay_ms=min(LIVE_MAX_DELAY_MS, int(0.9 * settings.lateness_ms)), exclusions=0,
     )
-    # calibrate: how many traffic messages does one visitor make with these settings?
-    probe = generate(replace(base, visitors=2000, malformed=0))
-    per_visitor = max(0.1, sum(1 for f in probe.flags if f != "reference") / 2000)
-    return replace(base, visitors=max(1, round(args.rate * args.duration / per_visitor)))
+    # calibrate: how many traffic messages do the fraud patterns and one honest visitor make?
+    def traffic(spec: TrafficSpec) -> int:
+        return sum(1 for f in generate(spec).flags if f != "reference")
+
+    fixed = traffic(replace(base, visitors=0, malformed=0))
+    per_visitor = max(0.1, traffic(replace(base, visitors=2000, malformed=0, fraud=False)) / 2000)
+    wanted = max(0.0, args.rate * args.duration - fixed)
+    return replace(base, visitors=max(1, round(wanted / per_visitor)))
 
 
 def summary(traffic: Traffic, sent: dict[str, int] | None = None) -> str:
@@ -165,6 +192,8 @@ def summary(traffic: Traffic, sent: dict[str, int] | None = None) -> str:
         f"{s['organic_signups']} organic), {s['attributed_orders']} attributed orders "
         f"({s['reversed_orders']} refunded/cancelled), attributed GMV {s['attributed_gmv']} USD, "
         f"{s['excluded_accounts']} excluded accounts",
+        "  expected statuses: " + (", ".join(f"{k} {v}" for k, v in s["statuses"].items()) or "none"),
+        "  orders per fraud pattern: " + (", ".join(f"{k} {v}" for k, v in s["patterns"].items()) or "none"),
     ]
     return "\n".join(lines)
 

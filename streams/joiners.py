@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from schemas.records import (
-    AttributionRec, Batch, ClickRec, ClickRef, Conversion, LateEvent, OrderRec, SignupRec,
+    Batch, ClickRec, ClickRef, Conversion, LateEvent, OrderRec, SignupIdent, SignupRec,
     batch_decoder, batch_encoder, json_encoder,
 )
 from streams.config import Settings
@@ -30,6 +30,9 @@ from streams.join import conversions as conv
 from streams.join.clock import EventClock
 from streams.metrics import Metrics
 from streams.partitioning import partition_for
+from streams.rules.checks import is_bot
+from streams.rules.ruleset import load_rules
+from streams.rules.signals import SignalStore
 
 log = logging.getLogger(__name__)
 CLOCK_KEY = b"\x00clock/%d"
@@ -130,6 +133,19 @@ class JoinStep:
             by_key[self.key_of(rec)].append((rec, late))
         for source, ts in batch.clocks.items():
             clock.observe(source, ts)
+        await self.apply_batch(p, by_key, clock)
+        self.table[CLOCK_KEY % p] = self._encoder.encode(clock)
+        wm = clock.watermark
+        if wm is not None:
+            self.metrics.watermark.labels(self.name, str(p)).set(wm)
+            now = time.monotonic()
+            if now - self._last_sweep[p] >= SWEEP_EVERY_S:
+                self._last_sweep[p] = now
+                await self._sweep(p, wm)
+        await self._flush(p, wm)
+
+    async def apply_batch(self, p: int, by_key: dict[bytes, list[tuple[Any, bool]]], clock: EventClock) -> None:
+        """Apply a batch key by key: one state read and write per key."""
         for key, items in by_key.items():
             state = self._load(key)
             for rec, late in items:
@@ -138,27 +154,24 @@ class JoinStep:
                 else:
                     self.apply(state, key, rec)
             self._store(p, key, state, state_is_empty(state))
-        self.table[CLOCK_KEY % p] = self._encoder.encode(clock)
-        wm = clock.watermark
-        if wm is not None:
-            self.metrics.watermark.labels(self.name, str(p)).set(wm)
-            now = time.monotonic()
-            if now - self._last_sweep[p] >= SWEEP_EVERY_S:
-                self._last_sweep[p] = now
-                self._sweep(p, wm)
-        await self._flush(p, wm)
 
-    def _sweep(self, p: int, watermark: int) -> None:
+    async def _sweep(self, p: int, watermark: int) -> None:
         heap = self._heap(p)
+        due: dict[bytes, Any] = {}
         while heap and heap[0][0] < watermark:
             deadline, key = heapq.heappop(heap)
             if self._deadline.get(key) != deadline:
                 continue  # stale: the key was rescheduled or deleted since
             del self._deadline[key]
-            state = self._load(key)
+            due[key] = self._load(key)
+        await self.on_due(due, watermark)
+        for key, state in due.items():
             delete = self.advance(state, key, watermark)
             self._store(p, key, state, delete)
         self.metrics.state_keys.labels(self.name).set(len(self._deadline))
+
+    async def on_due(self, states: dict[bytes, Any], watermark: int) -> None:
+        """Hook: work on states the watermark reached, before they advance."""
 
     def _late(self, rec: Any, clock: EventClock, p: int) -> None:
         kind = type(rec).__name__.removesuffix("Rec").lower()
@@ -202,6 +215,7 @@ class VisitorJoin(JoinStep):
         super().__init__(*args)
         s = self.settings
         self.rules = attr.AttributionRules(s.window_ms, s.attribution_model, s.max_clicks_per_visitor)
+        self.book = load_rules(s.rules_file)
         self._heard: dict[int, float] = defaultdict(float)
 
     async def send_downstream(self, p: int, watermark: int | None, batches: dict[int, list]) -> None:
@@ -224,10 +238,12 @@ class VisitorJoin(JoinStep):
 
     def apply(self, state: attr.VisitorState, key: bytes, rec: ClickRec | SignupRec) -> None:
         if isinstance(rec, ClickRec):
-            click = ClickRef(rec.event_id, rec.ts, rec.tracking_code, rec.campaign)
+            bot = is_bot(rec.user_agent, rec.method, self.book.at(rec.ts))
+            click = ClickRef(rec.event_id, rec.ts, rec.tracking_code, rec.campaign, rec.ip_hash, bot)
             out = attr.add_click(state, rec.visitor_id, click, self.rules)
         else:
-            out = attr.add_signup(state, rec.account_id, rec.visitor_id, rec.event_id, rec.ts, self.rules)
+            ident = SignupIdent(rec.ip_hash, rec.device_id, rec.email_hash, rec.email_domain, rec.realname_id_hash)
+            out = attr.add_signup(state, rec.account_id, rec.visitor_id, rec.event_id, rec.ts, self.rules, ident)
         self._out.extend(("attribution", a) for a in out)
 
     def advance(self, state: attr.VisitorState, key: bytes, watermark: int) -> bool:
@@ -242,17 +258,25 @@ class VisitorJoin(JoinStep):
 
 
 class AccountJoin(JoinStep):
-    """orders + attributions by account_id -> conversions."""
+    """orders + attributions by account_id -> checked, priced conversions.
+
+    Per batch: apply the records to state (pure), read the cross-partition counters the
+    decisions need from Redis (one round trip each for the fraud counters and the
+    promoters' ledgers), decide (pure), then enter the decided conversions in the ledgers
+    before sending them. When the watermark closes the counters' windows, the counters
+    are read for good and the account re-decided (`on_due`). Click spamming is a
+    promoter-wide statistic: `conversions_current` applies it (sinks/tables.py).
+    """
 
     name = "account"
     state_type = conv.AccountState
 
     def __init__(self, settings: Settings, table: Any, topics: Any, metrics: Metrics,
-                 sources: tuple[str, ...], lookup: Any) -> None:
+                 sources: tuple[str, ...], promoters: Any, exclusions: Any, signals: SignalStore) -> None:
         super().__init__(settings, table, topics, metrics, sources)
-        self.lookup = lookup
-        self.rules = conv.ConversionRules(settings.binding_ms, settings.refund_window_ms, settings.attribution_model)
-
+        rules = conv.ConversionRules(settings.binding_ms, settings.refund_window_ms, settings.attribution_model)
+        self.ctx = conv.Context(rules, load_rules(settings.rules_file), promoters, exclusions)
+        self.signals = signals
 
     def key_of(self, rec: Any) -> bytes:
         return rec.account_id.encode()
@@ -260,18 +284,81 @@ class AccountJoin(JoinStep):
     def knows(self, state: conv.AccountState, rec: Any) -> bool:
         return isinstance(rec, OrderRec) and conv.knows(state, rec)
 
-    def apply(self, state: conv.AccountState, key: bytes, rec: OrderRec | AttributionRec) -> None:
+    async def apply_batch(self, p: int, by_key: dict[bytes, list[tuple[Any, bool]]], clock: EventClock) -> None:
+        states: dict[bytes, conv.AccountState] = {}
+        touched: dict[bytes, set[str]] = {}
+        fresh: list[bytes] = []  # keys whose attribution arrived: snapshot their signals
+        for key, items in by_key.items():
+            state = states[key] = self._load(key)
+            touched[key] = set()
+            for rec, late in items:
+                if late and not self.knows(state, rec):
+                    self._late(rec, clock, p)
+                elif isinstance(rec, OrderRec):
+                    touched[key] |= conv.add_order(state, rec)
+                else:
+                    frozen = state.signals is not None and state.signup is not None and state.signup.final
+                    touched[key] |= conv.add_attribution(state, rec)
+                    if not frozen and state.signup is not None and state.signup.click is not None:
+                        fresh.append(key)  # counters as of the final attribution, then frozen
+        await self._snapshot(states, list(dict.fromkeys(fresh)))
+        decisions = await self._decide(states, touched)
+        await self.signals.record_ledger(decisions)
+        self._emit(decisions)
+        for key, state in states.items():
+            conv.prune(state, self.ctx.rules)
+            self._store(p, key, state, state_is_empty(state))
+
+    async def _snapshot(self, states: dict[bytes, conv.AccountState], keys: list[bytes]) -> None:
+        recs = [states[k].signup for k in keys]
+        snaps = await self.signals.snapshot(recs)  # type: ignore[arg-type]
+        for key, snap in zip(keys, snaps):
+            states[key].signals = snap
+
+    async def _decide(self, states: dict[bytes, conv.AccountState], touched: dict[bytes, set[str]]) -> list[Conversion]:
         now = int(time.time() * 1000)
-        if isinstance(rec, OrderRec):
-            out = conv.add_order(state, rec, self.lookup, self.rules, now)
-        else:
-            out = conv.add_attribution(state, rec, self.lookup, self.rules, now)
-        for c in out:
+        asks: list[tuple[str, int]] = []
+        index: dict[tuple[bytes, str], int] = {}
+        for key, state in states.items():
+            if state.signup is None or state.signup.click is None:
+                continue
+            code = state.signup.click.tracking_code
+            for oid in conv.candidates(state, self.ctx.rules):
+                ts = state.orders[oid].order.ts
+                promoter = self.ctx.promoter(code, ts)
+                index[key, oid] = len(asks)
+                asks.append((promoter.promoter_id if promoter else "", ts))
+        answers = await self.signals.ledger_before(asks)
+        out: list[Conversion] = []
+        for key, state in states.items():
+            def live(oid: str, key: bytes = key) -> conv.Live:
+                volume, points = answers[index[key, oid]]
+                return conv.Live(volume_before=volume, points_before=points)
+            out.extend(conv.decide_all(state, touched[key], self.ctx, live, now))
+        return out
+
+    async def on_due(self, states: dict[bytes, conv.AccountState], watermark: int) -> None:
+        """Windows of the counters closed: read them for good and re-decide (new revisions
+        only where a reason appears or goes)."""
+        closing = {k: st for k, st in states.items() if conv.needs_final_signals(st, watermark)}
+        if not closing:
+            return
+        await self._snapshot(closing, list(closing))
+        for st in closing.values():
+            st.signals_final = True
+        decisions = await self._decide(closing, {k: set() for k in closing})
+        await self.signals.record_ledger(decisions)
+        self._emit(decisions)
+
+    def _emit(self, decisions: list[Conversion]) -> None:
+        for c in decisions:
             self.metrics.conversions.labels(c.status).inc()
-        self._out.extend(("conversion", c) for c in out)
+            for r in c.reasons:
+                self.metrics.fraud_reasons.labels(r).inc()
+        self._out.extend(("conversion", c) for c in decisions)
 
     def advance(self, state: conv.AccountState, key: bytes, watermark: int) -> bool:
-        return conv.advance(state, watermark, self.rules)
+        return conv.advance(state, watermark, self.ctx.rules)
 
     def deadline(self, state: conv.AccountState) -> int | None:
-        return conv.due(state, self.rules)
+        return conv.due(state, self.ctx.rules)

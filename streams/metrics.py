@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+SPIKE_KINDS = ("promoter", "tracking_code")
+
 
 @dataclass
 class Metrics:
@@ -39,6 +41,32 @@ class Metrics:
         )
         self.sink_failures = Counter(
             "refstream_sink_failures", "Failed ClickHouse inserts (retried)", ["table"], registry=r
+        )
+
+        # Operator metrics the alert rules and dashboards in deploy/ read (wired by the agents).
+        self.consumer_lag = Gauge(
+            "refstream_consumer_lag", "Messages behind the partition's end offset", ["topic", "partition"],
+            registry=r,
+        )
+        self.spikes = Counter(
+            "refstream_referral_spikes", "Referral spike alerts", ["kind"], registry=r
+        )
+        # Export both kinds at 0 from the start: increase() in the alert rule cannot see
+        # a counter's first increment when the series appears with it.
+        for kind in SPIKE_KINDS:
+            self.spikes.labels(kind)
+        self.spike_score = Gauge(
+            "refstream_referral_spike_score", "Highest current spike score (z-score)", ["kind"], registry=r
+        )
+        self.fraud_reasons = Counter(
+            "refstream_conversion_reasons", "Reasons attached to conversions", ["reason"], registry=r
+        )
+        self.redis_failures = Counter(
+            "refstream_redis_failures", "Failed Redis operations", ["op"], registry=r
+        )
+        self.sink_batch_rows = Histogram(
+            "refstream_sink_batch_rows", "Rows per ClickHouse table batch", ["table"], registry=r,
+            buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000),
         )
 
     def render(self) -> bytes:

@@ -1,6 +1,6 @@
 """Route raw input messages: validate, strip personal data, re-key for the joins.
 
-Valid clicks and signups go to `visitor-join` partitioned by visitor_id, orders to
+Valid clicks and signups are counted for the fraud checks (Redis) and go to `visitor-join` partitioned by visitor_id, orders to
 `account-join` partitioned by account_id, as one msgpack batch message per destination
 partition. Every batch also carries the event-time progress of the raw partitions this
 router reads, and partitions that got no records hear it at least every second (a
@@ -77,8 +77,9 @@ def dead_letter(reason: str, message: Any, salt: bytes) -> DeadLetter:
 
 
 class Router:
-    def __init__(self, settings: Settings, topics: Any, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, topics: Any, metrics: Metrics, signals: Any = None) -> None:
         self.settings = settings
+        self.signals = signals  # SignalStore: flood and farming counters (None: not counted)
         self.topics = topics
         self.metrics = metrics
         self.salt = settings.pii_salt.encode()
@@ -114,6 +115,8 @@ class Router:
                 visitors[partition_for(rec.visitor_id.encode(), n)].append(rec)
         for topic, count in counts.items():
             self.metrics.events_in.labels(topic).inc(count)
+        if self.signals is not None:  # counted before the joins can decide on these events
+            await self.signals.record_events([r for recs in visitors.values() for r in recs])
         heartbeat = time.monotonic() - self.last_heartbeat >= 1.0
         if heartbeat:
             self.last_heartbeat = time.monotonic()
@@ -123,6 +126,9 @@ class Router:
             for p in range(n):
                 if p in batches or (heartbeat and clocks):
                     await topic.send(value=batch_encoder.encode(Batch(batches.get(p, []), clocks)), partition=p)
+
+    def hash(self, value: str | None) -> str | None:
+        return hash_pii(value, self.salt)
 
     async def dead_letter(self, reason: str, msg: Any) -> None:
         self.metrics.dead_letters.labels(msg.topic).inc()

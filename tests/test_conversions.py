@@ -15,11 +15,14 @@ PROMOTERS = {"A": "p-alice", "B": "p-bob"}
 
 
 def lookup(code: str, ts: int) -> conv.PromoterRef | None:
-    return conv.PromoterRef(PROMOTERS[code]) if code in PROMOTERS else None
+    return conv.PromoterRef(promoter_id=PROMOTERS[code]) if code in PROMOTERS else None
+
+
+CTX = conv.Context(RULES, promoter=lookup)
 
 
 def attribution(code: str | None, signup_ts: int = 0, final: bool = False, eid: str = "s1") -> AttributionRec:
-    click = ClickRef("c-" + code, signup_ts - 10, code) if code else None
+    click = ClickRef("c-" + code, signup_ts - 3_600_000, code) if code else None
     return AttributionRec("acc", eid, signup_ts, "v", click, final)
 
 
@@ -74,15 +77,19 @@ CASES = [
 ]
 
 
+def apply(state: conv.AccountState, step, now_ms: int = 0) -> list:
+    """What the account join does with one record: update, decide, prune."""
+    touched = conv.add_order(state, step) if isinstance(step, OrderRec) else conv.add_attribution(state, step)
+    out = conv.decide_all(state, touched, CTX, lambda oid: conv.Live(), now_ms)
+    conv.prune(state, RULES)
+    return out
+
+
 def run(steps: list) -> tuple[conv.AccountState, dict[str, tuple]]:
     state = conv.AccountState()
     last = {}
     for step in steps:
-        if isinstance(step, OrderRec):
-            out = conv.add_order(state, step, lookup, RULES, now_ms=0)
-        else:
-            out = conv.add_attribution(state, step, lookup, RULES, now_ms=0)
-        for c in out:
+        for c in apply(state, step):
             last[c.order_id] = (c.status, c.promoter_id, c.revision, c.reasons)
     return state, last
 
@@ -94,8 +101,8 @@ def test_conversions(case: Case) -> None:
 
 def test_conversion_carries_the_explanation() -> None:
     state = conv.AccountState()
-    conv.add_attribution(state, attribution("A", signup_ts=DAY), lookup, RULES, now_ms=7)
-    [c] = conv.add_order(state, order("o1", 2 * DAY, amount="19.99"), lookup, RULES, now_ms=7)
+    apply(state, attribution("A", signup_ts=DAY), now_ms=7)
+    [c] = apply(state, order("o1", 2 * DAY, amount="19.99"), now_ms=7)
     assert (c.tracking_code, c.click_event_id, c.signup_event_id, c.order_ts, c.amount) == (
         "A", "c-A", "s1", 2 * DAY, Decimal("19.99"))
 

@@ -1,12 +1,14 @@
 """Sample traffic generator: pure tests, no broker.
 
 Every property is checked on the *bytes* the generator would produce, decoded with the
-pipeline's own `schemas.validate.decode`, against the claims documented in streams/traffic.py.
+pipeline's own `schemas.validate.decode`, against the claims documented in streams/traffic/:
+the attribution and, with an independent re-reading of docs/rules.md, the expected checks.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -15,11 +17,13 @@ from functools import lru_cache
 
 import pytest
 
-from schemas.events import Click, Order, Signup
+from schemas.events import Click, Exclusion, Order, Promoter, Signup
 from schemas.validate import Invalid, decode
 from streams import generate as gen
 from streams.config import Settings
-from streams.traffic import DAY_MS, Traffic, TrafficSpec, generate
+from streams.traffic import (
+    DAY_MS, FRAUD_COUNTS, HOUR_MS, PATTERNS, Traffic, TrafficSpec, generate, status_of,
+)
 
 MAX_FUTURE_MS = 3_600_000
 STATUS_RANK = {"paid": 0, "cancelled": 1, "refunded": 2, "chargeback": 3}
@@ -44,6 +48,8 @@ CASES = [
     Case("live-compressed", TrafficSpec(seed=9, visitors=800, days=600_000 / DAY_MS,
                                         time_scale=gen.LIVE_TIME_SCALE, live=True, late=0,
                                         max_delay_ms=20_000, malformed=3)),
+    Case("honest-only", TrafficSpec(seed=13, visitors=2500, fraud=False)),
+    Case("fraud-heavy", TrafficSpec(seed=17, visitors=600, days=5, fraud_counts={p: 4 for p in FRAUD_COUNTS})),
 ]
 IDS = [c.name for c in CASES]
 
@@ -145,7 +151,14 @@ def test_delivery_respects_lateness_bounds(case: Case) -> None:
     first_traffic = next(i for i, f in enumerate(t.flags) if f != "reference")
     assert all(f == "reference" for f in t.flags[:first_traffic])
     assert "reference" not in t.flags[first_traffic:]
-    assert max(t.ts[:first_traffic]) < min(ts for ts in t.ts[first_traffic:] if ts is not None)
+    # reference times precede the traffic, but for a few versions that take effect inside it
+    traffic_start = min(ts for ts in t.ts[first_traffic:] if ts is not None)
+    refs = decoded_of(case.name)[:first_traffic]
+    codes = {ev.tracking_code for ev in refs if isinstance(ev, Promoter) and ev.ts < traffic_start}
+    inside = [ev for ev in refs if ev.ts >= traffic_start]
+    assert all(isinstance(ev, Exclusion) or (isinstance(ev, Promoter) and ev.tracking_code in codes)
+               for ev in inside)
+    assert len(inside) <= spec.fraud_count("promoter_turns_enterprise") + 1  # + the exclusion probe
     assert t.deliver_at == sorted(t.deliver_at)
     high = None  # highest traffic event time delivered so far
     for msg, flag, ts in zip(t.messages[first_traffic:], t.flags[first_traffic:], t.ts[first_traffic:]):
@@ -251,7 +264,7 @@ def test_realistic_shapes(case: Case) -> None:
     # refunds / cancellations follow their paid event, same order_id, later ts
     paid_by_id = {o.order_id: o for o in paid}
     reversals = [o for o in orders if o.status != "paid"]
-    assert {o.status for o in reversals} == {"refunded", "cancelled"}
+    assert {o.status for o in reversals} == {"refunded", "cancelled", "chargeback"}
     assert all(o.ts > paid_by_id[o.order_id].ts for o in reversals)
     # orders of accounts that never came through a referral
     attributed = {a for a, x in t.truth.accounts.items() if x.tracking_code}
@@ -261,10 +274,294 @@ def test_realistic_shapes(case: Case) -> None:
     assert sum(b'"ts":"' in v for _, _, v in t.messages) > 10
     # truth summary
     s = t.truth.summary()
-    assert s["attributed_orders"] > 50 and s["reversed_orders"] > 0 and s["excluded_accounts"] == 3
-    # promoters join long before any traffic, some are ineligible
+    assert s["attributed_orders"] > 50 and s["reversed_orders"] > 0
+    assert s["excluded_accounts"] == spec.exclusions + 1
+    # the probe: an account owned by a channel partner only after its last order stays approved
+    probe = [a for a in t.truth.excluded_accounts if a not in t.truth.actors]
+    assert len(probe) == 1
+    assert {e.status for e in t.truth.expected.values() if e.account_id == probe[0]} == {"approved"}
+    # honest traffic dominates
+    assert s["statuses"]["approved"] > 0.6 * s["attributed_orders"]
+    # ineligible promoters (employee, partner staff, enterprise) and one turning enterprise
     assert sum(p["is_employee"] or p["is_partner_staff"] or p["account_type"] == "enterprise"
-               for p in t.truth.promoters.values()) == 3
+               for p in t.truth.promoters.values()) == 4
+
+
+# --- expected checks: an independent re-reading of docs/rules.md (default rules) ---------
+
+BOT_MARKERS = ("bot", "crawl", "spider", "python-requests", "curl", "wget")
+REJECTS = {"unknown_promoter", "promoter_ineligible", "customer_owned_by_channel", "customer_owned_by_direct_sales",
+           "self_referral", "product_ineligible", "click_injection", "bot_traffic", "click_flooding",
+           "signup_farming"}
+REVERSES = {"promoter_became_enterprise", "refunded", "chargeback", "cancelled"}
+HOLDS = {"click_spamming", "high_value_review"}
+
+
+def status_for(reasons: frozenset[str]) -> str:
+    return ("rejected" if reasons & REJECTS else "reversed" if reasons & REVERSES
+            else "held" if reasons & HOLDS else "approved")
+
+
+@dataclass
+class Attributed:
+    signup: Signup
+    click: Click
+    orders: dict[str, list[Order]]
+
+
+def attributed_of(events: list, spec: TrafficSpec) -> tuple[dict[str, Attributed], list[Click], list[Signup],
+                                                             list[Promoter], list[Exclusion]]:
+    """De-duplicated events, and per attributed account its signup, click and orders."""
+    seen: set[str] = set()
+    clicks: list[Click] = []
+    signups: dict[str, Signup] = {}
+    orders: dict[str, dict[str, list[Order]]] = {}
+    promoters: list[Promoter] = []
+    exclusions: list[Exclusion] = []
+    for e in events:
+        if isinstance(e, Invalid) or e.event_id in seen:
+            continue
+        seen.add(e.event_id)
+        if isinstance(e, Click):
+            clicks.append(e)
+        elif isinstance(e, Signup):
+            cur = signups.get(e.account_id)
+            if cur is None or (e.ts, e.event_id) < (cur.ts, cur.event_id):
+                signups[e.account_id] = e
+        elif isinstance(e, Order):
+            orders.setdefault(e.account_id, {}).setdefault(e.order_id, []).append(e)
+        elif isinstance(e, Promoter):
+            promoters.append(e)
+        elif isinstance(e, Exclusion):
+            exclusions.append(e)
+    by_visitor: dict[str, list[Click]] = {}
+    for c in clicks:
+        by_visitor.setdefault(c.visitor_id, []).append(c)
+    out = {}
+    for account, s in signups.items():
+        eligible = sorted((c for c in by_visitor.get(s.visitor_id, []) if s.ts - spec.window_ms <= c.ts <= s.ts),
+                          key=lambda c: (c.ts, c.event_id))
+        if eligible:
+            out[account] = Attributed(s, eligible[-1], orders.get(account, {}))
+    return out, clicks, list(signups.values()), promoters, exclusions
+
+
+def expected_checks(events: list, spec: TrafficSpec) -> dict[str, frozenset[str]]:
+    """order_id -> reason codes, for every attributed order."""
+    attributed, clicks, signups, promoters, exclusions = attributed_of(events, spec)
+    flood = Counter((k, getattr(c, k), c.tracking_code, c.ts // HOUR_MS) for c in clicks
+                    for k in ("ip", "visitor_id") if getattr(c, k))
+    farm: dict[tuple, set[str]] = {}
+    for s in signups:
+        for k in ("ip", "device_id"):
+            if getattr(s, k):
+                farm.setdefault((k, getattr(s, k), s.ts // DAY_MS), set()).add(s.account_id)
+    per_code = Counter(a.click.tracking_code for a in attributed.values())
+    long = Counter(a.click.tracking_code for a in attributed.values() if a.signup.ts - a.click.ts > 24 * HOUR_MS)
+    out = {}
+    for account, a in attributed.items():
+        s, c, code = a.signup, a.click, a.click.tracking_code
+        versions = sorted((p for p in promoters if p.tracking_code == code), key=lambda p: p.ts)
+        for oid, evs in a.orders.items():
+            paid = [o for o in evs if o.status == "paid"]
+            if not paid or not s.ts <= paid[0].ts <= s.ts + spec.binding_ms:
+                continue
+            o, r = paid[0], set()
+            before = [p for p in versions if p.ts <= o.ts]
+            if not before:
+                r.add("unknown_promoter")
+            else:
+                p = before[-1]
+                if p.is_employee or p.is_partner_staff or p.account_type == "enterprise":
+                    r.add("promoter_ineligible")
+                elif any(v.ts > o.ts and v.account_type == "enterprise" for v in versions):
+                    r.add("promoter_became_enterprise")
+                if p.account_id == account or any(getattr(p, f) and getattr(p, f) == getattr(s, f)
+                                                  for f in ("realname_id_hash", "email_hash", "device_id", "ip")):
+                    r.add("self_referral")
+            for x in exclusions:
+                owned = x.account_id == account or (x.email_domain and x.email_domain == s.email_domain)
+                if owned and (x.since or x.ts) <= o.ts:
+                    r.add({"channel_partner": "customer_owned_by_channel"}.get(x.owner, "customer_owned_by_direct_sales"))
+            if o.category == "marketplace":
+                r.add("product_ineligible")
+            if s.ts - c.ts < 10_000:
+                r.add("click_injection")
+            if c.method == "HEAD" or any(m in (c.user_agent or "").lower() for m in BOT_MARKERS):
+                r.add("bot_traffic")
+            if max(flood[k, getattr(c, k), code, c.ts // HOUR_MS] for k in ("ip", "visitor_id")) > 20:
+                r.add("click_flooding")
+            if max(len(farm.get((k, getattr(s, k), s.ts // DAY_MS), ())) for k in ("ip", "device_id")) > 3:
+                r.add("signup_farming")
+            if per_code[code] >= 20 and long[code] >= 0.5 * per_code[code]:
+                r.add("click_spamming")
+            if o.amount >= 50_000:
+                r.add("high_value_review")
+            final = max(evs, key=lambda e: (e.ts, STATUS_RANK[e.status], e.event_id)).status
+            if final != "paid":
+                r.add(final)
+            out[oid] = frozenset(r)
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_expected_checks_match_the_produced_events(case: Case) -> None:
+    t, decoded = traffic_of(case.name), decoded_of(case.name)
+    want = expected_checks(decoded, case.spec)
+    assert {oid: e.reasons for oid, e in t.truth.expected.items()} == want
+    assert {oid: e.status for oid, e in t.truth.expected.items()} == {oid: status_for(r) for oid, r in want.items()}
+    assert set(t.truth.expected) == set(t.truth.conversions)
+    assert all(status_of(e.reasons) == e.status for e in t.truth.expected.values())
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_every_order_carries_exactly_the_reasons_of_its_patterns(case: Case) -> None:
+    """Patterns do not overlap by accident, and honest orders are approved."""
+    t = traffic_of(case.name)
+    final = {oid: c[3] for oid, c in t.truth.conversions.items()}
+    for e in t.truth.expected.values():
+        want: set[str] = set()
+        for p in e.patterns:
+            if p in ("refund", "refund_abuse"):
+                assert final[e.order_id] in PATTERNS[p]
+                want.add(final[e.order_id])
+            else:
+                want |= set(PATTERNS[p])
+        assert e.reasons == want, (e.order_id, e.patterns)
+        if not e.patterns:
+            assert e.status == "approved"
+    if not case.spec.fraud:
+        assert {p for e in t.truth.expected.values() for p in e.patterns} <= {"refund"}
+        assert not t.truth.actors and not t.truth.excluded_accounts
+
+
+@dataclass(frozen=True)
+class PatternCase:
+    pattern: str
+    status: str
+    actor: str  # what carries the label in Truth.actors: account, code or - (only the order)
+
+
+PATTERN_CASES = [
+    PatternCase("click_flooding", "rejected", "account"),
+    PatternCase("click_injection", "rejected", "account"),
+    PatternCase("click_spamming", "held", "code"),
+    PatternCase("bot_traffic", "rejected", "account"),
+    PatternCase("self_referral", "rejected", "account"),
+    PatternCase("signup_farming", "rejected", "account"),
+    PatternCase("refund_abuse", "reversed", "account"),
+    PatternCase("refund", "reversed", "-"),
+    PatternCase("ineligible_promoter", "rejected", "code"),
+    PatternCase("promoter_turns_enterprise", "reversed", "code"),
+    PatternCase("channel_owned", "rejected", "account"),
+    PatternCase("direct_sales_owned", "rejected", "account"),
+    PatternCase("ineligible_product", "rejected", "-"),
+    PatternCase("big_order", "held", "-"),
+]
+BULK_FRAUD = [c.name for c in CASES if c.spec.fraud and not c.spec.live]
+
+
+@pytest.mark.parametrize("name", BULK_FRAUD)
+@pytest.mark.parametrize("pc", PATTERN_CASES, ids=[p.pattern for p in PATTERN_CASES])
+def test_each_pattern_appears_labelled(pc: PatternCase, name: str) -> None:
+    t = traffic_of(name)
+    assert set(PATTERNS) == {p.pattern for p in PATTERN_CASES}
+    orders = [e for e in t.truth.expected.values() if pc.pattern in e.patterns]
+    assert orders, f"no order of {pc.pattern}"
+    assert {e.status for e in orders if e.patterns == {pc.pattern}} == {pc.status}
+    if pc.actor == "account":
+        assert all(pc.pattern in t.truth.actors[e.account_id] for e in orders)
+    elif pc.actor == "code":
+        assert all(pc.pattern in t.truth.actors[e.tracking_code] for e in orders)
+
+
+@dataclass(frozen=True)
+class MarginCase:
+    code: str
+    metric: str  # see margins_of
+    fraud: tuple[float, float]  # range of the metric on orders expected to carry `code`
+    honest: tuple[float, float]  # ... and on every other order
+
+
+MARGIN_CASES = [
+    MarginCase("click_injection", "delay_s", (0.5, 6), (600, math.inf)),
+    MarginCase("click_flooding", "clicks_per_hour", (30, 60), (1, 5)),
+    MarginCase("signup_farming", "signups_per_day", (5, 7), (1, 2)),
+    MarginCase("click_spamming", "long_share", (0.7, 1), (0, 0.3)),
+    MarginCase("click_spamming", "code_signups", (25, 30), (0, math.inf)),
+    MarginCase("high_value_review", "amount", (54_000, 95_000), (0, 10_000)),
+]
+
+
+def margins_of(events: list, spec: TrafficSpec) -> dict[str, dict[str, float]]:
+    """order_id -> the quantities behind the thresholds, for every attributed order."""
+    attributed, clicks, signups, _, _ = attributed_of(events, spec)
+    flood = Counter((c.ip, c.tracking_code, c.ts // HOUR_MS) for c in clicks)
+    farm: dict[tuple, set[str]] = {}
+    for s in signups:
+        for k in ("ip", "device_id"):
+            farm.setdefault((k, getattr(s, k), s.ts // DAY_MS), set()).add(s.account_id)
+    per_code = Counter(a.click.tracking_code for a in attributed.values())
+    long = Counter(a.click.tracking_code for a in attributed.values() if a.signup.ts - a.click.ts > 24 * HOUR_MS)
+    out = {}
+    for a in attributed.values():
+        s, c, code = a.signup, a.click, a.click.tracking_code
+        for oid, evs in a.orders.items():
+            paid = [o for o in evs if o.status == "paid"]
+            out[oid] = {
+                "delay_s": (s.ts - c.ts) / 1000,
+                "clicks_per_hour": flood[c.ip, code, c.ts // HOUR_MS],
+                "signups_per_day": max(len(farm[k, getattr(s, k), s.ts // DAY_MS]) for k in ("ip", "device_id")),
+                "long_share": long[code] / per_code[code] if per_code[code] >= 20 else 0.0,
+                "code_signups": per_code[code],
+                "amount": float(paid[0].amount) if paid else 0.0,
+            }
+    return out
+
+
+@pytest.mark.parametrize("name", BULK_FRAUD)
+@pytest.mark.parametrize("mc", MARGIN_CASES, ids=[f"{m.code}-{m.metric}" for m in MARGIN_CASES])
+def test_fraud_and_honest_traffic_stay_away_from_thresholds(mc: MarginCase, name: str) -> None:
+    """Near a threshold, a pipeline counting "as of decision time" could legitimately differ."""
+    t, decoded = traffic_of(name), decoded_of(name)
+    margins = margins_of(decoded, t.spec)
+    for oid, e in t.truth.expected.items():
+        lo, hi = mc.fraud if mc.code in e.reasons else mc.honest
+        assert lo <= margins[oid][mc.metric] <= hi, (oid, mc, margins[oid][mc.metric])
+
+
+@pytest.mark.parametrize("name", BULK_FRAUD)
+def test_counts_are_complete_before_their_decisions(name: str) -> None:
+    """The pipeline reads flood and farming counters when an attribution becomes final and
+    spam counts when an order is decided: every counted event comes well before."""
+    t, decoded = traffic_of(name), decoded_of(name)
+    lateness = t.spec.allowed_lateness_ms
+    attributed, clicks, signups, _, _ = attributed_of(decoded, t.spec)
+    flags = dict(zip(t.event_ids, t.flags))
+    for oid, e in t.truth.expected.items():
+        a = attributed[e.account_id]
+        paid = min(o.ts for o in a.orders[oid] if o.status == "paid")
+        if "click_flooding" in e.reasons:
+            hour = [c for c in clicks if c.ip == a.click.ip and c.tracking_code == e.tracking_code
+                    and c.ts // HOUR_MS == a.click.ts // HOUR_MS]
+            assert a.signup.ts >= max(c.ts for c in hour) + 2 * lateness
+            assert {flags[c.event_id] for c in hour} <= {"on_time", "duplicate"}
+        if "signup_farming" in e.reasons:
+            farm = [s for s in signups if s.ts // DAY_MS == a.signup.ts // DAY_MS
+                    and (s.ip == a.signup.ip or s.device_id == a.signup.device_id)]
+            assert max(s.ts for s in farm) - min(s.ts for s in farm) <= lateness / 4
+            assert paid >= max(s.ts for s in farm) + 2 * lateness
+            assert {flags[s.event_id] for s in farm} <= {"on_time", "duplicate"}
+        if "click_spamming" in e.reasons:
+            last = max(x.signup.ts for x in attributed.values() if x.click.tracking_code == e.tracking_code)
+            assert paid >= last + 2 * lateness
+
+
+def test_fraud_counts_override_the_defaults() -> None:
+    t = generate(TrafficSpec(seed=21, visitors=300, days=7, fraud_counts={"click_flooding": 0, "big_order": 3}))
+    patterns = t.truth.summary()["patterns"]
+    assert "click_flooding" not in patterns and patterns["big_order"] == 3
+    assert patterns["click_injection"] >= FRAUD_COUNTS["click_injection"]
 
 
 # --- spec validation, CLI wiring, speed ------------------------------------------------
@@ -272,7 +569,8 @@ def test_realistic_shapes(case: Case) -> None:
 
 @pytest.mark.parametrize("bad", [
     {"promoters": 0}, {"days": 0}, {"late": 1.5}, {"duplicates": -0.1}, {"malformed": -1},
-    {"allowed_lateness_ms": 0}, {"time_scale": 0.5},
+    {"allowed_lateness_ms": 0}, {"time_scale": 0.5}, {"fraud_counts": {"typo_pattern": 1}},
+    {"fraud_counts": {"big_order": -1}},
 ])
 def test_bad_spec_is_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
@@ -291,6 +589,34 @@ def test_dry_run_prints_summary_and_sends_nothing(capsys: pytest.CaptureFixture[
                                settings))
     out = capsys.readouterr().out
     assert code == 0 and "seed 4" in out and "malformed 6" in out and "attributed orders" in out
+    assert "expected statuses: approved" in out and "click_flooding" in out
+
+
+@dataclass(frozen=True)
+class CliCase:
+    argv: tuple[str, ...]
+    fraud: bool
+    counts: dict[str, int] | None
+
+
+CLI_CASES = [
+    CliCase((), True, None),
+    CliCase(("--no-fraud",), False, None),
+    CliCase(("--fraud-count", "big_order=5", "--fraud-count", "click_flooding=0"), True,
+            {"big_order": 5, "click_flooding": 0}),
+]
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=["default", "no-fraud", "counts"])
+def test_fraud_flags_reach_the_spec(case: CliCase) -> None:
+    spec = gen.spec_from_args(_args("--seed", "1", *case.argv), Settings(), 1_767_225_600_000)
+    assert spec.fraud is case.fraud and spec.fraud_counts == case.counts
+
+
+@pytest.mark.parametrize("bad", ["big_order", "big_order=-1", "typo=2", "big_order=two"])
+def test_bad_fraud_count_is_refused(bad: str) -> None:
+    with pytest.raises(SystemExit):
+        _args("--fraud-count", bad)
 
 
 def test_live_spec_matches_the_rate() -> None:

@@ -45,7 +45,7 @@ def scenario(t0: int) -> list[tuple[str, bytes | None, bytes]]:
         order("o6-paid", t0 + 4 * H, "o6", "a5", 30),
         ("orders", None, b"{not json"),                                        # dead letters
         ("clicks", None, event(event_id="bad", ts=t0, tracking_code="T-A", ip="198.51.100.9")),
-        click("c9", t0 + 20 * H, "T-A", "v9"),                                 # moves the watermark
+        click("c9", t0 + 20 * H - 60_000, "T-A", "v9"),                        # moves the watermark
         signup("s9", t0 + 20 * H, "a9", "v9"),
         order("o9-paid", t0 + 20 * H, "o9", "a9", 1),
     ]

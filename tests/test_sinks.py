@@ -99,7 +99,7 @@ def scalar(client, sql: str, **params: Any) -> Any:
 def test_migrate_is_idempotent_and_records_versions(client):
     assert migrate(client) == [m.version for m in MIGRATIONS]
     assert migrate(client) == []
-    rows = client.query("SELECT version, description, applied_at FROM schema_migrations").result_rows
+    rows = client.query("SELECT version, description, applied_at FROM schema_migrations ORDER BY version").result_rows
     assert [(v, d) for v, d, _ in rows] == [(m.version, m.description) for m in MIGRATIONS]
     assert rows[0][2].year >= 2024
     names = {r[0] for r in client.query("SHOW TABLES").result_rows}
@@ -118,16 +118,18 @@ def test_tables_match_the_column_specs(db):
 
 
 def test_later_migrations_apply_in_order_once(db):
+    migrate(db)
+    n = max(m.version for m in MIGRATIONS)
     extra = MIGRATIONS + [
-        Migration(3, "third", ["ALTER TABLE clicks ADD COLUMN IF NOT EXISTS c3 String"]),
-        Migration(2, "second", ["ALTER TABLE clicks ADD COLUMN IF NOT EXISTS c2 String"]),
+        Migration(n + 2, "later", ["ALTER TABLE clicks ADD COLUMN IF NOT EXISTS c3 String"]),
+        Migration(n + 1, "next", ["ALTER TABLE clicks ADD COLUMN IF NOT EXISTS c2 String"]),
     ]
-    assert migrate(db, extra) == [2, 3]
+    assert migrate(db, extra) == [n + 1, n + 2]
     assert migrate(db, extra) == []
     cols = [r[0] for r in db.query("DESCRIBE TABLE clicks").result_rows]
     assert cols[-2:] == ["c2", "c3"]
     with pytest.raises(ValueError, match="duplicate"):
-        migrate(db, extra + [Migration(2, "again", [])])
+        migrate(db, extra + [Migration(n + 1, "again", [])])
 
 
 # --- idempotent writes ------------------------------------------------------------------
@@ -331,6 +333,8 @@ def test_queries_on_a_small_dataset(db):
         ("P3", "T3"): (0, 0, 0, Decimal(0)),
     }
     assert [r["promoter_id"] for r in summary] == ["P2", "P1", "P3"]  # by gmv
+    assert {r["promoter_id"]: (r["rejected"], r["reversed"]) for r in summary} == {
+        "P2": (0, 1), "P1": (1, 0), "P3": (0, 0)}
     rejected = queries.promoter_summary(db, status="rejected")
     assert {(r["promoter_id"], r["orders"]) for r in rejected} == {("P2", 0), ("P1", 1), ("P3", 0)}
     assert queries.counts(db) == {
@@ -339,8 +343,9 @@ def test_queries_on_a_small_dataset(db):
     }
     text = queries.format_summary(summary)
     lines = text.splitlines()
-    assert lines[0].split() == ["promoter_id", "tracking_code", "clicks", "signups", "orders", "gmv"]
-    assert lines[-1].split() == ["TOTAL", "4", "3", "3", "25.25"]
+    assert lines[0].split() == ["promoter_id", "tracking_code", "clicks", "signups", "orders", "gmv",
+                                "commission", "held", "rejected", "reversed"]
+    assert lines[-1].split() == ["TOTAL", "4", "3", "3", "25.25", "0.00", "0", "1", "1"]
     assert "19.75" in lines[2] and lines[2].startswith("P2")
     assert len({len(line) for line in lines if set(line) == {"-", " "}}) == 1
     assert queries.format_summary([]) == "(no promoters)"
@@ -455,3 +460,42 @@ def test_http_dsn_is_accepted_and_goes_to_the_server():
     with pytest.raises(DatabaseError) as info:  # clickhouse-connect's OperationalError
         connect("http://default:s3cret@127.0.0.1:1/refstream", connect_timeout=2)
     assert not isinstance(info.value, DsnError) and "s3cret" not in str(info.value)
+
+
+# --- rules applied by conversions_current ---------------------------------------------
+
+
+@dataclass
+class ViewCase:
+    name: str
+    records: list
+    expected: tuple  # status, reasons, commission of order o1
+
+
+VIEW_CASES = [
+    ViewCase("plain", [conversion("o1", commission=Decimal("15"))], ("approved", [], Decimal("15"))),
+    ViewCase("promoter turns enterprise after the order: reversed, nothing paid",
+             [conversion("o1", commission=Decimal("15")), promoter("P1", "T1", ts=T0 + 5_000, account_type="enterprise")],
+             ("reversed", ["promoter_became_enterprise"], Decimal(0))),
+    ViewCase("enterprise before the order: the join's decision stands",
+             [conversion("o1", status="rejected", reasons=["promoter_ineligible"]),
+              promoter("P1", "T1", ts=T0 + 1_000, account_type="enterprise")],
+             ("rejected", ["promoter_ineligible"], Decimal(0))),
+    ViewCase("20 signups of the code, most long after their click: held for click spamming",
+             [conversion("o1", commission=Decimal("15"))]
+             + [(1, AttributionRec(f"a{i}", f"s{i}", T0 + 2 * 86_400_000, f"v{i}",
+                                   ClickRef(f"c{i}", T0, "T1"), True)) for i in range(20)],
+             ("held", ["click_spamming"], Decimal("15"))),
+    ViewCase("19 such signups are not enough",
+             [conversion("o1", commission=Decimal("15"))]
+             + [(1, AttributionRec(f"a{i}", f"s{i}", T0 + 2 * 86_400_000, f"v{i}",
+                                   ClickRef(f"c{i}", T0, "T1"), True)) for i in range(19)],
+             ("approved", [], Decimal("15"))),
+]
+
+
+@pytest.mark.parametrize("case", VIEW_CASES, ids=lambda c: c.name)
+def test_conversions_current_applies_promoter_wide_rules(db, case: ViewCase) -> None:
+    ClickHouseWriter(db).write_records(case.records)
+    row = db.query("SELECT status, reasons, commission FROM conversions_current WHERE order_id = 'o1'").result_rows
+    assert tuple(row[0]) == case.expected

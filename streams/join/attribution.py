@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from schemas.records import AttributionRec, ClickRef
+from schemas.records import AttributionRec, ClickRef, SignupIdent
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,7 @@ class OpenSignup(msgspec.Struct, array_like=True):
     ts: int
     click: ClickRef | None
     final: bool = False
+    ident: SignupIdent | None = None
 
 
 class VisitorState(msgspec.Struct, array_like=True):
@@ -53,7 +54,7 @@ def choose_click(clicks: list[ClickRef], signup_ts: int, rules: AttributionRules
 
 
 def _record(visitor_id: str, s: OpenSignup) -> AttributionRec:
-    return AttributionRec(s.account_id, s.event_id, s.ts, visitor_id, s.click, s.final)
+    return AttributionRec(s.account_id, s.event_id, s.ts, visitor_id, s.click, s.final, s.ident)
 
 
 def add_click(
@@ -79,13 +80,13 @@ def add_click(
 
 def add_signup(
     state: VisitorState, account_id: str, visitor_id: str, event_id: str, ts: int,
-    rules: AttributionRules,
+    rules: AttributionRules, ident: SignupIdent | None = None,
 ) -> list[AttributionRec]:
     """Add a signup (idempotent by event_id) and return its current attribution."""
     for s in state.signups:
         if s.event_id == event_id:
             return [_record(visitor_id, s)]
-    s = OpenSignup(account_id, event_id, ts, choose_click(state.clicks, ts, rules))
+    s = OpenSignup(account_id, event_id, ts, choose_click(state.clicks, ts, rules), ident=ident)
     state.signups.append(s)
     return [_record(visitor_id, s)]
 

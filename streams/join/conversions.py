@@ -3,18 +3,23 @@
 State per `account_id`: the account's signup with its attribution (from the visitor join)
 and the orders that may become or already are conversions. Every paid order of an
 attributed account within the binding period is a conversion; refunds, cancellations and
-chargebacks reverse it. A conversion is re-emitted with a higher `revision` whenever its
+chargebacks reverse it. Each conversion is checked and priced (streams/rules). A conversion is re-emitted with a higher `revision` whenever its
 content changes, and re-sent unchanged when a redelivery touches it (idempotent outputs).
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Callable
 
 import msgspec
 
 from schemas.records import AttributionRec, Conversion, OrderRec
+from streams.rules.checks import DAY_MS, HOUR_MS, Evidence, PromoterRef, Signals, reasons, status_of
+from streams.rules.commission import payable, price
+from streams.rules.ruleset import RuleBook
+
 
 #: later events win; at equal event time the more final status wins
 STATUS_RANK = {"paid": 0, "cancelled": 1, "refunded": 2, "chargeback": 3}
@@ -27,13 +32,34 @@ class ConversionRules:
     model: str = "last_click"
 
 
-@dataclass(frozen=True, slots=True)
-class PromoterRef:
-    promoter_id: str
-
-
 #: tracking_code, event time -> the promoter owning the code then, or None
 PromoterLookup = Callable[[str, int], "PromoterRef | None"]
+#: account_id, email domain, event time -> owner (direct_sales | channel_partner) or None
+ExclusionLookup = Callable[[str, "str | None", int], "str | None"]
+
+
+def no_exclusions(account_id: str, email_domain: str | None, ts: int) -> str | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything a decision reads besides the account's own state."""
+
+    rules: ConversionRules
+    book: RuleBook = field(default_factory=lambda: RuleBook([]))
+    promoter: PromoterLookup = lambda code, ts: None
+    exclusion: ExclusionLookup = no_exclusions
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """Cross-partition inputs of one decision, read from Redis just before it."""
+
+    spam_signups: int = 0
+    spam_long: int = 0
+    volume_before: Decimal = Decimal(0)  # promoter's counted sales earlier this month
+    points_before: int = 0  # promoter's points from earlier months
 
 
 class StatusEvent(msgspec.Struct, array_like=True):
@@ -60,31 +86,51 @@ class OrderState(msgspec.Struct, array_like=True):
 class AccountState(msgspec.Struct, array_like=True):
     signup: AttributionRec | None = None
     orders: dict[str, OrderState] = {}
+    #: flood / farming counters (Redis keeps them only for days): read when the attribution
+    #: arrives, and once more, for good, when the watermark has closed their windows
+    signals: Signals | None = None
+    signals_final: bool = False
 
 
 def in_binding(signup_ts: int, order_ts: int, rules: ConversionRules) -> bool:
     return signup_ts <= order_ts <= signup_ts + rules.binding_ms
 
 
+def candidates(state: AccountState, rules: ConversionRules) -> list[str]:
+    """Orders of the account that are conversions (attributed, paid, within binding)."""
+    s = state.signup
+    if s is None or s.click is None:
+        return []
+    return [oid for oid, o in state.orders.items() if o.paid and in_binding(s.signup_ts, o.order.ts, rules)]
+
+
+def first_order(state: AccountState, rules: ConversionRules) -> str | None:
+    """The account's first paid order (event time, then order_id): it earns the new-customer bonus."""
+    paid = [o.order for o in state.orders.values() if o.paid]
+    return min(paid, key=lambda o: (o.ts, o.order_id)).order_id if paid else None
+
+
 def decide(
-    o: OrderState, signup: AttributionRec, lookup: PromoterLookup, rules: ConversionRules,
-    now_ms: int,
-) -> Conversion | None:
-    """The conversion for one order of an attributed account, or None if it is not one."""
-    click = signup.click
-    if click is None or not o.paid or not in_binding(signup.signup_ts, o.order.ts, rules):
-        return None
-    order = o.order
-    order_status = o.status
-    promoter = lookup(click.tracking_code, order.ts)
-    reasons = []
-    if promoter is None:
-        reasons.append("unknown_promoter")
-    if order_status != "paid":
-        reasons.append(order_status)  # refunded | cancelled | chargeback
-    status = "rejected" if promoter is None else ("reversed" if order_status != "paid" else "approved")
+    o: OrderState, state: AccountState, ctx: Context, live: Live, is_first: bool, now_ms: int,
+) -> Conversion:
+    """The conversion for one candidate order: checks, status, reasons and price."""
+    signup = state.signup
+    assert signup is not None and signup.click is not None
+    click, order, order_status = signup.click, o.order, o.status
+    ruleset = ctx.book.at(order.ts)
+    promoter = ctx.promoter(click.tracking_code, order.ts)
+    ident = signup.ident
+    snap = state.signals or Signals()
+    signals = msgspec.structs.replace(snap, spam_signups=live.spam_signups, spam_long=live.spam_long)
+    evidence = Evidence(promoter, signup, order, order_status,
+                        ctx.exclusion(order.account_id, ident.email_domain if ident else None, order.ts),
+                        signals)
+    reason_codes = reasons(evidence, ruleset)
+    status = status_of(reason_codes)
+    pricing = payable(price(order.amount, promoter.level if promoter else 1, live.points_before,
+                            live.volume_before, is_first, ruleset), status)
     conv = Conversion(
-        order_id=order.order_id, revision=o.revision, status=status, reasons=reasons,
+        order_id=order.order_id, revision=o.revision, status=status, reasons=reason_codes,
         promoter_id=promoter.promoter_id if promoter else "",
         tracking_code=click.tracking_code, campaign=click.campaign or "",
         account_id=order.account_id, visitor_id=signup.visitor_id,
@@ -93,8 +139,11 @@ def decide(
         order_event_id=order.event_id, order_ts=order.ts, cart_id=order.cart_id or "",
         product=order.product, category=order.category or "", amount=order.amount,
         discount=order.discount, currency=order.currency, order_status=order_status,
-        renewal=order.renewal, attribution_model=rules.model,
+        renewal=order.renewal, attribution_model=ctx.rules.model,
         attribution_final=signup.final, decided_at=now_ms,
+        level=pricing.level, rate=pricing.rate, tier=pricing.tier, commission=pricing.commission,
+        bonus=pricing.bonus, points=pricing.points, cap_applied=pricing.cap_applied,
+        first_order=is_first, rule_version=ruleset.version,
     )
     content = msgspec.msgpack.encode(msgspec.structs.replace(conv, revision=0, decided_at=0))
     digest = int.from_bytes(hashlib.blake2b(content, digest_size=8).digest(), "big")
@@ -105,26 +154,31 @@ def decide(
     return conv
 
 
-def _emit(state: AccountState, order_ids, lookup, rules, now_ms) -> list[Conversion]:
-    if state.signup is None:
-        return []
+def decide_all(
+    state: AccountState, touched: set[str], ctx: Context, live: Callable[[str], Live], now_ms: int,
+) -> list[Conversion]:
+    """Decide every candidate order; return those that changed, plus the `touched` ones
+    (re-sent unchanged, so a redelivery repairs an output lost in a crash)."""
+    first = first_order(state, ctx.rules)
     out = []
-    for oid in order_ids:
-        conv = decide(state.orders[oid], state.signup, lookup, rules, now_ms)
-        if conv is not None:
+    for oid in candidates(state, ctx.rules):
+        o = state.orders[oid]
+        before = o.revision
+        conv = decide(o, state, ctx, live(oid), oid == first, now_ms)
+        if oid in touched or o.revision != before:
             out.append(conv)
     return out
 
 
-def _prune(state: AccountState, rules: ConversionRules) -> None:
+def prune(state: AccountState, rules: ConversionRules) -> None:
     """Forget orders that can never be conversions of this account."""
     s = state.signup
     if s is None:
         return
     if s.click is None and s.final:
         state.orders = {}  # organic for good: nothing of this account will convert
-    else:
-        state.orders = {k: o for k, o in state.orders.items() if in_binding(s.signup_ts, o.order.ts, rules)}
+    else:  # orders before the signup stay: an earlier signup of the account may still arrive
+        state.orders = {k: o for k, o in state.orders.items() if o.order.ts <= s.signup_ts + rules.binding_ms}
 
 
 def knows(state: AccountState, order: OrderRec) -> bool:
@@ -133,11 +187,8 @@ def knows(state: AccountState, order: OrderRec) -> bool:
     return order.order_id in state.orders
 
 
-def add_order(
-    state: AccountState, order: OrderRec, lookup: PromoterLookup, rules: ConversionRules,
-    now_ms: int,
-) -> list[Conversion]:
-    """Record an order event (idempotent by event_id); return conversions it touches."""
+def add_order(state: AccountState, order: OrderRec) -> set[str]:
+    """Record an order event (idempotent by event_id); return the order ids it touches."""
     o = state.orders.get(order.order_id)
     if o is None:
         o = state.orders[order.order_id] = OrderState(order, [])
@@ -145,16 +196,11 @@ def add_order(
         o.events.append(StatusEvent(order.event_id, order.ts, order.status))
         if order.status == "paid" and o.order.status != "paid":
             o.order = order
-    out = _emit(state, [order.order_id], lookup, rules, now_ms)
-    _prune(state, rules)
-    return out
+    return {order.order_id}
 
 
-def add_attribution(
-    state: AccountState, rec: AttributionRec, lookup: PromoterLookup, rules: ConversionRules,
-    now_ms: int,
-) -> list[Conversion]:
-    """Apply a signup's (re-)attribution; return the account's conversions it touches.
+def add_attribution(state: AccountState, rec: AttributionRec) -> set[str]:
+    """Apply a signup's (re-)attribution; return the order ids it touches (all of them).
 
     The account's earliest signup is the one that counts. Once final, an attribution is
     not overridden by a redelivered provisional one.
@@ -164,15 +210,26 @@ def add_attribution(
         state.signup = rec
     elif rec.signup_event_id == cur.signup_event_id and not (cur.final and not rec.final):
         state.signup = rec
-    out = _emit(state, list(state.orders), lookup, rules, now_ms)
-    _prune(state, rules)
-    return out
+    return set(state.orders)
 
 
 def _kept_until(s: AttributionRec, rules: ConversionRules) -> int:
     """Event time until which an account's state is kept: binding period, plus the refund
     window when attributed (for clawbacks)."""
     return s.signup_ts + rules.binding_ms + (rules.refund_window_ms if s.click else 0)
+
+
+def signals_close(s: AttributionRec) -> int:
+    """Event time at which the attributed click's hour and the signup's day are over: from
+    then on (watermark past it) their flood and farming counts can no longer grow."""
+    assert s.click is not None
+    return max((s.click.ts // HOUR_MS + 1) * HOUR_MS, (s.signup_ts // DAY_MS + 1) * DAY_MS)
+
+
+def needs_final_signals(state: AccountState, watermark: int) -> bool:
+    s = state.signup
+    return (s is not None and s.click is not None and s.final and not state.signals_final
+            and signals_close(s) < watermark)
 
 
 def due(state: AccountState, rules: ConversionRules) -> int | None:
@@ -182,6 +239,8 @@ def due(state: AccountState, rules: ConversionRules) -> int | None:
         return min((o.order.ts for o in state.orders.values()), default=None)
     if s.click is None and s.final:
         return s.signup_ts
+    if not state.signals_final and s.click is not None:
+        return min(signals_close(s), _kept_until(s, rules))
     return _kept_until(s, rules)
 
 

@@ -140,5 +140,13 @@ class Pipeline:
         return json.loads(out.stdout)
 
 
+    def cli(self, *args: str) -> str:
+        """Run a `refstream` command against this pipeline (workers stopped); its stdout."""
+        out = subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT, env={**os.environ, **self.env},
+                             capture_output=True, text=True)
+        assert out.returncode == 0, f"refstream {' '.join(args)} failed: {out.stderr[-2000:]}"
+        return out.stdout
+
+
 def event(**fields: Any) -> bytes:
     return json.dumps(fields).encode()

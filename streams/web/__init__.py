@@ -1,0 +1,1 @@
+"""The worker's stats HTTP API (`api`) and live dashboard (`routes`, `static/`)."""

@@ -1,0 +1,173 @@
+"""HTTP routes of the stats API and the dashboard, on the worker's Faust web server.
+
+chdb allows one process per data directory, so the API runs inside the worker and reads
+through the sink's own ClickHouse client: in a thread (the client is synchronous) and
+holding the writer's lock (the client is not shared concurrently). Against a ClickHouse
+server the same code works unchanged.
+
+Routes (all GET):
+
+- `/api` (index), `/api/funnel`, `/api/timeseries`, `/api/top`, `/api/rejections`,
+  `/api/alerts`: JSON, see docs/api.md;
+- `/dashboard`: the live dashboard page; `/dashboard/static/...`: its script, style and
+  the vendored Chart.js (public code, no data: served without a token).
+
+With `settings.api_token` set, `/api*` needs `Authorization: Bearer <token>`; `/dashboard`
+takes the header or `?token=<token>` (a browser cannot send a header when opening a
+page); the page then sends the header on its API calls.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from streams.web.api import Args, BadRequest, StatsApi
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STATIC_DIR = Path(__file__).parent / "static"
+#: URL name -> (file under static/, content type); nothing else is served
+STATIC_FILES: dict[str, tuple[str, str]] = {
+    "app.js": ("app.js", "text/javascript"),
+    "app.css": ("app.css", "text/css"),
+    "chart.umd.min.js": ("vendor/chart.umd.min.js", "text/javascript"),
+}
+JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+PAGE_HEADERS = {
+    **JSON_HEADERS,
+    "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'"),
+    "Referrer-Policy": "no-referrer",  # the page URL may carry ?token=
+}
+
+
+class SinkReader:
+    """Runs `fn(client)` on the sink's ClickHouse client: opened (and migrated) on first use
+    if the sink has not written yet, then in a thread, holding the writer's lock."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self._opening = asyncio.Lock()
+
+    async def run(self, fn: Callable[[Any], T]) -> T:
+        if self.sink.writer is None:
+            async with self._opening:  # concurrent first requests open one client
+                if self.sink.writer is None:
+                    self.sink.writer = await asyncio.to_thread(self.sink._open)
+        writer = self.sink.writer
+
+        def call() -> T:
+            with writer.lock:
+                return fn(writer.client)
+
+        return await asyncio.to_thread(call)
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def authorized(expected: str, header: str | None, query_token: str | None = None) -> bool:
+    """True when no token is configured, or the bearer header (else `query_token`) matches."""
+    if not expected:
+        return True
+    supplied = bearer(header) or query_token
+    if not supplied:
+        return False
+    return hmac.compare_digest(supplied.encode(), expected.encode())
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str]
+
+
+def json_reply(status: int, value: Any, headers: Mapping[str, str] | None = None) -> Reply:
+    return Reply(status, json.dumps(value, separators=(",", ":")).encode(), "application/json",
+                 {**JSON_HEADERS, **(headers or {})})
+
+
+UNAUTHORIZED = json_reply(401, {"error": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"},
+                          {"WWW-Authenticate": 'Bearer realm="refstream"'})
+
+
+def query_args(request: Any) -> dict[str, list[str]]:
+    """aiohttp's query MultiDict as name -> every value."""
+    query = request.query
+    return {name: query.getall(name) for name in set(query.keys())}
+
+
+async def api_reply(handler: Callable[[Args], Awaitable[dict[str, Any]]], args: Args,
+                    token: str, auth_header: str | None) -> Reply:
+    """Auth, then the handler; BadRequest -> 400, any other failure -> 503 (logged)."""
+    if not authorized(token, auth_header):
+        return UNAUTHORIZED
+    try:
+        return json_reply(200, await handler(args))
+    except BadRequest as exc:
+        return json_reply(400, {"error": str(exc)})
+    except Exception as exc:  # ClickHouse unavailable, query timeout, ...
+        log.warning("stats query failed", extra={"error": repr(exc)})
+        return json_reply(503, {"error": f"stats query failed ({type(exc).__name__}); see the worker log"})
+
+
+def register(app: Any, sink: Any, settings: Any) -> StatsApi:
+    """Add the API, dashboard and static routes to the Faust `app`; returns the API."""
+    api = StatsApi(SinkReader(sink).run)
+    token = settings.api_token
+
+    def send(web: Any, reply: Reply) -> Any:
+        return web.bytes(reply.body, content_type=reply.content_type, status=reply.status,
+                         headers=dict(reply.headers))
+
+    def add_api(name: str, handler: Callable[[Args], Awaitable[dict[str, Any]]]) -> None:
+        async def view(web: Any, request: Any) -> Any:
+            return send(web, await api_reply(handler, query_args(request), token,
+                                             request.headers.get("Authorization")))
+        app.page(f"/api/{name}", name=f"refstream_api_{name}")(view)
+
+    endpoints = api.endpoints()
+    for name, handler in endpoints.items():
+        add_api(name, handler)
+
+    async def index(args: Args) -> dict[str, Any]:
+        return {"endpoints": [f"/api/{name}" for name in endpoints], "docs": "docs/api.md"}
+
+    @app.page("/api", name="refstream_api_index")
+    async def api_index(web: Any, request: Any) -> Any:
+        return send(web, await api_reply(index, {}, token, request.headers.get("Authorization")))
+
+    page = (STATIC_DIR / "index.html").read_bytes()
+
+    @app.page("/dashboard", name="refstream_dashboard")
+    async def dashboard(web: Any, request: Any) -> Any:
+        supplied = request.query.get("token")
+        if not authorized(token, request.headers.get("Authorization"), supplied):
+            return send(web, UNAUTHORIZED)
+        return web.bytes(page, content_type="text/html", headers=dict(PAGE_HEADERS))
+
+    for url_name, (path, content_type) in STATIC_FILES.items():
+        body = (STATIC_DIR / path).read_bytes()
+
+        def static(body: bytes = body, content_type: str = content_type) -> Callable[..., Awaitable[Any]]:
+            async def view(web: Any, request: Any) -> Any:
+                return web.bytes(body, content_type=content_type,
+                                 headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+            return view
+
+        app.page(f"/dashboard/static/{url_name}", name=f"refstream_static_{url_name}")(static())
+    return api

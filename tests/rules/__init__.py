@@ -1,0 +1,1 @@
+"""Unit tests of the rule engine: checks, commission, rule sets, decisions (pure logic)."""
