@@ -4,6 +4,11 @@ Faust acks a buffer only after `write` returns, and commits offsets only after a
 offsets are committed after ClickHouse acknowledged. Tables are idempotent, so a batch
 redelivered after a crash adds no rows to the views. While ClickHouse is unavailable the
 step waits and retries (with backoff, logged and counted) instead of dropping anything.
+
+On shutdown (SIGTERM) Faust stops fetching and waits until the buffers already taken are
+written and acked, then commits. If ClickHouse fails while the worker stops, the step
+gives up instead of retrying until it is killed: it leaves those messages (and every later
+one) unacked for good, so their offsets are not committed and the next run writes them.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import msgspec
 
@@ -30,15 +35,20 @@ log = logging.getLogger(__name__)
 _late = msgspec.json.Decoder(LateEvent)
 _dead = msgspec.json.Decoder(DeadLetter)
 MAX_BACKOFF_S = 30.0
+T = TypeVar("T")
 
 
 class SinkStep:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, stopping: Callable[[], bool] = lambda: False) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.stopping = stopping  # true once the worker shuts down: stop retrying
         self.writer: ClickHouseWriter | None = None
         self.rows_written: Counter[str] = Counter()
         self.failing_since: float | None = None
+        self.abandoned = False  # gave up on shutdown: nothing more is acked
+        self.handled: dict[str, int] = {}  # "topic/partition" -> next offset; written (or empty) and acked
+        self._opening = asyncio.Lock()  # concurrent first readers open one client
         n = len(settings.topic_prefix)
         self._kind = lambda topic: topic[n:]
 
@@ -76,10 +86,45 @@ class SinkStep:
                 out.append(_dead.decode(msg.value))
         return out
 
-    async def write(self, events: Iterable[Any]) -> None:
-        await self._write(self.records(events))
+    async def write(self, events: list[Any]) -> None:
+        """Write one buffer of sink input events (Faust acks them when this returns)."""
+        self._finish(events, await self._write(self.records(events)))
 
-    async def write_reference(self, events: Iterable[Any], router: Any) -> None:
+    async def connect(self) -> None:
+        """Open ClickHouse and apply the migrations, retrying with backoff (the sink's readiness)."""
+        backoff = 0.5
+        while self.writer is None and not self.stopping():
+            try:
+                await self._writer()
+            except Exception as exc:
+                log.warning("clickhouse unavailable, retrying", extra={"error": repr(exc), "retry_in_s": backoff})
+                await self._pause(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def on_shutdown(self) -> None:
+        """After Faust's final commit: say what this worker handled (the offsets it committed)."""
+        log.info("sink stopped", extra={"handled": self.handled, "rows_written": dict(self.rows_written),
+                                        "abandoned": self.abandoned})
+
+    def _finish(self, events: list[Any], written: bool) -> None:
+        if written and not self.abandoned:
+            for ev in events:
+                m = ev.message
+                key = f"{m.topic}/{m.partition}"
+                self.handled[key] = max(self.handled.get(key, 0), m.offset + 1)
+            return
+        if not self.abandoned:
+            self.abandoned = True
+            log.warning("stopping while clickhouse fails: leaving the unwritten messages uncommitted for the "
+                        "next run", extra={"messages": len(events)})
+        for ev in events:
+            # Faust acks a take buffer when the agent moves on or stops; an extra reference keeps
+            # the message from being acked (so committed) in this process, and the consumer
+            # stops waiting for it at shutdown.
+            ev.message.incref()
+            ev.app.consumer.unacked.discard(ev.message)
+
+    async def write_reference(self, events: list[Any], router: Any) -> None:
         """Validate reference data (dead-lettering bad messages) and store promoters and exclusions."""
         now = int(time.time() * 1000)
         max_future = int(self.settings.max_future_s * 1000)
@@ -96,36 +141,69 @@ class SinkStep:
                 records.append(msgspec.structs.replace(event, ip=router.hash(event.ip)))  # never in clear
             elif isinstance(event, Exclusion):
                 records.append(event)
-        await self._write(records)
+        self._finish(events, await self._write(records))
 
-    async def _write(self, records: list) -> None:
+    async def _write(self, records: list) -> bool:
+        """Write `records`, retrying until ClickHouse takes them; False if the worker stops first."""
+        if self.abandoned:
+            return False  # a later batch must not be acked either: Faust could commit past the gap
         if not records:
-            return
+            return True
         rows = rows_for(records)
         backoff = 0.5
         while True:
             try:
-                if self.writer is None:
-                    self.writer = await asyncio.to_thread(self._open)
-                await asyncio.to_thread(self.writer.write, rows)
+                writer = await self._writer()
+                await asyncio.to_thread(writer.write, rows)
                 if self.failing_since is not None:
                     log.info("clickhouse writes recovered", extra={"after_s": round(time.monotonic() - self.failing_since, 1)})
                     self.failing_since = None
-                return
+                return True
             except Exception as exc:  # keep the batch, never ack it: retry until ClickHouse is back
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
+                if self.stopping():
+                    return False
                 log.warning("clickhouse write failed, retrying", extra={"error": repr(exc), "retry_in_s": backoff})
-                await asyncio.sleep(backoff)
+                if not await self._pause(backoff):
+                    return False
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep, waking early when the worker stops; False if it does."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            await asyncio.sleep(min(left, 0.2))
+        return False
+
+    async def _writer(self) -> ClickHouseWriter:
+        """The ClickHouse writer, opened (and the schema migrated) on first use."""
+        if self.writer is None:
+            async with self._opening:  # concurrent first users open one client
+                if self.writer is None:
+                    self.writer = await asyncio.to_thread(self._open)
+        return self.writer
+
+    async def read(self, fn: Callable[[Any], T]) -> T:
+        """Run `fn(client)` on the sink's ClickHouse client (opened and migrated on first use),
+        in a thread, holding the writer's lock: chdb allows one process per directory, so
+        every reader in the worker (stats API, spike alerts) shares this client."""
+        writer = await self._writer()
+
+        def call() -> T:
+            with writer.lock:
+                return fn(writer.client)
+
+        return await asyncio.to_thread(call)
 
     async def counts(self) -> dict[str, int]:
         """Distinct rows per table, read back from ClickHouse (a chdb directory allows one process)."""
         from sinks import queries
 
-        if self.writer is None:
-            self.writer = await asyncio.to_thread(self._open)
-        writer = self.writer
+        writer = await self._writer()
 
         def read() -> dict[str, int]:
             with writer.lock:

@@ -4,6 +4,9 @@ raw clicks, signups ──route──> visitor-join ──join_visitors──> a
 raw orders ───────────route──────────────────────────────────> account-join ─┴─join_accounts──> conversions
 visitor-join, account-join, conversions, late-events, dead-letters ──sink──> ClickHouse
 promoters, exclusions ──reference──> ClickHouse (+ every worker's in-memory directory)
+
+Roles (REFSTREAM_ROLE): `stream` runs route and the joins, `sink` the two ClickHouse agents,
+`all` both (docs/operations.md, "Roles").
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any
 import faust
 
 from sinks.step import SinkStep
+from streams.alerts.watch import register_alerts
 from streams.config import Settings
 from streams.joiners import AccountJoin, VisitorJoin
 from streams.metrics import Metrics
@@ -67,10 +71,15 @@ def join_sources(s: Settings, raw_partitions: dict[str, int]) -> tuple[tuple[str
 
 
 def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
-    """Build the app for settings `s` and the partition counts of the raw input topics."""
+    """Build the app of role `s.role` for settings `s` and the partition counts of the raw input topics.
+
+    `all` runs everything; `stream` the router, the joins and the reference directories (no
+    ClickHouse); `sink` the ClickHouse sink, the reference writer, spike alerts, `/counts`,
+    the stats API and dashboard, in a consumer group of its own (`Settings.group_id`).
+    """
     Path(s.data_dir).mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        s.app_id,
+        s.group_id,
         broker=s.kafka_url,
         store=s.table_store,
         autodiscover=False,
@@ -95,6 +104,16 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
     )
     metrics = Metrics()
     topics = make_topics(app, s)
+    directory = _stream_agents(app, s, topics, metrics, raw_partitions) if s.role in ("all", "stream") else None
+    sink = _sink_agents(app, s, topics, metrics) if s.role in ("all", "sink") else None
+    app.refstream = {"metrics": metrics, "directory": directory, "sink": sink}  # for tests and bench
+    _pages(app, s, metrics, directory, sink)
+    return app
+
+
+def _stream_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics,
+                   raw_partitions: dict[str, int]) -> PromoterDirectory:
+    """Router, both joins with their tables, and the reference directories the joins read."""
     visitors = app.Table("visitors", partitions=s.partitions, key_type=bytes, value_type=bytes)
     accounts = app.Table("accounts", partitions=s.partitions, key_type=bytes, value_type=bytes)
     directory = PromoterDirectory(s.pii_salt.encode())
@@ -107,8 +126,6 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
     visitor_join = VisitorJoin(s, visitors, topics, metrics, visitor_sources)
     account_join = AccountJoin(s, accounts, topics, metrics, account_sources, directory.as_of,
                                exclusions.owner, signals)
-    sink = SinkStep(s, metrics)
-    app.refstream = {"metrics": metrics, "directory": directory, "sink": sink}  # for tests and bench
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
@@ -135,6 +152,22 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
         async for event in stream.events():
             await account_join.process(event)
 
+    return directory
+
+
+def _sink_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics) -> SinkStep:
+    """The ClickHouse sink, the reference writer, spike alerts and the pages that read ClickHouse."""
+    sink = SinkStep(s, metrics, stopping=lambda: app.should_stop)
+    router = Router(s, topics, metrics)  # for the reference writer: IP hashing and dead letters
+
+    @app.task
+    async def connect_clickhouse() -> None:
+        await sink.connect()  # migrations before the first batch; /ready waits for it
+
+    @app.on_before_shutdown.connect
+    async def sink_stopped(app: Any, **kwargs: Any) -> None:
+        sink.on_shutdown()
+
     @app.agent(topics.reference)
     async def reference(stream: Any) -> None:
         async for events in stream.take_events(1000, within=1.0):
@@ -145,28 +178,46 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
         async for events in stream.take_events(s.sink_batch, within=s.sink_flush_s):
             await sink.write(events)
 
+    @app.page("/counts")
+    async def counts(web: Any, request: Any) -> Any:
+        return web.json(await sink.counts())
+
+    register_web(app, sink, s)  # stats API (/api/*) and dashboard (/dashboard)
+    register_alerts(app, sink, s, metrics)  # spike alerts: leader-only poll of ClickHouse counts
+    return sink
+
+
+def readiness(app: faust.App, directory: PromoterDirectory | None, sink: SinkStep | None) -> dict[str, bool]:
+    """What `/ready` waits for: the assigned partitions recovered (no rebalance under way), and
+    by role the reference data loaded (joins) and ClickHouse opened and migrated (sink)."""
+    checks = {"recovered": app.tables.recovery.completed.is_set() and not app.in_recovery
+              and not app.rebalancing}
+    if directory is not None:
+        checks["reference_loaded"] = directory.ready.is_set()
+    if sink is not None:
+        checks["clickhouse_connected"] = sink.writer is not None
+    return checks
+
+
+def _pages(app: faust.App, s: Settings, metrics: Metrics, directory: PromoterDirectory | None,
+           sink: SinkStep | None) -> None:
+    """`/metrics`, `/health` (liveness: answers while the event loop runs) and `/ready`."""
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        return web.json({"ok": True, "promoters_loaded": directory.ready.is_set(), "promoters": len(directory),
-                         "sink": sink.stats()})
+        body: dict[str, Any] = {"ok": True, "role": s.role}
+        if directory is not None:
+            body.update(promoters_loaded=directory.ready.is_set(), promoters=len(directory))
+        if sink is not None:
+            body["sink"] = sink.stats()
+        return web.json(body)
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:
-        """200 once assigned partitions are recovered and reference data is loaded, else 503
-        (a readiness probe: no traffic until the worker can decide)."""
-        recovered = app.tables.recovery.completed.is_set() and not app.in_recovery and not app.rebalancing
-        ok = recovered and directory.ready.is_set()
-        return web.json({"ready": ok, "recovered": recovered, "reference_loaded": directory.ready.is_set()},
-                        status=200 if ok else 503)
-
-    @app.page("/counts")
-    async def counts(web: Any, request: Any) -> Any:
-        return web.json(await sink.counts())
-
-    register_web(app, sink, s)  # stats API (/api/*) and dashboard (/dashboard)
-
-    return app
+        """200 when the worker can do its role's work, else 503 (a readiness probe)."""
+        checks = readiness(app, directory, sink)
+        ok = all(checks.values())
+        return web.json({"ready": ok, "role": s.role, **checks}, status=200 if ok else 503)

@@ -6,23 +6,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from streams.config import ConfigError, Settings
+from streams.config import ROLES, ConfigError, Settings
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the Faust worker (router, joins, ClickHouse sink) until stopped."""
+    """Run a Faust worker until stopped: by role (REFSTREAM_ROLE or --role) the router and joins
+    (stream), the ClickHouse sink with the stats API and dashboard (sink), or all of it (all)."""
     import faust
 
     from streams import logs
     from streams.app import create_app
     from streams.topics import ensure_pipeline_topics_sync, partition_counts_sync
 
+    if args.role:
+        settings = dataclasses.replace(settings, role=args.role)
     logs.setup(settings.log_level)
     if args.create_topics:
         ensure_pipeline_topics_sync(settings)
@@ -157,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run the stream worker", description=cmd_worker.__doc__)
     p.add_argument("--no-create-topics", dest="create_topics", action="store_false",
                    help="do not create missing input/output topics at start-up")
+    p.add_argument("--role", choices=ROLES, default=None,
+                   help="what this worker runs (overrides REFSTREAM_ROLE, default all): all; stream = router "
+                        "and joins, no ClickHouse; sink = the ClickHouse sink, stats API and dashboard")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("stack", help="local stack: up | down | status", description=cmd_stack.__doc__)

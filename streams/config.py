@@ -7,6 +7,8 @@ from pathlib import Path
 
 PREFIX = "REFSTREAM_"
 DAY_MS = 86_400_000
+#: what a worker runs: everything, the router and joins only, or the ClickHouse sink only
+ROLES = ("all", "stream", "sink")
 
 
 class ConfigError(ValueError):
@@ -42,7 +44,10 @@ class Settings:
     sink_flush_s: float = 0.5
     producer_max_batch_bytes: int = 16384
     broker_session_timeout_s: float = 30
+    spike_bucket_s: int = 300  # spike alerts: event-time bucket the referral counts are taken over
+    spike_poll_s: float = 5.0  # how often the leader worker reads new counts and feeds the detector
     log_level: str = "INFO"
+    role: str = "all"  # one of ROLES; docs/operations.md, "Roles"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -72,6 +77,10 @@ class Settings:
             )
         if self.partitions < 1:
             raise ConfigError(f"{PREFIX}PARTITIONS must be at least 1")
+        if self.role not in ROLES:
+            raise ConfigError(f"{PREFIX}ROLE must be one of {', '.join(ROLES)}, not {self.role!r}")
+        if self.spike_bucket_s < 1 or self.spike_poll_s <= 0:
+            raise ConfigError(f"{PREFIX}SPIKE_BUCKET_S must be at least 1 and {PREFIX}SPIKE_POLL_S above 0")
         if self.rules_file:
             from streams.rules.ruleset import load_rules  # late: rules import records, not config
             try:
@@ -98,6 +107,12 @@ class Settings:
 
     def topic(self, name: str) -> str:
         return self.topic_prefix + name
+
+    @property
+    def group_id(self) -> str:
+        """Faust app id and Kafka consumer group of this worker. The sink role reads the join
+        topics too, so it needs a group of its own to get every partition of them."""
+        return f"{self.app_id}-sink" if self.role == "sink" else self.app_id
 
     @property
     def redis_namespace(self) -> str:

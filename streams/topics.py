@@ -14,7 +14,7 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from .config import Settings
 
 INPUT_TOPICS = ["clicks", "signups", "orders", "promoters", "exclusions"]
-OUTPUT_TOPICS = ["conversions", "late-events", "dead-letters"]
+OUTPUT_TOPICS = ["conversions", "late-events", "dead-letters", "alerts"]
 # Kafka's rule for topic names.
 _LEGAL = re.compile(r"[A-Za-z0-9._-]{1,249}")
 

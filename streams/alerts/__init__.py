@@ -1,4 +1,5 @@
-"""Alerting: anomalous referral spikes per promoter / tracking code (pure logic in `spike`)."""
+"""Alerting: anomalous referral spikes per promoter / tracking code (pure logic in `spike`,
+the worker's wiring in `watch`)."""
 from streams.alerts.spike import (
     Alert,
     DetectorState,
@@ -10,6 +11,7 @@ from streams.alerts.spike import (
     SpikeRules,
     tail_score,
 )
+from streams.alerts.watch import Row, Watcher, WatchState, register_alerts
 
-__all__ = ["Alert", "DetectorState", "KeyState", "Late", "Obs", "Output", "SpikeDetector",
-           "SpikeRules", "tail_score"]
+__all__ = ["Alert", "DetectorState", "KeyState", "Late", "Obs", "Output", "Row", "SpikeDetector",
+           "SpikeRules", "WatchState", "Watcher", "register_alerts", "tail_score"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -135,23 +136,23 @@ class SignalStore:
     async def record_events(self, records: list[ClickRec | SignupRec]) -> None:
         """Count clicks per IP / visitor, code and hour, and signups per IP / device and day."""
         k = self.keys
+        members: dict[str, list[str]] = defaultdict(list)
+        for r in records:
+            if isinstance(r, ClickRec):
+                members[k.flood_visitor(r.tracking_code, r.visitor_id, r.ts)].append(r.event_id)
+                if r.ip_hash:
+                    members[k.flood_ip(r.tracking_code, r.ip_hash, r.ts)].append(r.event_id)
+            else:
+                if r.ip_hash:
+                    members[k.farm_ip(r.ip_hash, r.ts)].append(r.account_id)
+                if r.device_id:
+                    members[k.farm_device(r.device_id, r.ts)].append(r.account_id)
 
         def fill(pipe: Any) -> None:
-            for r in records:
-                if isinstance(r, ClickRec):
-                    keys = [k.flood_visitor(r.tracking_code, r.visitor_id, r.ts)]
-                    if r.ip_hash:
-                        keys.append(k.flood_ip(r.tracking_code, r.ip_hash, r.ts))
-                    member = r.event_id
-                else:
-                    keys = [k.farm_ip(r.ip_hash, r.ts)] if r.ip_hash else []
-                    if r.device_id:
-                        keys.append(k.farm_device(r.device_id, r.ts))
-                    member = r.account_id
-                for key in keys:
-                    pipe.sadd(key, member)
-                    pipe.expire(key, WINDOW_TTL_S)
-        if records:
+            for key, ids in members.items():  # one SADD and one EXPIRE per key and batch
+                pipe.sadd(key, *ids)
+                pipe.expire(key, WINDOW_TTL_S)
+        if members:
             await self._pipeline("record_events", fill)
 
     async def snapshot(self, recs: list[AttributionRec]) -> list[Signals]:

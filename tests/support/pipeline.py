@@ -27,6 +27,7 @@ class Pipeline:
     workdir: Path
     workers: list[subprocess.Popen] = field(default_factory=list)
     started: int = 0  # workers ever started, for distinct log files
+    ports: dict[int, int] = field(default_factory=dict)  # worker pid -> its web port
 
     @classmethod
     def create(cls, stack: Any, prefix: str, workdir: Path, **overrides: Any) -> "Pipeline":
@@ -53,14 +54,37 @@ class Pipeline:
         return self.env["REFSTREAM_TOPIC_PREFIX"] + name
 
     # -- workers -------------------------------------------------------------------
-    def start_worker(self, timeout: float = 120) -> subprocess.Popen:
-        log = (self.workdir / f"worker-{self.started}.log").open("w")
+    def start_worker(self, timeout: float = 120, role: str | None = None) -> subprocess.Popen:
+        """Start a worker (of `role`, default REFSTREAM_ROLE) and wait until its web server answers.
+        It serves on the pipeline's port unless a live worker has it (then on a free port)."""
+        from streams.stack import free_port
+
+        port = free_port() if self.port in self.ports.values() else self.port
+        env = {**os.environ, **self.env, "REFSTREAM_WEB_PORT": str(port)}
+        if role is not None:
+            env["REFSTREAM_ROLE"] = role
+        log = (self.workdir / f"worker-{self.started}{'-' + role if role else ''}.log").open("w")
         self.started += 1
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=ROOT,
-                                env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
         self.workers.append(proc)
-        self.wait(lambda: (self.get("/health") or {}).get("ok"), timeout, "worker start")
+        self.ports[proc.pid] = port
+        self.wait(lambda: (self.get("/health", proc) or {}).get("ok"), timeout, "worker start")
         return proc
+
+    def stop_worker(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+        """Signal one worker and wait for it; its exit code, None if it had to be killed."""
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            code: int | None = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = None
+        self.workers.remove(proc)
+        self.ports.pop(proc.pid, None)
+        return code
 
     def stop_workers(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
         for proc in self.workers:
@@ -73,20 +97,34 @@ class Pipeline:
                 proc.kill()
                 proc.wait()
         self.workers = []
+        self.ports = {}
 
-    def get(self, path: str) -> Any:
+    def get(self, path: str, worker: subprocess.Popen | None = None) -> Any:
+        """GET a JSON page of `worker` (default: the one on the pipeline's port); None if it does not answer."""
+        port = self.ports.get(worker.pid, self.port) if worker is not None else self.port
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
                 return json.loads(r.read())
         except OSError:
             return None
+
+    def metric(self, name: str, worker: subprocess.Popen | None = None) -> float:
+        """Sum of a Prometheus sample over its labels on a worker's /metrics (0 if absent)."""
+        port = self.ports.get(worker.pid, self.port) if worker is not None else self.port
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0.0
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith((name + "{", name + " ")))
 
     def wait(self, check: Callable[[], Any], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for proc in self.workers:
                 if proc.poll() is not None and proc.returncode not in (0, -9):
-                    raise AssertionError(f"worker exited with {proc.returncode} during {what}; "
+                    raise AssertionError(f"worker {proc.args} exited with {proc.returncode} during {what}; "
                                          f"logs in {self.workdir}")
             if check():
                 return
@@ -127,6 +165,29 @@ class Pipeline:
                 await producer.stop()
 
         asyncio.run(send())
+
+    def committed(self, group: str, topics: list[str]) -> dict[str, int]:
+        """Committed offsets of consumer group `group` on `topics` (without prefix), as
+        {"topic/partition": offset}; partitions without a commit are left out. The reading
+        consumer never subscribes, so it does not join the group."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        async def read() -> dict[str, int]:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.kafka, group_id=group, enable_auto_commit=False)
+            await consumer.start()
+            try:
+                await consumer.topics()
+                out = {}
+                for name in topics:
+                    for p in sorted(consumer.partitions_for_topic(self.topic(name)) or ()):
+                        offset = await consumer.committed(TopicPartition(self.topic(name), p))
+                        if offset is not None:
+                            out[f"{self.topic(name)}/{p}"] = offset
+                return out
+            finally:
+                await consumer.stop()
+
+        return asyncio.run(read())
 
     # -- output ------------------------------------------------------------------------
     def query(self, sql: str) -> list[dict]:
