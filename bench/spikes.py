@@ -7,14 +7,17 @@ per key as if in different time zones); events are a Poisson process (exponentia
 `random.Random(seed)`, no numpy). A share of the keys gets one spike (x10-x100 on top of
 its normal traffic, 10-60 min, after the first 6 hours). Events arrive per bucket,
 shuffled by up to `--jitter-s`, and the watermark trails the newest event by
-`--lateness-s` (the pipeline's ALLOWED_LATENESS_S).
+`--lateness-s` (the pipeline's ALLOWED_LATENESS_S). With `--promoters N` the codes are dealt
+at random to N promoters and every event also counts for its promoter (kind `promoter`,
+as in the worker); a promoter alert is true when one of its codes has a spike.
 
 Prints, all in event time:
 - detection delay: from the first injected event of a spike to its alert's `detected_ts`
   (the detector's event-time clock when it decided);
 - recall: spikes alerted / injected, also by the key's normal rate at the spike;
 - false positives per key-day: alerts other than a spike's after its first event and
-  before its end + 2 h, over the key-days outside those periods and the warm-up;
+  before its end + 2 h, over the key-days outside those periods and the warm-up
+  (per code, and per promoter with `--promoters`);
 - throughput: observations per second spent in `SpikeDetector.process`.
 
     .venv/bin/python -m bench.spikes --help
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lateness-s", type=float, default=3600, help="watermark lag behind the newest event")
     p.add_argument("--jitter-s", type=float, default=10, help="arrival shuffle within a bucket")
     p.add_argument("--no-early", action="store_true", help="judge buckets only when they close")
+    p.add_argument("--promoters", type=int, default=0, help="also detect per promoter, codes dealt to this many")
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
 
@@ -103,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         s.rate = k.rate * profile(k, start)
         spikes[k.id] = s
 
+    deal = random.Random(a.seed + 1)  # its own stream: the traffic is the same with or without promoters
+    owner = {k.id: f"p{deal.randrange(a.promoters)}" for k in keys} if a.promoters > 0 else {}
     det = SpikeDetector(rules)
     alerts: list[Alert] = []
     n_obs = n_late = 0
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 if extra and s.first_ts is None:
                     s.first_ts = extra[0]
                 batch += [(ts + rng.random() * jitter, Obs("tracking_code", k.id, ts)) for ts in extra]
+        batch += [(at, Obs("promoter", owner[o.id], o.ts)) for at, o in batch if o.id in owner]
         batch.sort(key=lambda x: x[0])
         obs = [o for _, o in batch]
         began = time.perf_counter()
@@ -140,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     out = det.process([], end + lateness + size)  # close everything
     alerts += out.alerts
     report(a, rules, keys, spikes, alerts, n_obs, n_late, busy, time.perf_counter() - wall, end)
+    if owner:
+        promoters(rules, owner, spikes, alerts, end)
     return 0
 
 
@@ -148,7 +157,7 @@ def report(a: argparse.Namespace, rules: SpikeRules, keys: list[Key], spikes: di
     delays: list[float] = []
     found: dict[str, bool] = {}
     false = 0
-    for al in alerts:
+    for al in (x for x in alerts if x.kind == "tracking_code"):
         s = spikes.get(al.id)
         if s is None or s.first_ts is None or not (
                 s.first_ts <= al.detected_ts and al.bucket_start < s.end + 2 * HOUR_MS):
@@ -174,6 +183,32 @@ def report(a: argparse.Namespace, rules: SpikeRules, keys: list[Key], spikes: di
     print(f"detection delay (s) median {quantile(delays, 0.5):.0f}, p95 {quantile(delays, 0.95):.0f}, "
           f"max {max(delays, default=math.nan):.0f}   (event time, first spiking event -> alert)")
     print(f"false positives     {false} in {key_days:.0f} key-days: {false / key_days:.4f} per key-day")
+
+
+def promoters(rules: SpikeRules, owner: dict[str, str], spikes: dict[str, Spike], alerts: list[Alert],
+              end: int) -> None:
+    """Recall, delay and false positives of the promoter alerts; a promoter's spikes are its codes'."""
+    theirs: dict[str, list[Spike]] = {}
+    for s in spikes.values():
+        theirs.setdefault(owner[s.key], []).append(s)
+    delays: list[float] = []
+    found: set[str] = set()
+    false = 0
+    for al in (x for x in alerts if x.kind == "promoter"):
+        hit = [s for s in theirs.get(al.id, []) if s.first_ts is not None
+               and s.first_ts <= al.detected_ts and al.bucket_start < s.end + 2 * HOUR_MS]
+        if not hit:
+            false += 1
+        elif al.id not in found:
+            found.add(al.id)
+            delays.append((al.detected_ts - min(s.first_ts or 0 for s in hit)) / 1000)
+    n = len(set(owner.values()))
+    spike_ms = sum(s.end + 2 * HOUR_MS - s.start + rules.bucket_ms for s in spikes.values())
+    days = (n * (end - T0 - rules.warmup_ms) - spike_ms) / DAY_MS
+    print(f"promoters           {n} ({len(owner) / n:.1f} codes each), {len(theirs)} with a spiking code, "
+          f"{len(found)} alerted: recall {len(found) / max(1, len(theirs)):.2f}")
+    print(f"  detection delay (s) median {quantile(delays, 0.5):.0f}, p95 {quantile(delays, 0.95):.0f} (event time)")
+    print(f"  false positives   {false} in {days:.0f} promoter-days: {false / days:.4f} per promoter-day")
 
 
 def say(msg: str) -> None:

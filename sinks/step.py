@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter
 from typing import Any, Callable, Iterable, TypeVar
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 _late = msgspec.json.Decoder(LateEvent)
 _dead = msgspec.json.Decoder(DeadLetter)
 MAX_BACKOFF_S = 30.0
+EXIT_UNDRAINED = 75  # EX_TEMPFAIL: stopped during a ClickHouse outage, without draining
 T = TypeVar("T")
 
 
@@ -46,7 +48,6 @@ class SinkStep:
         self.writer: ClickHouseWriter | None = None
         self.rows_written: Counter[str] = Counter()
         self.failing_since: float | None = None
-        self.abandoned = False  # gave up on shutdown: nothing more is acked
         self.handled: dict[str, int] = {}  # "topic/partition" -> next offset; written (or empty) and acked
         self._opening = asyncio.Lock()  # concurrent first readers open one client
         n = len(settings.topic_prefix)
@@ -55,6 +56,7 @@ class SinkStep:
     def _on_batch(self, table: str, rows: int, seconds: float) -> None:
         self.metrics.sink_rows.labels(table).inc(rows)
         self.metrics.sink_seconds.labels(table).observe(seconds)
+        self.metrics.sink_batch_rows.labels(table).observe(rows)
         self.rows_written[table] += rows
 
     def _on_failure(self, table: str, exc: BaseException) -> None:
@@ -103,26 +105,23 @@ class SinkStep:
 
     def on_shutdown(self) -> None:
         """After Faust's final commit: say what this worker handled (the offsets it committed)."""
-        log.info("sink stopped", extra={"handled": self.handled, "rows_written": dict(self.rows_written),
-                                        "abandoned": self.abandoned})
+        log.info("sink stopped", extra={"handled": self.handled, "rows_written": dict(self.rows_written)})
 
     def _finish(self, events: list[Any], written: bool) -> None:
-        if written and not self.abandoned:
+        if written:
             for ev in events:
                 m = ev.message
                 key = f"{m.topic}/{m.partition}"
                 self.handled[key] = max(self.handled.get(key, 0), m.offset + 1)
             return
-        if not self.abandoned:
-            self.abandoned = True
-            log.warning("stopping while clickhouse fails: leaving the unwritten messages uncommitted for the "
-                        "next run", extra={"messages": len(events)})
-        for ev in events:
-            # Faust acks a take buffer when the agent moves on or stops; an extra reference keeps
-            # the message from being acked (so committed) in this process, and the consumer
-            # stops waiting for it at shutdown.
-            ev.message.incref()
-            ev.app.consumer.unacked.discard(ev.message)
+        # Asked to stop while ClickHouse fails: these messages cannot be written, and Faust's
+        # shutdown would ack (so commit) what the agents hold. Exit at once instead: nothing
+        # unwritten is committed, and the next run writes it (the joins redo their uncommitted
+        # work, idempotently).
+        log.warning("stopping while clickhouse fails: exiting without a final commit; the next run "
+                    "writes what is left", extra={"messages": len(events), "exit_code": EXIT_UNDRAINED})
+        logging.shutdown()
+        os._exit(EXIT_UNDRAINED)
 
     async def write_reference(self, events: list[Any], router: Any) -> None:
         """Validate reference data (dead-lettering bad messages) and store promoters and exclusions."""
@@ -145,8 +144,6 @@ class SinkStep:
 
     async def _write(self, records: list) -> bool:
         """Write `records`, retrying until ClickHouse takes them; False if the worker stops first."""
-        if self.abandoned:
-            return False  # a later batch must not be acked either: Faust could commit past the gap
         if not records:
             return True
         rows = rows_for(records)

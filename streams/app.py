@@ -10,7 +10,6 @@ Roles (REFSTREAM_ROLE): `stream` runs route and the joins, `sink` the two ClickH
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from sinks.step import SinkStep
 from streams.alerts.watch import register_alerts
 from streams.config import Settings
 from streams.joiners import AccountJoin, VisitorJoin
-from streams.metrics import Metrics
+from streams.metrics import Metrics, observe_lag
 from streams.reference import ExclusionDirectory, PromoterDirectory, follow_reference
 from streams.router import Router
 from streams.web.routes import register as register_web
@@ -30,6 +29,10 @@ from streams.rules.signals import SignalStore
 
 log = logging.getLogger(__name__)
 RAW = {"value_serializer": "raw", "key_serializer": "raw"}
+# Each agent loop below drops its event(s) (`del`) before waiting for the next: on shutdown
+# and rebalance Faust drops queued messages and waits for every unacked one still referenced,
+# and a message another agent of the worker never took stays unacked, so a loop variable
+# holding it would stall the shutdown or rebalance (it is simply redelivered later).
 
 
 @dataclass
@@ -140,17 +143,20 @@ def _stream_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics
     async def route(stream: Any) -> None:
         async for events in stream.take_events(s.router_batch, within=s.router_flush_s):
             await router.route(events)
+            del events
 
     @app.agent(topics.visitor_join)
     async def join_visitors(stream: Any) -> None:
         async for event in stream.events():
             await visitor_join.process(event)
+            del event
 
     @app.agent(topics.account_join)
     async def join_accounts(stream: Any) -> None:
         await directory.ready.wait()
         async for event in stream.events():
             await account_join.process(event)
+            del event
 
     return directory
 
@@ -172,11 +178,13 @@ def _sink_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics) 
     async def reference(stream: Any) -> None:
         async for events in stream.take_events(1000, within=1.0):
             await sink.write_reference(events, router)
+            del events
 
     @app.agent(topics.sink_inputs)
     async def sink_to_clickhouse(stream: Any) -> None:
         async for events in stream.take_events(s.sink_batch, within=s.sink_flush_s):
             await sink.write(events)
+            del events
 
     @app.page("/counts")
     async def counts(web: Any, request: Any) -> Any:
@@ -204,6 +212,7 @@ def _pages(app: faust.App, s: Settings, metrics: Metrics, directory: PromoterDir
     """`/metrics`, `/health` (liveness: answers while the event loop runs) and `/ready`."""
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
+        observe_lag(metrics, app.consumer)
         return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/health")

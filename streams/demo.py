@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=7, help="traffic seed (default 7)")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for processing")
     p.add_argument("--keep-stack", action="store_true", help="leave the local stack running")
+    p.add_argument("--linger", type=float, default=0,
+                   help="keep the worker (and its dashboard) running this many seconds after processing")
 
 
 def say(msg: str) -> None:
@@ -94,6 +96,7 @@ def run(args: argparse.Namespace, base: Settings) -> int:
                                            days=args.days, end_ms=int(time.time() * 1000), malformed=5,
                                            allowed_lateness_ms=settings.lateness_ms))
         wait_for("the worker to start", lambda: (health(settings.web_port) or {}).get("ok"), 120, worker, log)
+        say(f"live dashboard: http://127.0.0.1:{settings.web_port}/dashboard (stats API: /api, docs/api.md)")
         say(f"producing {len(traffic.messages)} messages "
             f"({', '.join(f'{k} {v}' for k, v in sorted(traffic.counts.messages.items()))})")
         # reference data first, as in production where promoters exist before their traffic
@@ -103,6 +106,10 @@ def run(args: argparse.Namespace, base: Settings) -> int:
                  60, worker, log)
         asyncio.run(generate.produce(settings, only(traffic, TRAFFIC), progress=True))
         wait_processed(settings, traffic, worker, log, args.timeout)
+        if args.linger > 0:
+            say(f"processed; the dashboard stays up for {args.linger:g} s: "
+                f"http://127.0.0.1:{settings.web_port}/dashboard")
+            time.sleep(args.linger)
     finally:
         say("stopping the worker")
         worker.send_signal(signal.SIGTERM)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -56,7 +57,7 @@ class Metrics:
         for kind in SPIKE_KINDS:
             self.spikes.labels(kind)
         self.spike_score = Gauge(
-            "refstream_referral_spike_score", "Highest current spike score (z-score)", ["kind"], registry=r
+            "refstream_referral_spike_score", "Score of the last spike alert: -log10 of its tail probability", ["kind"], registry=r
         )
         self.fraud_reasons = Counter(
             "refstream_conversion_reasons", "Reasons attached to conversions", ["reason"], registry=r
@@ -71,3 +72,19 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def observe_lag(metrics: Metrics, consumer: Any) -> None:
+    """Set `refstream_consumer_lag` per assigned partition: messages between the last one
+    this worker read and the partition's end (its high watermark). Read at scrape time."""
+    try:
+        assigned = consumer.assignment()
+    except Exception:  # not started yet, or mid-rebalance: nothing to report now
+        return
+    for tp in assigned:
+        read = consumer._read_offset.get(tp)  # Faust keeps the last offset read per partition
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        lag = highwater - (read + 1 if read is not None else 0)
+        metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))

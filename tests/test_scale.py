@@ -17,49 +17,49 @@ from pathlib import Path
 import pytest
 
 from streams.traffic import Traffic, TrafficSpec, generate
-from tests.support.pipeline import Pipeline
+from tests.support.pipeline import (
+    Pipeline, assert_same_conversions, conversions, expected_counts, load_reference, raw_messages, undisturbed,
+)
 
-pytestmark = pytest.mark.integration
-COMPARED = ("order_id", "status", "reasons", "promoter_id", "amount", "level", "tier", "commission")
-REFERENCE_TOPICS = ("promoters", "exclusions")
-
-
-def expected_counts(traffic: Traffic) -> dict[str, int]:
-    """Distinct rows ClickHouse must hold once every input is written."""
-    events = traffic.counts.events
-    return {"clicks": events["clicks"], "signups": events["signups"], "orders": events["orders"],
-            "dead_letters": sum(traffic.counts.malformed.values())}
+integration = pytest.mark.integration
+RAW_PARTITIONS = {"clicks": 4, "signups": 4, "orders": 4}
 
 
-def conversions(p: Pipeline) -> dict[str, dict[str, str]]:
-    rows = p.query(f"SELECT {', '.join(COMPARED)} FROM conversions_current")
-    return {r["order_id"]: {c: str(r[c]) for c in COMPARED} for r in rows}
+# -- roles (no broker needed: building the app connects to nothing) ---------------------
 
 
-def assert_same(result: dict[str, dict[str, str]], reference: dict[str, dict[str, str]]) -> None:
-    """Same orders with the same fields. The volume tier (and so the commission) may differ
-    where a promoter's month crosses a tier threshold: it follows the order in which the
-    account partitions reach the ledger, in one worker as in several (docs/architecture.md,
-    Known limits), so only a few such orders are tolerated, never any other difference."""
-    assert set(result) == set(reference), (f"missing {sorted(set(reference) - set(result))[:5]}, "
-                                           f"unexpected {sorted(set(result) - set(reference))[:5]}")
-    other = {o: (result[o], reference[o]) for o in reference
-             if result[o] != reference[o] and result[o]["tier"] == reference[o]["tier"]}
-    tiers = [o for o in reference if result[o]["tier"] != reference[o]["tier"]]
-    assert not other, f"{len(other)} orders differ: {list(other.items())[:3]}"
-    assert len(tiers) <= max(2, len(reference) // 50), f"{len(tiers)} orders priced at another tier"
+@pytest.mark.parametrize("role, agents, pages, tables", [
+    ("all", {"route", "join_visitors", "join_accounts", "reference", "sink_to_clickhouse"}, {"/counts", "/api"}, 2),
+    ("stream", {"route", "join_visitors", "join_accounts"}, set(), 2),
+    ("sink", {"reference", "sink_to_clickhouse"}, {"/counts", "/api"}, 0),
+])
+def test_a_role_registers_only_its_agents_and_pages(role: str, agents: set, pages: set, tables: int,
+                                                    tmp_path: Path) -> None:
+    from streams.app import create_app
+    from streams.config import Settings
+
+    app = create_app(Settings(role=role, data_dir=str(tmp_path)), RAW_PARTITIONS)
+    assert {name.rsplit(".", 1)[1] for name in app.agents} == agents
+    assert len(app.tables) == tables
+    urls = {route.resource.canonical for route in app.web.web_app.router.routes()}
+    assert {"/health", "/ready", "/metrics"} <= urls
+    assert {"/counts", "/api", "/dashboard"} & urls == (pages | {"/dashboard"} if pages else set())
+    assert app.conf.id == ("refstream-sink" if role == "sink" else "refstream")
 
 
-def raw_messages(traffic: Traffic) -> list:
-    return [m for m in traffic.messages if m[0] not in REFERENCE_TOPICS]
+def test_role_setting_and_flag() -> None:
+    from streams.cli import build_parser
+    from streams.config import ConfigError, Settings
+
+    assert Settings.from_env({}).role == "all"
+    assert Settings.from_env({"REFSTREAM_ROLE": "sink"}).group_id == "refstream-sink"
+    with pytest.raises(ConfigError, match="REFSTREAM_ROLE"):
+        Settings.from_env({"REFSTREAM_ROLE": "joins"})
+    assert build_parser().parse_args(["worker", "--role", "stream"]).role == "stream"
+    assert build_parser().parse_args(["worker"]).role is None
 
 
-def load_reference(p: Pipeline, traffic: Traffic, *workers: subprocess.Popen) -> None:
-    """Produce promoters and exclusions; wait until every given stream worker has loaded them."""
-    p.produce([m for m in traffic.messages if m[0] in REFERENCE_TOPICS])
-    n = len(traffic.truth.promoters)
-    for w in workers:
-        p.wait(lambda w=w: (p.get("/health", w) or {}).get("promoters") == n, 60, "promoters loaded")
+# -- on the local stack --------------------------------------------------------------------
 
 
 def routed(p: Pipeline, w: subprocess.Popen) -> float:
@@ -74,25 +74,14 @@ def traffic() -> Traffic:
 
 @pytest.fixture(scope="module")
 def reference(stack, traffic: Traffic, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
-    """conversions_current of one undisturbed `all` worker."""
-    p = Pipeline.create(stack, f"t{uuid.uuid4().hex[:8]}-one-", tmp_path_factory.mktemp("one"))
-    try:
-        w = p.start_worker()
-        load_reference(p, traffic, w)
-        p.produce(raw_messages(traffic))
-        p.wait_counts(expected_counts(traffic))
-    finally:
-        p.stop_workers()
-    result = conversions(p)
-    truth = {oid for acc in traffic.truth.accounts.values() for oid in acc.orders}
-    assert set(result) == truth, "one worker must match the generator's ground truth"
-    return result
+    return undisturbed(stack, traffic, tmp_path_factory.mktemp("one"))
 
 
 def scaled(stack, tmp: Path) -> Pipeline:
     return Pipeline.create(stack, f"t{uuid.uuid4().hex[:8]}-", tmp)
 
 
+@integration
 def test_two_stream_workers_and_a_sink_match_one_worker(stack, traffic, reference, tmp_path) -> None:
     p = scaled(stack, tmp_path)
     try:
@@ -101,16 +90,17 @@ def test_two_stream_workers_and_a_sink_match_one_worker(stack, traffic, referenc
         b = p.start_worker(role="stream")
         load_reference(p, traffic, a, b)
         p.produce(raw_messages(traffic))
-        p.wait_counts(expected_counts(traffic))
+        p.wait_done(expected_counts(traffic))
         shares = routed(p, a), routed(p, b)
         ready = [p.get("/ready", w) for w in p.workers]
     finally:
         p.stop_workers()
     assert all(shares), f"both stream workers must get input partitions: routed {shares}"
     assert all(r and r["ready"] for r in ready), ready
-    assert_same(conversions(p), reference)
+    assert_same_conversions(conversions(p), reference)
 
 
+@integration
 def test_join_drain_and_crash_mid_stream_lose_and_duplicate_nothing(stack, traffic, reference, tmp_path) -> None:
     raw = raw_messages(traffic)
     third = len(raw) // 3
@@ -137,8 +127,8 @@ def test_join_drain_and_crash_mid_stream_lose_and_duplicate_nothing(stack, traff
 
         p.stop_worker(b, signal.SIGKILL)                # a crash, restarted at once
         p.start_worker(role="stream")
-        p.wait_counts(expected_counts(traffic))
+        p.wait_done(expected_counts(traffic))
     finally:
         p.stop_workers()
     assert drained_s < 30, f"SIGTERM took {drained_s:.1f} s"
-    assert_same(conversions(p), reference)
+    assert_same_conversions(conversions(p), reference)

@@ -32,6 +32,6 @@ for t in visitor-join account-join; do
   create "$t" "$REFSTREAM_PARTITIONS" cleanup.policy=delete retention.ms=$((3 * DAY_MS))
 done
 # Outputs, for downstream consumers.
-for t in conversions late-events dead-letters; do
+for t in conversions late-events dead-letters alerts; do
   create "$t" "$REFSTREAM_PARTITIONS" cleanup.policy=delete retention.ms=$((7 * DAY_MS))
 done

@@ -36,12 +36,12 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from sinks.stats import ALERTS
 from streams.alerts.spike import HOUR_MS, Alert, DetectorState, Obs, Output, SpikeDetector, SpikeRules
 
 log = logging.getLogger(__name__)
 
 BACKFILL_MS = 6 * HOUR_MS  # history read on a fresh start: the baseline's memory is ~1 h
-KINDS = ("tracking_code", "promoter")
 
 Key = tuple[str, str, int]  # (kind, id, bucket start)
 
@@ -175,24 +175,26 @@ SIGNUPS_SQL = (f"SELECT tracking_code, {_BUCKET.format(col='signup_ts')} AS buck
                f" WHERE {_SINCE.format(col='signup_ts')} AND tracking_code != '' GROUP BY tracking_code, bucket")
 OWNERS_SQL = "SELECT tracking_code, promoter_id FROM promoters_current WHERE tracking_code IN {codes:Array(String)}"
 NEWEST_SQL = "SELECT toUnixTimestamp64Milli(max(ts)) FROM clicks"
+LIMITS = {"max_execution_time": 30}  # bounds how long a poll holds the sink's client
 
 
 def read_counts(client: Any, since: int | None, size: int) -> tuple[list[Row], dict[str, str]]:
     """Rows per tracking code and bucket from `since` (default: the newest click − BACKFILL_MS),
     and the current owner of each code seen (runs in the sink's thread)."""
     if since is None:
-        newest = int(client.query(NEWEST_SQL).result_rows[0][0] or 0)
+        newest = int(client.query(NEWEST_SQL, settings=LIMITS).result_rows[0][0] or 0)
         if newest <= 0:
             return [], {}
         since = newest - BACKFILL_MS - newest % size
     params = {"since": since, "size": size}
     rows = [Row(str(c), int(b), int(n), int(f), int(la))
             for sql in (CLICKS_SQL, SIGNUPS_SQL)
-            for c, b, n, f, la in client.query(sql, parameters=params).result_rows]
+            for c, b, n, f, la in client.query(sql, parameters=params, settings=LIMITS).result_rows]
     codes = sorted({r.code for r in rows})
-    owners = {str(c): str(p) for c, p in client.query(OWNERS_SQL, parameters={"codes": codes}).result_rows
-              } if codes else {}
-    return rows, owners
+    if not codes:
+        return rows, {}
+    owners = client.query(OWNERS_SQL, parameters={"codes": codes}, settings=LIMITS).result_rows
+    return rows, {str(c): str(p) for c, p in owners}
 
 
 # --- the worker's task -----------------------------------------------------------------
@@ -239,8 +241,6 @@ class AlertWatch:
         return out.alerts
 
     async def publish(self, alerts: list[Alert]) -> None:
-        from sinks.stats import ALERTS
-
         rows = [alert_row(a) for a in alerts]
         await self.sink.read(lambda c: c.insert(ALERTS.name, rows, column_names=ALERTS.insert_columns,
                                                 column_type_names=ALERTS.insert_types))

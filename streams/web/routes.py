@@ -18,7 +18,6 @@ page); the page then sends the header on its API calls.
 """
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -46,28 +45,6 @@ PAGE_HEADERS = {
                                 "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'"),
     "Referrer-Policy": "no-referrer",  # the page URL may carry ?token=
 }
-
-
-class SinkReader:
-    """Runs `fn(client)` on the sink's ClickHouse client: opened (and migrated) on first use
-    if the sink has not written yet, then in a thread, holding the writer's lock."""
-
-    def __init__(self, sink: Any) -> None:
-        self.sink = sink
-        self._opening = asyncio.Lock()
-
-    async def run(self, fn: Callable[[Any], T]) -> T:
-        if self.sink.writer is None:
-            async with self._opening:  # concurrent first requests open one client
-                if self.sink.writer is None:
-                    self.sink.writer = await asyncio.to_thread(self.sink._open)
-        writer = self.sink.writer
-
-        def call() -> T:
-            with writer.lock:
-                return fn(writer.client)
-
-        return await asyncio.to_thread(call)
 
 
 def bearer(header: str | None) -> str | None:
@@ -127,7 +104,7 @@ async def api_reply(handler: Callable[[Args], Awaitable[dict[str, Any]]], args: 
 
 def register(app: Any, sink: Any, settings: Any) -> StatsApi:
     """Add the API, dashboard and static routes to the Faust `app`; returns the API."""
-    api = StatsApi(SinkReader(sink).run)
+    api = StatsApi(sink.read)  # the sink's ClickHouse client: chdb allows one process per directory
     token = settings.api_token
 
     def send(web: Any, reply: Reply) -> Any:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from schemas.records import AttributionRec, ClickRef, Conversion, OrderRec
 from streams.join import conversions as conv
-from streams.rules.commission import Pricing, payable, price
+from streams.rules.commission import payable, price
 from streams.rules.ruleset import RuleBook, RuleSet
 
 D = Decimal

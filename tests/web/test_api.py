@@ -25,9 +25,11 @@ from schemas.records import AttributionRec, ClickRec, ClickRef, Conversion, Orde
 from sinks.clickhouse import ClickHouseWriter, connect
 from sinks.schema import MIGRATIONS, migrate
 from sinks.stats import ALERTS, STATS_STATEMENTS
+from sinks.step import SinkStep
 from streams.config import Settings
+from streams.metrics import Metrics
 from streams.web import api as stats
-from streams.web.routes import SinkReader, authorized, register
+from streams.web.routes import authorized, register
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 S, M, H, D = 1_000, 60_000, 3_600_000, 86_400_000
@@ -172,9 +174,17 @@ def empty(engine: Any) -> Any:
     return engine("web_empty")
 
 
+def sink_with(writer: Any = None, open_writer: Any = None) -> SinkStep:
+    """The worker's real SinkStep, on a given writer (or a given way to open one)."""
+    sink = SinkStep(Settings(), Metrics())
+    sink.writer = writer
+    if open_writer is not None:
+        sink._open = open_writer  # type: ignore[method-assign]
+    return sink
+
+
 def api_for(client: Any) -> stats.StatsApi:
-    sink = SimpleNamespace(writer=ClickHouseWriter(client))
-    return stats.StatsApi(SinkReader(sink).run, clock=lambda: T0 + 6 * H)
+    return stats.StatsApi(sink_with(ClickHouseWriter(client)).read, clock=lambda: T0 + 6 * H)
 
 
 def call(client: Any, endpoint: str, **params: str) -> dict[str, Any]:
@@ -538,7 +548,7 @@ def http(client: Any, token: str, requests: list[tuple[str, dict[str, str]]],
     """Run requests against the routes `register` adds to a real Faust app's web server."""
     async def go() -> list[tuple[int, dict[str, str], str]]:
         app = faust.App(f"web-test-{len(token)}", broker="kafka://127.0.0.1:1", web_enabled=True)
-        register(app, sink or SimpleNamespace(writer=ClickHouseWriter(client)), Settings(api_token=token))
+        register(app, sink or sink_with(ClickHouseWriter(client)), Settings(api_token=token))
         out = []
         async with TestClient(TestServer(app.web.web_app)) as session:
             for path, headers in requests:
@@ -578,7 +588,7 @@ def test_clickhouse_failure_is_503_and_the_sink_is_opened_once(full: Any) -> Non
         opened.append(1)
         return SimpleNamespace(lock=threading.Lock(), client=SimpleNamespace(query=down))
 
-    sink = SimpleNamespace(writer=None, _open=open_writer)
+    sink = sink_with(open_writer=open_writer)
     results = http(full, "", [(FUNNEL_PATH, {}), ("/api/top", {})], sink=sink)
     assert [r[0] for r in results] == [503, 503]
     assert "ConnectionError" in results[0][2] and opened == [1]
