@@ -17,7 +17,7 @@ from tests.support.pipeline import Pipeline
 pytestmark = pytest.mark.integration
 RESTART_DELAY_S = float(os.environ.get("REFSTREAM_TEST_RESTART_DELAY_S", 0))
 COMPARED = ("order_id", "status", "reasons", "promoter_id", "tracking_code", "account_id", "amount",
-            "click_event_id", "signup_event_id", "order_status")
+            "click_event_id", "signup_event_id", "order_status", "rate", "commission", "bonus", "points")
 
 
 def expected_counts(traffic) -> dict[str, int]:
@@ -62,7 +62,7 @@ def test_crash_and_restart_gives_the_same_conversions(stack, topic_prefix, tmp_p
     promoters = len(traffic.truth.promoters)
     expected = expected_counts(traffic)
 
-    calm = Pipeline.create(stack, topic_prefix + "calm-", tmp_path / "calm")
+    calm = Pipeline.create(stack, topic_prefix + "calm-", tmp_path / "calm", comparable=True)
     start(calm, traffic, promoters)
     calm.produce(raw)
     try:
@@ -71,7 +71,7 @@ def test_crash_and_restart_gives_the_same_conversions(stack, topic_prefix, tmp_p
         calm.stop_workers()
     reference = conversions(calm)
 
-    crashy = Pipeline.create(stack, topic_prefix + "crash-", tmp_path / "crash")
+    crashy = Pipeline.create(stack, topic_prefix + "crash-", tmp_path / "crash", comparable=True)
     try:
         crash_and_recover(crashy, traffic, raw, promoters, expected)
     finally:

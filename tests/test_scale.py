@@ -78,7 +78,7 @@ def reference(stack, traffic: Traffic, tmp_path_factory: pytest.TempPathFactory)
 
 
 def scaled(stack, tmp: Path) -> Pipeline:
-    return Pipeline.create(stack, f"t{uuid.uuid4().hex[:8]}-", tmp)
+    return Pipeline.create(stack, f"t{uuid.uuid4().hex[:8]}-", tmp, comparable=True)
 
 
 @integration
