@@ -60,6 +60,8 @@ class SinkStep:
         self.rows_written[table] += rows
 
     def _on_failure(self, table: str, exc: BaseException) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
         self.metrics.sink_failures.labels(table).inc()
 
     def _open(self) -> ClickHouseWriter:
@@ -106,6 +108,17 @@ class SinkStep:
     def on_shutdown(self) -> None:
         """After Faust's final commit: say what this worker handled (the offsets it committed)."""
         log.info("sink stopped", extra={"handled": self.handled, "rows_written": dict(self.rows_written)})
+
+    def exit_if_failing(self) -> None:
+        """Called on SIGTERM/SIGINT before Faust starts stopping: while ClickHouse fails the
+        sink cannot drain, and Faust's stop would ack (skip) the events its streams still
+        pull and commit past what was never written. Exit at once instead (no commit); the
+        next run writes what is left."""
+        if self.failing_since is not None:
+            log.warning("stopping while clickhouse fails: exiting without a final commit; the next run "
+                        "writes what is left", extra={"exit_code": EXIT_UNDRAINED})
+            logging.shutdown()
+            os._exit(EXIT_UNDRAINED)
 
     def _finish(self, events: list[Any], written: bool) -> None:
         if written:
