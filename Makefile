@@ -37,13 +37,15 @@ redis: venv
 test: venv redis promtool chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# promtool checks and unit-tests deploy/prometheus (Debian's prometheus package, 2.42).
+# promtool checks and unit-tests deploy/prometheus, amtool checks deploy/alertmanager
+# (Debian's prometheus 2.42 and prometheus-alertmanager packages).
 promtool:
-	@if command -v promtool >/dev/null 2>&1; then :; \
+	@if command -v promtool >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			prometheus prometheus-alertmanager; \
 	else \
-		echo "promtool is missing: run 'sudo apt-get install -y prometheus' (tests/deploy skip the promtool checks)" >&2; \
+		echo "promtool/amtool missing: run 'sudo apt-get install -y prometheus prometheus-alertmanager' (tests/deploy skip those checks)" >&2; \
 	fi
 
 bench: venv

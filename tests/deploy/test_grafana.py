@@ -26,7 +26,6 @@ PROVISIONING = GRAFANA / "provisioning"
 
 # The contract of the business dashboards: the deduplicated view and raw event tables.
 CH_SOURCES = {"conversions_current", "clicks", "signups", "orders"}
-LATER_COLUMNS = {"commission", "points", "rule_version"}  # land with issue 3 (migration 2)
 
 T_FROM, T_TO = 1767139200, 1767398400  # 2025-12-31 .. 2026-01-03 UTC, around the seed rows
 PROMOTERS = ["P1", "P2"]  # value of $promoter when not All
@@ -232,9 +231,6 @@ def test_sql_reads_only_the_contract(qid, sql):
 
 @pytest.mark.parametrize("qid,sql", SQL, ids=[q for q, _ in SQL])
 def test_sql_runs_on_the_schema(qid, sql, chdb_results):
-    missing = {c for c in LATER_COLUMNS if re.search(rf"\b{c}\b", sql)} - set(chdb_results["columns"])
-    if missing:
-        pytest.skip(f"columns land with issue 3: {sorted(missing)} not in conversions_current yet")
     for variant in ("all", "some"):
         outcome = chdb_results["results"][f"{qid}@{variant}"]
         assert "error" not in outcome, f"{qid} ($promoter={variant}) failed:\n{outcome.get('error')}"
