@@ -118,15 +118,7 @@ def chattr_works(tmp: Path) -> bool:
         subprocess.run(["chattr", "-i", str(probe)])
 
 
-STOP_DURING_OUTAGE_LOSES_ROWS = (
-    "was an open defect: a SIGTERM during the ClickHouse outage lost raw rows in 3 of 6 runs "
-    "(Faust's stop acks the events its streams skip, then commits). Fixed by exiting from the "
-    "signal handler while the sink fails (streams/cli.py); non-strict until more runs confirm it")
-
-
-@pytest.mark.parametrize("stop_during_outage", [
-    False, pytest.param(True, marks=pytest.mark.xfail(reason=STOP_DURING_OUTAGE_LOSES_ROWS, strict=False)),
-], ids=["outage waited out", "stop during the outage"])
+@pytest.mark.parametrize("stop_during_outage", [False, True], ids=["outage waited out", "stop during the outage"])
 def test_clickhouse_outage_loses_nothing(stack, topic_prefix, traffic, reference, tmp_path,
                                          stop_during_outage: bool) -> None:
     if not chattr_works(tmp_path):
