@@ -43,6 +43,7 @@ from typing import Any
 from streams import stack
 from streams.config import Settings
 from streams.generate import produce
+from streams.rules.signals import drop_namespace
 from streams.topics import INPUT_TOPICS, OUTPUT_TOPICS, ensure_topics_sync
 from streams.traffic import REFERENCE_TOPICS, TRAFFIC_TOPICS, Traffic, TrafficSpec, generate
 
@@ -513,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                           args.poll, args.settle, args.timeout)
             _, run.check = check_conversions(settings.clickhouse, traffic)
             runs.append(run)
+            drop_namespace(settings.redis_url, settings.redis_namespace)  # its counters and ledger
         print(report(args, traffic, raw, decoded, runs), flush=True)
         return 0
     except (BenchError, stack.StackError) as exc:

@@ -98,6 +98,7 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
         broker_commit_every=5000,
         broker_commit_interval=1.0,
         producer_max_batch_size=s.producer_max_batch_bytes,
+        producer_linger=s.producer_linger_ms / 1000,
         stream_recovery_delay=0.5,
         web_enabled=True,
         web_bind=s.web_bind,

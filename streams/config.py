@@ -43,6 +43,7 @@ class Settings:
     sink_batch: int = 20000
     sink_flush_s: float = 0.5
     producer_max_batch_bytes: int = 16384
+    producer_linger_ms: int = 0  # wait this long to fill produce requests (docs/architecture.md, Known limits)
     broker_session_timeout_s: float = 30
     spike_bucket_s: int = 300  # spike alerts: event-time bucket the referral counts are taken over
     spike_poll_s: float = 5.0  # how often the leader worker reads new counts and feeds the detector

@@ -302,9 +302,7 @@ class AccountJoin(JoinStep):
                     if not frozen and state.signup is not None and state.signup.click is not None:
                         fresh.append(key)  # counters as of the final attribution, then frozen
         await self._snapshot(states, list(dict.fromkeys(fresh)))
-        decisions = await self._decide(states, touched)
-        await self.signals.record_ledger(decisions)
-        self._emit(decisions)
+        await self._decide_and_emit(states, touched)
         for key, state in states.items():
             conv.prune(state, self.ctx.rules)
             self._store(p, key, state, state_is_empty(state))
@@ -346,7 +344,11 @@ class AccountJoin(JoinStep):
         await self._snapshot(closing, list(closing))
         for st in closing.values():
             st.signals_final = True
-        decisions = await self._decide(closing, {k: set() for k in closing})
+        await self._decide_and_emit(closing, {k: set() for k in closing})
+
+    async def _decide_and_emit(self, states: dict[bytes, conv.AccountState], touched: dict[bytes, set[str]]) -> None:
+        """Decide, enter the decisions in the promoters' ledgers, then queue them for sending."""
+        decisions = await self._decide(states, touched)
         await self.signals.record_ledger(decisions)
         self._emit(decisions)
 

@@ -11,6 +11,8 @@ import pytest
 
 from streams import stack as local_stack
 from streams.config import PREFIX, Settings
+from streams.rules.signals import drop_namespace
+from tests.support.pipeline import NAMESPACES
 
 # When we borrow the machine's Redis, use a db a demo on db 0 does not touch.
 SHARED_REDIS_DB = 15
@@ -61,6 +63,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
     try:
         yield StackHandle(started.kafka_url, started.redis_url, data_dir, base)
     finally:
+        for url, namespace in NAMESPACES:  # a shared Redis keeps no test's counters and ledgers
+            if url == started.redis_url:  # (a test's own Redis is gone by now)
+                drop_namespace(url, namespace)
         local_stack.down(base)
 
 

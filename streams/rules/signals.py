@@ -20,6 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
+from itertools import chain
 from typing import Any, Awaitable, Callable, TypeVar
 
 import redis.asyncio as aioredis
@@ -33,6 +34,20 @@ T = TypeVar("T")
 WINDOW_TTL_S = 3 * 86_400  # event-time buckets outlive the allowed lateness by days
 LEDGER_TTL_S = 400 * 86_400  # a year of months, plus the refund window
 
+# KEYS: sets; ARGV: ttl, then each set's member count, then the members of every set in order.
+# One call per batch: a pipeline of SADD + EXPIRE per key costs the client more than Redis.
+_ADD_MEMBERS = """
+local pos = #KEYS + 2
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[i + 1])
+  for j = pos, pos + n - 1, 1000 do
+    redis.call('SADD', KEYS[i], unpack(ARGV, j, math.min(j + 999, pos + n - 1)))
+  end
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
+  pos = pos + n
+end
+return #KEYS
+"""
 # KEYS: orders zset, amounts hash, points hash, month total, months set
 # ARGV: order_id, ts, amount, points, month, ttl
 _RECORD = """
@@ -111,6 +126,7 @@ class SignalStore:
         self.max_backoff_s = max_backoff_s
         self._record = self.redis.register_script(_RECORD)
         self._before = self.redis.register_script(_BEFORE)
+        self._add_members = self.redis.register_script(_ADD_MEMBERS)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -149,9 +165,8 @@ class SignalStore:
                     members[k.farm_device(r.device_id, r.ts)].append(r.account_id)
 
         def fill(pipe: Any) -> None:
-            for key, ids in members.items():  # one SADD and one EXPIRE per key and batch
-                pipe.sadd(key, *ids)
-                pipe.expire(key, WINDOW_TTL_S)
+            counts = [len(ids) for ids in members.values()]
+            _queue(pipe, self._add_members, list(members), [WINDOW_TTL_S, *counts, *chain(*members.values())])
         if members:
             await self._pipeline("record_events", fill)
 
@@ -202,3 +217,24 @@ class SignalStore:
                                                   month, LEDGER_TTL_S])
         if convs:
             await self._pipeline("record_ledger", fill)
+
+
+def drop_namespace(redis_url: str, namespace: str) -> int:
+    """Delete every key of one namespace (an app on one set of topics that is gone: a
+    benchmark or test run, a retired app id); return how many went."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    deleted = 0
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += client.unlink(*batch)
+    finally:
+        client.close()
+    return deleted

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import pytest
+import redis
 
 from schemas.records import AttributionRec, ClickRec, ClickRef, Conversion, SignupIdent, SignupRec
-from streams.rules.signals import SignalStore
+from streams.rules.signals import WINDOW_TTL_S, SignalStore, drop_namespace
+from tests.support.pipeline import NAMESPACES
 
 pytestmark = pytest.mark.integration
 JAN_31 = 1_769_817_600_000  # 2026-01-31T00:00:00Z
@@ -58,7 +60,9 @@ CASES = [
 
 
 def store(stack) -> SignalStore:
-    return SignalStore(stack.redis_url, f"test:{uuid.uuid4().hex[:8]}")
+    namespace = f"test:{uuid.uuid4().hex[:8]}"
+    NAMESPACES.add((stack.redis_url, namespace))  # dropped at session end
+    return SignalStore(stack.redis_url, namespace)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -97,3 +101,41 @@ def test_counters_are_idempotent_and_windowed(stack) -> None:
     first, second = asyncio.run(run())
     assert (first.flood_ip, first.flood_visitor, first.farm_ip, first.farm_device) == (25, 13, 4, 4)
     assert (second.flood_ip, second.farm_ip, second.farm_device) == (1, 0, 0)
+
+
+def test_counters_take_large_batches_and_expire(stack) -> None:
+    """One batch with thousands of members for one key (more than one Lua `unpack` takes)."""
+    async def run() -> tuple[list, int]:
+        s = store(stack)
+        try:
+            clicks = [ClickRec(f"c{i}", JAN_31 + i, "v0", "T1", ip_hash="ip1") for i in range(2_500)]
+            await s.record_events(clicks)
+            rec = AttributionRec("a0", "s0", JAN_31, "v0", ClickRef("c0", JAN_31, "T1", ip_hash="ip1"), True)
+            ttl = await s.redis.ttl(s.keys.flood_ip("T1", "ip1", JAN_31))
+            return await s.snapshot([rec]), ttl
+        finally:
+            await s.close()
+    [snap], ttl = asyncio.run(run())
+    assert (snap.flood_ip, snap.flood_visitor) == (2_500, 2_500)
+    assert 0 < ttl <= WINDOW_TTL_S
+
+
+def test_drop_namespace_removes_only_its_keys(stack) -> None:
+    kept, dropped = store(stack), store(stack)
+
+    async def fill() -> None:
+        for s in (kept, dropped):
+            await s.record_events([ClickRec(f"c{i}", JAN_31, f"v{i}", "T1", ip_hash="ip1") for i in range(1_200)])
+            await s.record_ledger([conversion("o1", JAN_31, "10", 1)])
+            await s.close()
+    asyncio.run(fill())
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        def count(s: SignalStore) -> int:
+            return sum(1 for _ in client.scan_iter(match=f"{s.keys.ns}:*", count=1000))
+        before = count(dropped)
+        assert before > 1_000 and count(kept) == before
+        assert drop_namespace(stack.redis_url, dropped.keys.ns) == before
+        assert (count(dropped), count(kept)) == (0, before)
+    finally:
+        client.close()

@@ -16,7 +16,11 @@ from typing import Any, Callable
 
 from aiokafka import AIOKafkaProducer
 
+from streams.config import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
+#: (redis_url, namespace) of every pipeline of this test session: conftest drops them at the end
+NAMESPACES: set[tuple[str, str]] = set()
 
 
 @dataclass
@@ -45,6 +49,8 @@ class Pipeline:
             topic_prefix=prefix, app_id=f"app-{prefix}{uuid.uuid4().hex[:4]}", data_dir=str(workdir),
             clickhouse_dsn=f"chdb://{workdir / 'clickhouse'}", **overrides,
         )
+        settings = Settings.from_env(env)
+        NAMESPACES.add((settings.redis_url, settings.redis_namespace))  # dropped at session end
         return cls(env, workdir)
 
     @property
