@@ -78,13 +78,15 @@ def conversions_for(client: Any, order_ids: list[str] | None = None) -> list[dic
     return [dict(zip(result.column_names, r)) for r in result.result_rows]
 
 
-#: name -> what is counted; FINAL shows rows as deduplicated by their natural key
+#: name -> what is counted; FINAL shows rows as deduplicated by their natural key.
+#: conversions_open: conversions whose attribution may still change (its window is open)
 COUNTS_SQL = """
 SELECT
     (SELECT count() FROM clicks FINAL) AS clicks,
     (SELECT count() FROM signups FINAL) AS signups,
     (SELECT count() FROM orders FINAL) AS orders,
     (SELECT count() FROM conversions_current) AS conversions_current,
+    (SELECT count() FROM conversions_current WHERE NOT attribution_final) AS conversions_open,
     (SELECT count() FROM attributions_current) AS attributions_current,
     (SELECT count() FROM dead_letters FINAL) AS dead_letters,
     (SELECT count() FROM late_events FINAL) AS late_events

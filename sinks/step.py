@@ -7,14 +7,14 @@ step waits and retries (with backoff, logged and counted) instead of dropping an
 
 On shutdown (SIGTERM) Faust stops fetching and waits until the buffers already taken are
 written and acked, then commits. If ClickHouse fails while the worker stops, the step
-gives up instead of retrying until it is killed: it leaves those messages (and every later
-one) unacked for good, so their offsets are not committed and the next run writes them.
+gives up instead of retrying until it is killed: the buffer is reported unwritten, the
+commit guard (streams.commits) keeps its offsets (and every later one) uncommitted, the
+next run writes them, and the worker exits with EXIT_UNDRAINED.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import Counter
 from typing import Any, Callable, Iterable, TypeVar
@@ -48,6 +48,7 @@ class SinkStep:
         self.writer: ClickHouseWriter | None = None
         self.rows_written: Counter[str] = Counter()
         self.failing_since: float | None = None
+        self.undrained = False  # stopped with batches ClickHouse did not take (left uncommitted)
         self.handled: dict[str, int] = {}  # "topic/partition" -> next offset; written (or empty) and acked
         self._opening = asyncio.Lock()  # concurrent first readers open one client
         n = len(settings.topic_prefix)
@@ -90,9 +91,10 @@ class SinkStep:
                 out.append(_dead.decode(msg.value))
         return out
 
-    async def write(self, events: list[Any]) -> None:
-        """Write one buffer of sink input events (Faust acks them when this returns)."""
-        self._finish(events, await self._write(self.records(events)))
+    async def write(self, events: list[Any]) -> bool:
+        """Write one buffer of sink input events; False if the worker stopped before
+        ClickHouse took them (then they must not count as done)."""
+        return self._finish(events, await self._write(self.records(events)))
 
     async def connect(self) -> None:
         """Open ClickHouse and apply the migrations, retrying with backoff (the sink's readiness)."""
@@ -109,34 +111,19 @@ class SinkStep:
         """After Faust's final commit: say what this worker handled (the offsets it committed)."""
         log.info("sink stopped", extra={"handled": self.handled, "rows_written": dict(self.rows_written)})
 
-    def exit_if_failing(self) -> None:
-        """Called on SIGTERM/SIGINT before Faust starts stopping: while ClickHouse fails the
-        sink cannot drain, and Faust's stop would ack (skip) the events its streams still
-        pull and commit past what was never written. Exit at once instead (no commit); the
-        next run writes what is left."""
-        if self.failing_since is not None:
-            log.warning("stopping while clickhouse fails: exiting without a final commit; the next run "
-                        "writes what is left", extra={"exit_code": EXIT_UNDRAINED})
-            logging.shutdown()
-            os._exit(EXIT_UNDRAINED)
-
-    def _finish(self, events: list[Any], written: bool) -> None:
+    def _finish(self, events: list[Any], written: bool) -> bool:
         if written:
             for ev in events:
                 m = ev.message
                 key = f"{m.topic}/{m.partition}"
                 self.handled[key] = max(self.handled.get(key, 0), m.offset + 1)
-            return
-        # Asked to stop while ClickHouse fails: these messages cannot be written, and Faust's
-        # shutdown would ack (so commit) what the agents hold. Exit at once instead: nothing
-        # unwritten is committed, and the next run writes it (the joins redo their uncommitted
-        # work, idempotently).
-        log.warning("stopping while clickhouse fails: exiting without a final commit; the next run "
-                    "writes what is left", extra={"messages": len(events), "exit_code": EXIT_UNDRAINED})
-        logging.shutdown()
-        os._exit(EXIT_UNDRAINED)
+        elif not self.undrained:
+            self.undrained = True
+            log.warning("stopping while clickhouse fails: these messages stay uncommitted and the next run "
+                        "writes them", extra={"messages": len(events), "exit_code": EXIT_UNDRAINED})
+        return written
 
-    async def write_reference(self, events: list[Any], router: Any) -> None:
+    async def write_reference(self, events: list[Any], router: Any) -> bool:
         """Validate reference data (dead-lettering bad messages) and store promoters and exclusions."""
         now = int(time.time() * 1000)
         max_future = int(self.settings.max_future_s * 1000)
@@ -153,7 +140,7 @@ class SinkStep:
                 records.append(msgspec.structs.replace(event, ip=router.hash(event.ip)))  # never in clear
             elif isinstance(event, Exclusion):
                 records.append(event)
-        self._finish(events, await self._write(records))
+        return self._finish(events, await self._write(records))
 
     async def _write(self, records: list) -> bool:
         """Write `records`, retrying until ClickHouse takes them; False if the worker stops first."""
@@ -213,13 +200,7 @@ class SinkStep:
         """Distinct rows per table, read back from ClickHouse (a chdb directory allows one process)."""
         from sinks import queries
 
-        writer = await self._writer()
-
-        def read() -> dict[str, int]:
-            with writer.lock:
-                return queries.counts(writer.client)
-
-        return await asyncio.to_thread(read)
+        return await self.read(queries.counts)
 
     def stats(self) -> dict[str, Any]:
         return {"rows_written": dict(self.rows_written), "failing": self.failing_since is not None}

@@ -16,30 +16,12 @@ from typing import Any
 from streams.config import ROLES, ConfigError, Settings
 
 
-def _Worker(app: Any, **kwargs: Any) -> Any:
-    """A Faust worker whose stop signals first let the sink refuse a drain it cannot do."""
-    import faust
-
-    class Worker(faust.Worker):
-        def _on_sigterm(self) -> None:
-            self._sink_check()
-            super()._on_sigterm()
-
-        def _on_sigint(self) -> None:
-            self._sink_check()
-            super()._on_sigint()
-
-        def _sink_check(self) -> None:
-            sink = getattr(self.app, "refstream", {}).get("sink")
-            if sink is not None:
-                sink.exit_if_failing()
-
-    return Worker(app, **kwargs)
-
-
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run a Faust worker until stopped: by role (REFSTREAM_ROLE or --role) the router and joins
     (stream), the ClickHouse sink with the stats API and dashboard (sink), or all of it (all)."""
+    import faust
+
+    from sinks.step import EXIT_UNDRAINED
     from streams import logs
     from streams.app import create_app
     from streams.topics import ensure_pipeline_topics_sync, partition_counts_sync
@@ -50,9 +32,16 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.create_topics:
         ensure_pipeline_topics_sync(settings)
     app = create_app(settings, partition_counts_sync(settings, ["clicks", "signups", "orders"]))
-    worker = _Worker(app, loglevel=settings.log_level, logging_config=logs.logging_config(settings.log_level))
-    worker.execute_from_commandline()
-    return 0
+    worker = faust.Worker(app, loglevel=settings.log_level, logging_config=logs.logging_config(settings.log_level))
+    code: Any = 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:  # how Faust's worker ends, also after a clean stop
+        code = exc.code
+    sink = app.refstream.get("sink")
+    if sink is not None and sink.undrained:
+        return EXIT_UNDRAINED  # stopped during a ClickHouse outage: its batches are left for the next run
+    return code if isinstance(code, int) else 0
 
 
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:

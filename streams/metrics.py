@@ -65,6 +65,10 @@ class Metrics:
         self.redis_failures = Counter(
             "refstream_redis_failures", "Failed Redis operations", ["op"], registry=r
         )
+        self.rereads = Counter(
+            "refstream_rereads", "Partitions read again from a message Faust dropped before an agent finished it",
+            ["topic"], registry=r
+        )
         self.sink_batch_rows = Histogram(
             "refstream_sink_batch_rows", "Rows per ClickHouse table batch", ["table"], registry=r,
             buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000),

@@ -3,12 +3,14 @@
 Valid clicks and signups are counted for the fraud checks (Redis) and go to `visitor-join` partitioned by visitor_id, orders to
 `account-join` partitioned by account_id, as one msgpack batch message per destination
 partition. Every batch also carries the event-time progress of the raw partitions this
-router reads, and partitions that got no records hear it at least every second (a
-heartbeat), so the joins' watermarks can follow the slowest source. Invalid messages go
+router reads, and every join partition hears it at least every second (a heartbeat, also
+when no input arrives: joins finalise and expire state only when a message reaches
+them), so the joins' watermarks can follow the slowest source. Invalid messages go
 to `dead-letters` with the reason and their source topic, partition and offset.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -87,9 +89,23 @@ class Router:
         self.prefix_len = len(settings.topic_prefix)
         self.progress: dict[str, dict[str, int]] = {"visitor": {}, "account": {}}
         self.last_heartbeat = 0.0
+        # one route or heartbeat at a time: clocks must never reach a join before the records
+        # (and the Redis counts) they cover
+        self._sending = asyncio.Lock()
 
     async def route(self, events: Iterable[Any]) -> None:
         """Route one buffer of Faust events from the raw input topics."""
+        async with self._sending:
+            await self._route(events)
+
+    async def heartbeat(self) -> None:
+        """Every join partition hears the progress if nothing was sent for a second (a timer
+        calls this: with no input nothing else would move the joins' event time)."""
+        async with self._sending:
+            if time.monotonic() - self.last_heartbeat >= 1.0:
+                await self._send({}, {})
+
+    async def _route(self, events: Iterable[Any]) -> None:
         n = self.settings.partitions
         visitors: dict[int, list] = defaultdict(list)
         accounts: dict[int, list] = defaultdict(list)
@@ -117,14 +133,21 @@ class Router:
             self.metrics.events_in.labels(topic).inc(count)
         if self.signals is not None:  # counted before the joins can decide on these events
             await self.signals.record_events([r for recs in visitors.values() for r in recs])
+        await self._send(visitors, accounts)
+
+    async def _send(self, visitors: dict[int, list], accounts: dict[int, list]) -> None:
+        """One batch message per join partition with records, and to every partition (only
+        the clocks) when the last heartbeat is a second old."""
         heartbeat = time.monotonic() - self.last_heartbeat >= 1.0
         if heartbeat:
             self.last_heartbeat = time.monotonic()
         for topic, join, batches in ((self.topics.visitor_join, "visitor", visitors),
                                      (self.topics.account_join, "account", accounts)):
             clocks = self.progress[join]
-            for p in range(n):
-                if p in batches or (heartbeat and clocks):
+            for p in range(self.settings.partitions):
+                # also with no clocks (a restarted worker whose raw input was all read): the
+                # joins' recovered clocks may have passed deadlines they never swept
+                if p in batches or heartbeat:
                     await topic.send(value=batch_encoder.encode(Batch(batches.get(p, []), clocks)), partition=p)
 
     def hash(self, value: str | None) -> str | None:

@@ -12,17 +12,13 @@ import time
 import pytest
 
 from streams.traffic import TrafficSpec, generate
-from tests.support.pipeline import Pipeline
+from tests.support.pipeline import Pipeline, expected_counts, raw_messages, settled_end_ms
 
 pytestmark = pytest.mark.integration
 RESTART_DELAY_S = float(os.environ.get("REFSTREAM_TEST_RESTART_DELAY_S", 0))
 COMPARED = ("order_id", "status", "reasons", "promoter_id", "tracking_code", "account_id", "amount",
-            "click_event_id", "signup_event_id", "order_status", "rate", "commission", "bonus", "points")
-
-
-def expected_counts(traffic) -> dict[str, int]:
-    return {"clicks": traffic.counts.events["clicks"], "signups": traffic.counts.events["signups"],
-            "orders": traffic.counts.events["orders"], "dead_letters": sum(traffic.counts.malformed.values())}
+            "click_event_id", "signup_event_id", "order_status", "rate", "commission", "bonus", "points",
+            "attribution_final")
 
 
 def conversions(p: Pipeline) -> dict[str, tuple]:
@@ -57,8 +53,8 @@ def crash_and_recover(p: Pipeline, traffic, raw: list, promoters: int, expected:
 
 
 def test_crash_and_restart_gives_the_same_conversions(stack, topic_prefix, tmp_path) -> None:
-    traffic = generate(TrafficSpec(seed=11, visitors=3000, days=10, end_ms=int(time.time() * 1000), malformed=3))
-    raw = [m for m in traffic.messages if m[0] not in ("promoters", "exclusions")]
+    traffic = generate(TrafficSpec(seed=11, visitors=3000, days=10, end_ms=settled_end_ms(), malformed=3))
+    raw = raw_messages(traffic)
     promoters = len(traffic.truth.promoters)
     expected = expected_counts(traffic)
 

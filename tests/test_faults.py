@@ -25,7 +25,8 @@ from sinks.step import EXIT_UNDRAINED
 from streams import stack as local_stack
 from streams.traffic import Traffic, TrafficSpec, generate
 from tests.support.pipeline import (
-    Pipeline, assert_same_conversions, conversions, expected_counts, load_reference, raw_messages, undisturbed,
+    Pipeline, assert_same_conversions, conversions, expected_counts, load_reference, raw_messages, settled_end_ms,
+    undisturbed,
 )
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,7 @@ SINK_INPUTS = ["visitor-join", "account-join", "conversions", "late-events", "de
 
 @pytest.fixture(scope="module")
 def traffic() -> Traffic:
-    return generate(TrafficSpec(seed=31, visitors=1500, days=7, end_ms=int(time.time() * 1000), malformed=3))
+    return generate(TrafficSpec(seed=31, visitors=1500, days=7, end_ms=settled_end_ms(), malformed=3))
 
 
 @pytest.fixture(scope="module")

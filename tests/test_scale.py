@@ -18,7 +18,8 @@ import pytest
 
 from streams.traffic import Traffic, TrafficSpec, generate
 from tests.support.pipeline import (
-    Pipeline, assert_same_conversions, conversions, expected_counts, load_reference, raw_messages, undisturbed,
+    Pipeline, assert_same_conversions, conversions, expected_counts, load_reference, raw_messages, settled_end_ms,
+    undisturbed,
 )
 
 integration = pytest.mark.integration
@@ -69,7 +70,7 @@ def routed(p: Pipeline, w: subprocess.Popen) -> float:
 
 @pytest.fixture(scope="module")
 def traffic() -> Traffic:
-    return generate(TrafficSpec(seed=23, visitors=2000, days=7, end_ms=int(time.time() * 1000), malformed=3))
+    return generate(TrafficSpec(seed=23, visitors=2000, days=7, end_ms=settled_end_ms(), malformed=3))
 
 
 @pytest.fixture(scope="module")

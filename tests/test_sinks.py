@@ -302,10 +302,11 @@ def small_dataset() -> list:
         # accounts: a1 re-attributed T9 -> T1, a2 on T1, a3 organic, a4 on T9
         attribution("a1", "T9", 10), attribution("a1", "T1", 20), attribution("a2", "T1", 11),
         attribution("a3", None, 12), attribution("a4", "T9", 13),
-        # conversions on T1 credited to P2: o1 approved (rev 2), o2 approved, o3 reversed later
-        conversion("o1", 1, promoter_id="P2", amount=Decimal("10.00")),
+        # conversions on T1 credited to P2: o1 approved (rev 2, final since), o2 approved (its
+        # attribution still open), o3 reversed later
+        conversion("o1", 1, promoter_id="P2", amount=Decimal("10.00"), attribution_final=False),
         conversion("o1", 2, promoter_id="P2", amount=Decimal("12.50")),
-        conversion("o2", 1, promoter_id="P2", amount=Decimal("7.25")),
+        conversion("o2", 1, promoter_id="P2", amount=Decimal("7.25"), attribution_final=False),
         conversion("o3", 1, promoter_id="P2", amount=Decimal("99")),
         conversion("o3", 2, promoter_id="P2", amount=Decimal("99"), status="reversed"),
         # on T9 for P1: one approved, one rejected; one approved on T1 from before the move
@@ -338,7 +339,7 @@ def test_queries_on_a_small_dataset(db):
     rejected = queries.promoter_summary(db, status="rejected")
     assert {(r["promoter_id"], r["orders"]) for r in rejected} == {("P2", 0), ("P1", 1), ("P3", 0)}
     assert queries.counts(db) == {
-        "clicks": 5, "signups": 1, "orders": 1, "conversions_current": 6,
+        "clicks": 5, "signups": 1, "orders": 1, "conversions_current": 6, "conversions_open": 1,
         "attributions_current": 4, "dead_letters": 1, "late_events": 0,
     }
     text = queries.format_summary(summary)

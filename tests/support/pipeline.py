@@ -17,6 +17,7 @@ from typing import Any, Callable
 from aiokafka import AIOKafkaProducer
 
 from streams.config import Settings
+from streams.partitioning import partition_for
 
 ROOT = Path(__file__).resolve().parents[2]
 #: (redis_url, namespace) of every pipeline of this test session: conftest drops them at the end
@@ -278,7 +279,7 @@ def event(**fields: Any) -> bytes:
 
 #: fields of conversions_current compared between runs of the same traffic
 COMPARED = ("order_id", "status", "reasons", "promoter_id", "amount", "level", "tier", "rate", "commission", "bonus",
-            "points", "rule_version")
+            "points", "rule_version", "attribution_final")
 
 
 def conversions(p: Pipeline) -> dict[str, dict[str, str]]:
@@ -299,17 +300,59 @@ def assert_same_conversions(result: dict[str, dict[str, str]], reference: dict[s
 REFERENCE_TOPICS = ("promoters", "exclusions")
 
 
-def expected_counts(traffic: Any) -> dict[str, int]:
-    """Distinct rows ClickHouse must hold once every input of generated `traffic` is processed."""
+HOUR_MS, DAY_MS = 3_600_000, 86_400_000
+RAW_TOPICS = ("clicks", "signups", "orders")
+
+
+def settled_end_ms(now_ms: int | None = None) -> int:
+    """An end for generated test traffic that `closing_messages` can settle: its last UTC day
+    ends at least three hours before now, so closing events at or before now move every
+    join's watermark (two allowed latenesses of 1 h behind) past every fraud window."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    return (now - 4 * HOUR_MS) // DAY_MS * DAY_MS - 3 * HOUR_MS
+
+
+def closing_messages(traffic: Any, partitions: int = 4) -> list[tuple[str, bytes, bytes]]:
+    """One click, signup and order per raw partition, 3 h after the traffic's last UTC day:
+    they close every click hour and signup day of `traffic`, so every flood and farming
+    count is final and runs of the same traffic compare exactly (while a window is open, a
+    decision depends on when its counters were read). They make no conversion: a click
+    nobody signs up after, an organic signup, an order of an account that never signed up."""
+    ts = (traffic.spec.end_ms // DAY_MS + 1) * DAY_MS + 3 * HOUR_MS
+    assert ts <= time.time() * 1000, "closing events would lie in the future: use settled_end_ms()"
+    out = []
+    for topic in RAW_TOPICS:
+        for p in range(partitions):
+            key = next(k for k in (f"closing-{topic}-{p}-{i}".encode() for i in range(1000))
+                       if partition_for(k, partitions) == p)
+            body: dict[str, Any] = {"event_id": key.decode(), "ts": ts}
+            if topic == "clicks":
+                body.update(tracking_code="closing", visitor_id=key.decode())
+            elif topic == "signups":
+                body.update(account_id=key.decode(), visitor_id=key.decode())
+            else:
+                body.update(order_id=key.decode(), account_id=key.decode(), product="closing", amount="1.00",
+                            currency="USD", status="paid")
+            out.append((topic, key, json.dumps(body).encode()))
+    return out
+
+
+def expected_counts(traffic: Any, partitions: int = 4) -> dict[str, int]:
+    """Distinct rows ClickHouse must hold once every input of generated `traffic` and its
+    closing messages is processed: every attribution final (`conversions_open` 0), else a
+    run could stop between the last conversion and the update that finalises it."""
     events = traffic.counts.events
-    return {"clicks": events["clicks"], "signups": events["signups"], "orders": events["orders"],
+    return {"clicks": events["clicks"] + partitions, "signups": events["signups"] + partitions,
+            "orders": events["orders"] + partitions,
             "dead_letters": sum(traffic.counts.malformed.values()),
-            "conversions_current": sum(len(acc.orders) for acc in traffic.truth.accounts.values())}
+            "conversions_current": sum(len(acc.orders) for acc in traffic.truth.accounts.values()),
+            "conversions_open": 0}
 
 
-def raw_messages(traffic: Any) -> list:
-    """The clicks, signups and orders of generated `traffic`, in delivery order."""
-    return [m for m in traffic.messages if m[0] not in REFERENCE_TOPICS]
+def raw_messages(traffic: Any, partitions: int = 4) -> list:
+    """The clicks, signups and orders of generated `traffic`, in delivery order, then its
+    closing messages (traffic made with `end_ms=settled_end_ms()`)."""
+    return [m for m in traffic.messages if m[0] not in REFERENCE_TOPICS] + closing_messages(traffic, partitions)
 
 
 def load_reference(p: Pipeline, traffic: Any, *workers: subprocess.Popen) -> None:
@@ -334,4 +377,6 @@ def undisturbed(stack: Any, traffic: Any, workdir: Path) -> dict[str, dict[str, 
     result = conversions(p)
     truth = {oid for acc in traffic.truth.accounts.values() for oid in acc.orders}
     assert set(result) == truth, "one undisturbed worker must match the generator's ground truth"
+    open_ = [o for o, row in result.items() if row["attribution_final"] != "True"]
+    assert not open_, f"the closing messages must make every attribution final: {open_[:5]}"
     return result
