@@ -16,6 +16,14 @@ from typing import Any
 from streams.config import ROLES, ConfigError, Settings
 
 
+def _use_uvloop() -> None:
+    """uvloop's event loop: the worker's per-message work is mostly event-loop work
+    (futures, callbacks, socket writes), which uvloop does in C."""
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run a Faust worker until stopped: by role (REFSTREAM_ROLE or --role) the router and joins
     (stream), the ClickHouse sink with the stats API and dashboard (sink), or all of it (all)."""
@@ -29,6 +37,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.role:
         settings = dataclasses.replace(settings, role=args.role)
     logs.setup(settings.log_level)
+    _use_uvloop()
     if args.create_topics:
         ensure_pipeline_topics_sync(settings)
     app = create_app(settings, partition_counts_sync(settings, ["clicks", "signups", "orders"]))

@@ -38,8 +38,7 @@ class Settings:
     web_bind: str = "127.0.0.1"
     web_port: int = 6066
     api_token: str = ""  # REFSTREAM_API_TOKEN: when set, /api/* and /dashboard need "Authorization: Bearer <token>"
-    router_batch: int = 2000
-    router_flush_s: float = 0.1
+    router_batch: int = 2000  # most raw messages routed at once (a batch is what one fetch returned)
     sink_batch: int = 20000
     sink_flush_s: float = 0.5
     producer_max_batch_bytes: int = 16384

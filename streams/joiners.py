@@ -36,7 +36,7 @@ from streams.rules.signals import SignalStore
 
 log = logging.getLogger(__name__)
 CLOCK_KEY = b"\x00clock/%d"
-SWEEP_EVERY_S = 2.0
+SWEEP_EVERY_S = 0.5
 
 
 class JoinStep:

@@ -93,10 +93,10 @@ class Router:
         # (and the Redis counts) they cover
         self._sending = asyncio.Lock()
 
-    async def route(self, events: Iterable[Any]) -> None:
-        """Route one buffer of Faust events from the raw input topics."""
+    async def route(self, messages: Iterable[Any]) -> None:
+        """Route one batch of Kafka messages from the raw input topics."""
         async with self._sending:
-            await self._route(events)
+            await self._route(messages)
 
     async def heartbeat(self) -> None:
         """Every join partition hears the progress if nothing was sent for a second (a timer
@@ -105,14 +105,13 @@ class Router:
             if time.monotonic() - self.last_heartbeat >= 1.0:
                 await self._send({}, {})
 
-    async def _route(self, events: Iterable[Any]) -> None:
+    async def _route(self, messages: Iterable[Any]) -> None:
         n = self.settings.partitions
         visitors: dict[int, list] = defaultdict(list)
         accounts: dict[int, list] = defaultdict(list)
         now = int(time.time() * 1000)
         counts: dict[str, int] = defaultdict(int)
-        for ev in events:
-            msg = ev.message
+        for msg in messages:
             name = msg.topic[self.prefix_len:]
             counts[msg.topic] += 1
             event = decode(name, msg.value, now, self.max_future_ms)

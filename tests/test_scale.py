@@ -29,18 +29,23 @@ RAW_PARTITIONS = {"clicks": 4, "signups": 4, "orders": 4}
 # -- roles (no broker needed: building the app connects to nothing) ---------------------
 
 
-@pytest.mark.parametrize("role, agents, pages, tables", [
-    ("all", {"route", "join_visitors", "join_accounts", "reference", "sink_to_clickhouse"}, {"/counts", "/api"}, 2),
-    ("stream", {"route", "join_visitors", "join_accounts"}, set(), 2),
-    ("sink", {"reference", "sink_to_clickhouse"}, {"/counts", "/api"}, 0),
+RAW = {"clicks", "signups", "orders"}
+
+
+@pytest.mark.parametrize("role, agents, bulk, pages, tables", [
+    ("all", {"join_visitors", "join_accounts", "reference", "sink_to_clickhouse"}, RAW, {"/counts", "/api"}, 2),
+    ("stream", {"join_visitors", "join_accounts"}, RAW, set(), 2),
+    ("sink", {"reference", "sink_to_clickhouse"}, set(), {"/counts", "/api"}, 0),
 ])
-def test_a_role_registers_only_its_agents_and_pages(role: str, agents: set, pages: set, tables: int,
+def test_a_role_registers_only_its_agents_and_pages(role: str, agents: set, bulk: set, pages: set, tables: int,
                                                     tmp_path: Path) -> None:
     from streams.app import create_app
     from streams.config import Settings
 
     app = create_app(Settings(role=role, data_dir=str(tmp_path)), RAW_PARTITIONS)
     assert {name.rsplit(".", 1)[1] for name in app.agents} == agents
+    assert (app.bulk.topics if app.bulk else set()) == bulk  # the router reads the raw topics in bulk
+    assert set(app.ledger.readers) >= bulk
     assert len(app.tables) == tables
     urls = {route.resource.canonical for route in app.web.web_app.router.routes()}
     assert {"/health", "/ready", "/metrics"} <= urls

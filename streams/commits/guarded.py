@@ -24,6 +24,9 @@ crash, drain, rebalance and ClickHouse-outage tests:
   exiting for good. What is left unfinished stays uncommitted (the ledger) and is read
   again by the next owner.
 
+- `GuardedApp.read_in_bulk` reads the raw input topics a fetched batch at a time,
+  without Faust's per-message machinery (`streams.commits.bulk`).
+
 Agents call `app.ledger.finish_events(events)` when they are done with a batch.
 """
 from __future__ import annotations
@@ -33,7 +36,7 @@ import gc
 import logging
 from collections import Counter
 from time import monotonic
-from typing import Any, Callable, Iterable, cast
+from typing import Any, Awaitable, Callable, Iterable, cast
 
 import faust
 from aiokafka.errors import IllegalStateError
@@ -45,6 +48,7 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
+from streams.commits.bulk import BulkReader, drain
 from streams.commits.ledger import CommitLedger, commit_run
 
 log = logging.getLogger(__name__)
@@ -127,6 +131,14 @@ class GuardedConsumer(AIOKafkaConsumer):
             {tp: offset if offset is not None and offset >= 0 else None for tp, offset in committed.items()})
         self._committed_offset.update(
             {ensure_TP(tp): offset if offset else None for tp, offset in committed.items() if offset is not None})
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """Faust's fetch loop; with a bulk reader, its topics are read in batches (`bulk.py`)."""
+        bulk = cast(GuardedApp, self.app).bulk
+        if bulk is None:
+            await super()._drain_messages(fetcher)
+        else:
+            await drain(self, fetcher, bulk)
 
     @Service.transitions_to(CONSUMER_WAIT_EMPTY)
     async def wait_empty(self) -> None:
@@ -265,12 +277,23 @@ class GuardedApp(faust.App):
         super().__init__(*args, **kwargs)
         self.ledger = CommitLedger()
         self.on_reread: Callable[[TP], None] = lambda tp: None
+        self.bulk: BulkReader | None = None
+
+    def read_in_bulk(self, topic: Any, handler: Callable[[list[Any]], Awaitable[None]], max_messages: int) -> None:
+        """Read `topic` (a Faust topic) in fetched batches: `await handler(messages)` with up
+        to `max_messages` Kafka messages at a time, committed once it returned (`bulk.py`).
+        One bulk reader per app; nothing else may read these topics."""
+        assert self.bulk is None, "one bulk reader per app"
+        self.bulk = BulkReader(frozenset(topic.topics), handler, max_messages)
+        self.topics.add(topic)  # subscribed like an agent's topic, acks enabled
 
     def count_readers(self) -> dict[str, int]:
-        """Guard every topic an agent of this worker reads, counting its readers."""
+        """Guard every topic an agent (or the bulk reader) of this worker reads, counting its readers."""
         readers: Counter[str] = Counter()
         for agent in self.agents.values():
             readers.update(agent.channel.topics)
+        if self.bulk is not None:
+            readers.update(self.bulk.topics)
         self.ledger.readers = dict(readers)
         return self.ledger.readers
 
