@@ -102,8 +102,7 @@ class Router:
         """Every join partition hears the progress if nothing was sent for a second (a timer
         calls this: with no input nothing else would move the joins' event time)."""
         async with self._sending:
-            if time.monotonic() - self.last_heartbeat >= 1.0:
-                await self._send({}, {})
+            await self._send({}, {})  # sends only once the last heartbeat is a second old
 
     async def _route(self, messages: Iterable[Any]) -> None:
         n = self.settings.partitions
@@ -137,9 +136,10 @@ class Router:
     async def _send(self, visitors: dict[int, list], accounts: dict[int, list]) -> None:
         """One batch message per join partition with records, and to every partition (only
         the clocks) when the last heartbeat is a second old."""
-        heartbeat = time.monotonic() - self.last_heartbeat >= 1.0
+        now = time.monotonic()
+        heartbeat = now - self.last_heartbeat >= 1.0
         if heartbeat:
-            self.last_heartbeat = time.monotonic()
+            self.last_heartbeat = now
         for topic, join, batches in ((self.topics.visitor_join, "visitor", visitors),
                                      (self.topics.account_join, "account", accounts)):
             clocks = self.progress[join]

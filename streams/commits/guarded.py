@@ -23,11 +23,10 @@ crash, drain, rebalance and ClickHouse-outage tests:
   finished but another never took (the queue was cleared at stop) kept a worker from
   exiting for good. What is left unfinished stays uncommitted (the ledger) and is read
   again by the next owner.
-
 - `GuardedApp.read_in_bulk` reads the raw input topics a fetched batch at a time,
   without Faust's per-message machinery (`streams.commits.bulk`).
 
-Agents call `app.ledger.finish_events(events)` when they are done with a batch.
+Agents call `finished(app)(events)` (the ledger's `finish_events`) when they are done with a batch.
 """
 from __future__ import annotations
 
