@@ -122,8 +122,8 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
 def _stream_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics,
                    raw_partitions: dict[str, int]) -> PromoterDirectory:
     """Router, both joins with their tables, and the reference directories the joins read."""
-    visitors = app.Table("visitors", partitions=s.partitions, key_type=bytes, value_type=bytes)
-    accounts = app.Table("accounts", partitions=s.partitions, key_type=bytes, value_type=bytes)
+    visitors = app.batched(app.Table("visitors", partitions=s.partitions, key_type=bytes, value_type=bytes))
+    accounts = app.batched(app.Table("accounts", partitions=s.partitions, key_type=bytes, value_type=bytes))
     directory = PromoterDirectory(s.pii_salt.encode())
     exclusions = ExclusionDirectory()
     signals = SignalStore(s.redis_url, s.redis_namespace,

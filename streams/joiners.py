@@ -7,8 +7,9 @@ One message of a join topic is a batch of records for one partition. A step:
 3. sends what the pure functions returned (attributions, conversions, late events),
 4. now and then advances the keys that are due to the watermark (finalise, expire): a
    heap of deadlines per partition, so a sweep touches only what changes.
-State values are msgpack bytes in Faust tables with changelogs; the clock of partition p
-lives in the same table under a reserved key, so it is recovered with the state.
+State values are msgpack bytes in Faust tables whose changelogs get one record batch per
+partition and step (streams/commits/changelog.py); the clock of partition p lives in the
+same table under a reserved key, so it is recovered with the state.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from schemas.records import (
     Batch, ClickRec, ClickRef, Conversion, LateEvent, OrderRec, SignupIdent, SignupRec,
     batch_decoder, batch_encoder, json_encoder,
 )
+from streams.commits.changelog import BatchedTable
 from streams.config import Settings
 from streams.join import attribution as attr
 from streams.join import conversions as conv
@@ -43,7 +45,7 @@ class JoinStep:
     name: str
     state_type: type
 
-    def __init__(self, settings: Settings, table: Any, topics: Any, metrics: Metrics,
+    def __init__(self, settings: Settings, table: BatchedTable, topics: Any, metrics: Metrics,
                  sources: tuple[str, ...]) -> None:
         self.settings = settings
         self.sources = sources  # every upstream partition the watermark waits for
@@ -81,11 +83,10 @@ class JoinStep:
 
     def _store(self, p: int, key: bytes, state: Any, empty: bool) -> None:
         if empty:
-            if key in self.table:
-                del self.table[key]
+            self.table.delete(p, key)
             self._deadline.pop(key, None)
         else:
-            self.table[key] = self._encoder.encode(state)
+            self.table.set(p, key, self._encoder.encode(state))
             self._schedule(self._heap(p), key, self.deadline(state))
 
     def _schedule(self, heap: list[tuple[int, bytes]], key: bytes, deadline: int | None) -> None:
@@ -103,7 +104,7 @@ class JoinStep:
             heap = self._due[p] = []
             n = self.settings.partitions
             keys = 0
-            for key in list(self.table.keys()):
+            for key in self.table.keys():
                 if not key.startswith(b"\x00") and partition_for(key, n) == p:
                     keys += 1
                     self._schedule(heap, key, self.deadline(self._load(key)))
@@ -134,7 +135,7 @@ class JoinStep:
         for source, ts in batch.clocks.items():
             clock.observe(source, ts)
         await self.apply_batch(p, by_key, clock)
-        self.table[CLOCK_KEY % p] = self._encoder.encode(clock)
+        self.table.set(p, CLOCK_KEY % p, self._encoder.encode(clock))
         wm = clock.watermark
         if wm is not None:
             self.metrics.watermark.labels(self.name, str(p)).set(wm)
@@ -143,6 +144,7 @@ class JoinStep:
                 self._last_sweep[p] = now
                 await self._sweep(p, wm)
         await self._flush(p, wm)
+        await self.table.flush()
 
     async def apply_batch(self, p: int, by_key: dict[bytes, list[tuple[Any, bool]]], clock: EventClock) -> None:
         """Apply a batch key by key: one state read and write per key."""
@@ -271,7 +273,7 @@ class AccountJoin(JoinStep):
     name = "account"
     state_type = conv.AccountState
 
-    def __init__(self, settings: Settings, table: Any, topics: Any, metrics: Metrics,
+    def __init__(self, settings: Settings, table: BatchedTable, topics: Any, metrics: Metrics,
                  sources: tuple[str, ...], promoters: Any, exclusions: Any, signals: SignalStore) -> None:
         super().__init__(settings, table, topics, metrics, sources)
         rules = conv.ConversionRules(settings.binding_ms, settings.refund_window_ms, settings.attribution_model)

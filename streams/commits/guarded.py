@@ -23,6 +23,8 @@ crash, drain, rebalance and ClickHouse-outage tests:
   finished but another never took (the queue was cleared at stop) kept a worker from
   exiting for good. What is left unfinished stays uncommitted (the ledger) and is read
   again by the next owner.
+- `GuardedApp.refuse_commits` stops all further commits once a state change could not be
+  written to its changelog (`streams.commits.changelog`), and stops the worker.
 - `GuardedApp.read_in_bulk` reads the raw input topics a fetched batch at a time,
   without Faust's per-message machinery (`streams.commits.bulk`).
 
@@ -48,6 +50,7 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
 from streams.commits.bulk import BulkReader, drain
+from streams.commits.changelog import BatchedTable
 from streams.commits.ledger import CommitLedger, commit_run
 
 log = logging.getLogger(__name__)
@@ -138,6 +141,14 @@ class GuardedConsumer(AIOKafkaConsumer):
             await super()._drain_messages(fetcher)
         else:
             await drain(self, fetcher, bulk)
+
+    async def _commit(self, offsets: Any) -> bool:
+        refused = cast(GuardedApp, self.app).commits_refused
+        if refused is not None:
+            log.error("commit refused: a state change never reached its changelog",
+                      extra={"error": repr(refused)})
+            return False
+        return await super()._commit(offsets)
 
     @Service.transitions_to(CONSUMER_WAIT_EMPTY)
     async def wait_empty(self) -> None:
@@ -277,6 +288,18 @@ class GuardedApp(faust.App):
         self.ledger = CommitLedger()
         self.on_reread: Callable[[TP], None] = lambda tp: None
         self.bulk: BulkReader | None = None
+        self.commits_refused: BaseException | None = None
+
+    def refuse_commits(self, exc: BaseException) -> None:
+        """A table write never reached its changelog: commit nothing more (the next owner
+        of these partitions reads them again from the last commit) and stop the worker."""
+        if self.commits_refused is None:
+            self.commits_refused = exc
+            asyncio.ensure_future(self.crash(exc))
+
+    def batched(self, table: Any) -> BatchedTable:
+        """`table` (key and value types bytes), its changelog written in batches (`changelog.py`)."""
+        return BatchedTable(table, lambda: self.producer._ensure_producer(), self.refuse_commits)
 
     def read_in_bulk(self, topic: Any, handler: Callable[[list[Any]], Awaitable[None]], max_messages: int) -> None:
         """Read `topic` (a Faust topic) in fetched batches: `await handler(messages)` with up
