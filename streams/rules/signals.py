@@ -20,9 +20,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from itertools import chain
 from typing import Any, Awaitable, Callable, TypeVar
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -34,19 +34,29 @@ T = TypeVar("T")
 WINDOW_TTL_S = 3 * 86_400  # event-time buckets outlive the allowed lateness by days
 LEDGER_TTL_S = 400 * 86_400  # a year of months, plus the refund window
 
-# KEYS: sets; ARGV: ttl, then each set's member count, then the members of every set in order.
-# One call per batch: a pipeline of SADD + EXPIRE per key costs the client more than Redis.
+# The counter scripts take a batch as one JSON argument: a command of thousands of arguments
+# (or a pipeline of thousands of commands) costs the client far more than Redis, since the
+# client encodes every argument in Python. The keys travel inside the JSON, not in KEYS:
+# like the batches themselves, this needs one Redis, not a cluster (docs/operations.md).
+# ARGV: ttl, JSON [[set, [member, ...]], ...]
 _ADD_MEMBERS = """
-local pos = #KEYS + 2
-for i = 1, #KEYS do
-  local n = tonumber(ARGV[i + 1])
-  for j = pos, pos + n - 1, 1000 do
-    redis.call('SADD', KEYS[i], unpack(ARGV, j, math.min(j + 999, pos + n - 1)))
+local sets = cjson.decode(ARGV[2])
+for _, set in ipairs(sets) do
+  local key, members = set[1], set[2]
+  for j = 1, #members, 1000 do
+    redis.call('SADD', key, unpack(members, j, math.min(j + 999, #members)))
   end
-  redis.call('EXPIRE', KEYS[i], ARGV[1])
-  pos = pos + n
+  redis.call('EXPIRE', key, ARGV[1])
 end
-return #KEYS
+return #sets
+"""
+# ARGV: JSON [set, ...] ("" for none: 0); returns the size of each
+_CARDS = """
+local out = {}
+for i, key in ipairs(cjson.decode(ARGV[1])) do
+  out[i] = key == '' and 0 or redis.call('SCARD', key)
+end
+return out
 """
 # KEYS: orders zset, amounts hash, points hash, month total, months set
 # ARGV: order_id, ts, amount, points, month, ttl
@@ -78,6 +88,9 @@ def _queue(pipe: Any, script: Any, keys: list[str], args: list) -> None:
     """Queue a Lua script in a pipeline (the pipeline loads it on execute if Redis lacks it)."""
     pipe.scripts.add(script)
     pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+_json = msgspec.json.Encoder().encode  # the scripts' batch argument
 
 
 def month_of(ts: int) -> int:
@@ -127,6 +140,7 @@ class SignalStore:
         self._record = self.redis.register_script(_RECORD)
         self._before = self.redis.register_script(_BEFORE)
         self._add_members = self.redis.register_script(_ADD_MEMBERS)
+        self._cards = self.redis.register_script(_CARDS)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -165,27 +179,25 @@ class SignalStore:
                     members[k.farm_device(r.device_id, r.ts)].append(r.account_id)
 
         def fill(pipe: Any) -> None:
-            counts = [len(ids) for ids in members.values()]
-            _queue(pipe, self._add_members, list(members), [WINDOW_TTL_S, *counts, *chain(*members.values())])
+            _queue(pipe, self._add_members, [], [WINDOW_TTL_S, _json(list(members.items()))])
         if members:
             await self._pipeline("record_events", fill)
 
     async def snapshot(self, recs: list[AttributionRec]) -> list[Signals]:
         """Flood and farming counters for the attributed click and the signup of each record."""
         k = self.keys
-
-        def fill(pipe: Any) -> None:
-            for r in recs:
-                c, ident = r.click, r.ident
-                assert c is not None
-                pipe.scard(k.flood_ip(c.tracking_code, c.ip_hash, c.ts) if c.ip_hash else "-")
-                pipe.scard(k.flood_visitor(c.tracking_code, r.visitor_id, c.ts))
-                ip, dev = (ident.ip_hash, ident.device_id) if ident else (None, None)
-                pipe.scard(k.farm_ip(ip, r.signup_ts) if ip else "-")
-                pipe.scard(k.farm_device(dev, r.signup_ts) if dev else "-")
+        sets: list[str] = []
+        for r in recs:
+            c, ident = r.click, r.ident
+            assert c is not None
+            ip, dev = (ident.ip_hash, ident.device_id) if ident else (None, None)
+            sets += (k.flood_ip(c.tracking_code, c.ip_hash, c.ts) if c.ip_hash else "",
+                     k.flood_visitor(c.tracking_code, r.visitor_id, c.ts),
+                     k.farm_ip(ip, r.signup_ts) if ip else "",
+                     k.farm_device(dev, r.signup_ts) if dev else "")
         if not recs:
             return []
-        res = await self._pipeline("snapshot", fill)
+        [res] = await self._pipeline("snapshot", lambda pipe: _queue(pipe, self._cards, [], [_json(sets)]))
         return [Signals(flood_ip=res[4 * i], flood_visitor=res[4 * i + 1], farm_ip=res[4 * i + 2],
                         farm_device=res[4 * i + 3]) for i in range(len(recs))]
 
