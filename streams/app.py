@@ -21,7 +21,7 @@ from sinks.step import SinkStep
 from streams.alerts.watch import register_alerts
 from streams.commits import GuardedApp, finished
 from streams.config import Settings
-from streams.joiners import AccountJoin, VisitorJoin
+from streams.joiners import AccountJoin, VisitorJoin, by_partition
 from streams.metrics import Metrics, observe_lag
 from streams.reference import ExclusionDirectory, PromoterDirectory, follow_reference
 from streams.router import Router
@@ -155,18 +155,20 @@ def _stream_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics
 
     @app.agent(topics.visitor_join)
     async def join_visitors(stream: Any) -> None:
-        async for event in stream.events():
-            await visitor_join.process(event)
-            done((event,))
-            del event
+        async for events in stream.take_events(s.join_batch, within=s.join_wait_s):
+            for step in by_partition(events):
+                await visitor_join.process(step)
+            done(events)
+            del events
 
     @app.agent(topics.account_join)
     async def join_accounts(stream: Any) -> None:
         await directory.ready.wait()
-        async for event in stream.events():
-            await account_join.process(event)
-            done((event,))
-            del event
+        async for events in stream.take_events(s.join_batch, within=s.join_wait_s):
+            for step in by_partition(events):
+                await account_join.process(step)
+            done(events)
+            del events
 
     return directory
 

@@ -39,6 +39,8 @@ class Settings:
     web_port: int = 6066
     api_token: str = ""  # REFSTREAM_API_TOKEN: when set, /api/* and /dashboard need "Authorization: Bearer <token>"
     router_batch: int = 2000  # most raw messages routed at once (a batch is what one fetch returned)
+    join_batch: int = 64  # most join-topic messages (batches themselves) a join takes as one step
+    join_wait_s: float = 0.02  # longest wait to fill a join step
     sink_batch: int = 20000
     sink_flush_s: float = 0.5
     producer_max_batch_bytes: int = 16384

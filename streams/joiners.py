@@ -1,8 +1,10 @@
 """Glue between the join topics, the join tables and the pure join logic.
 
-One message of a join topic is a batch of records for one partition. A step:
+One message of a join topic is a batch of records for one partition; a step takes the
+messages of one partition that arrived together (up to `JOIN_BATCH`). A step:
 1. judges lateness in arrival order against the partition's event clock (one clock per
-   source partition; see streams/join/clock.py), then takes in the batch's source clocks,
+   source partition; see streams/join/clock.py), taking in each message's source clocks
+   after its records,
 2. applies the records key by key (one state read and write per key and batch),
 3. sends what the pure functions returned (attributions, conversions, late events),
 4. now and then advances the keys that are due to the watermark (finalise, expire): a
@@ -119,21 +121,22 @@ class JoinStep:
         clock.kinds, clock.lateness_ms = self.sources, self.settings.lateness_ms  # settings may change
         return clock
 
-    async def process(self, event: Any) -> None:
-        """Process one batch message of this join's topic."""
-        p = event.message.partition
-        batch = batch_decoder.decode(event.value)
+    async def process(self, events: list[Any]) -> None:
+        """Process batch messages of one partition of this join's topic, in order, as one step."""
+        p = events[0].message.partition
         clock = self._clock(p)
         by_key: dict[bytes, list[tuple[Any, bool]]] = defaultdict(list)
-        for rec in batch.records:
-            source = self.source_of(rec)
-            late = False
-            if source is not None:
-                late = clock.is_late(rec.ts)
-                clock.observe(source, rec.ts)
-            by_key[self.key_of(rec)].append((rec, late))
-        for source, ts in batch.clocks.items():
-            clock.observe(source, ts)
+        for event in events:
+            batch = batch_decoder.decode(event.value)
+            for rec in batch.records:
+                source = self.source_of(rec)
+                late = False
+                if source is not None:
+                    late = clock.is_late(rec.ts)
+                    clock.observe(source, rec.ts)
+                by_key[self.key_of(rec)].append((rec, late))
+            for source, ts in batch.clocks.items():
+                clock.observe(source, ts)
         await self.apply_batch(p, by_key, clock)
         self.table.set(p, CLOCK_KEY % p, self._encoder.encode(clock))
         wm = clock.watermark
@@ -199,6 +202,14 @@ class JoinStep:
 
     async def send_downstream(self, p: int, watermark: int | None, batches: dict[int, list]) -> None:
         """Only the visitor join feeds another join."""
+
+
+def by_partition(events: list[Any]) -> list[list[Any]]:
+    """`events` split into one list per partition, each in arrival order."""
+    steps: dict[int, list[Any]] = defaultdict(list)
+    for event in events:
+        steps[event.message.partition].append(event)
+    return list(steps.values())
 
 
 def state_is_empty(state: Any) -> bool:
