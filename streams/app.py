@@ -153,22 +153,22 @@ def _stream_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics
     # route: the raw topics a fetched batch at a time, not one Faust event per message
     app.read_in_bulk(topics.raw_events, router.route, max_messages=s.router_batch)
 
-    @app.agent(topics.visitor_join)
-    async def join_visitors(stream: Any) -> None:
+    async def take_steps(join: VisitorJoin | AccountJoin, stream: Any) -> None:
+        """What arrived (up to JOIN_BATCH messages), one step per partition."""
         async for events in stream.take_events(s.join_batch, within=s.join_wait_s):
             for step in by_partition(events):
-                await visitor_join.process(step)
+                await join.process(step)
             done(events)
             del events
+
+    @app.agent(topics.visitor_join)
+    async def join_visitors(stream: Any) -> None:
+        await take_steps(visitor_join, stream)
 
     @app.agent(topics.account_join)
     async def join_accounts(stream: Any) -> None:
         await directory.ready.wait()
-        async for events in stream.take_events(s.join_batch, within=s.join_wait_s):
-            for step in by_partition(events):
-                await account_join.process(step)
-            done(events)
-            del events
+        await take_steps(account_join, stream)
 
     return directory
 

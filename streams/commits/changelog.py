@@ -86,8 +86,8 @@ class BatchedTable:
         delivered.add_done_callback(lambda fut: self._delivered(fut, n))
 
     def _delivered(self, fut: Any, n: int) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            exc = fut.exception() if not fut.cancelled() else RuntimeError("changelog batch cancelled")
+        exc = RuntimeError("changelog batch cancelled") if fut.cancelled() else fut.exception()
+        if exc is not None:
             log.error("a changelog batch was not written: no further commits; the worker stops",
                       extra={"table": self.table.name, "error": repr(exc)})
             self._on_failure(exc)

@@ -185,6 +185,8 @@ class SignalStore:
 
     async def snapshot(self, recs: list[AttributionRec]) -> list[Signals]:
         """Flood and farming counters for the attributed click and the signup of each record."""
+        if not recs:
+            return []
         k = self.keys
         sets: list[str] = []
         for r in recs:
@@ -195,8 +197,6 @@ class SignalStore:
                      k.flood_visitor(c.tracking_code, r.visitor_id, c.ts),
                      k.farm_ip(ip, r.signup_ts) if ip else "",
                      k.farm_device(dev, r.signup_ts) if dev else "")
-        if not recs:
-            return []
         [res] = await self._pipeline("snapshot", lambda pipe: _queue(pipe, self._cards, [], [_json(sets)]))
         return [Signals(flood_ip=res[4 * i], flood_visitor=res[4 * i + 1], farm_ip=res[4 * i + 2],
                         farm_device=res[4 * i + 3]) for i in range(len(recs))]
