@@ -176,11 +176,32 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     partition: int
     offset: int
     key: str | None
-    value: str  # the original bytes, decoded as UTF-8 with replacement
+    value: str  # the original bytes decoded as UTF-8 (invalid bytes replaced), personal data
+    # hashed, cut to its head when long (`truncated`); size and digest are of the original
     at: int
+    value_bytes: int = 0
+    value_sha256: str = ""
+    truncated: bool = False
 
 
 batch_encoder = msgspec.msgpack.Encoder()
 batch_decoder = msgspec.msgpack.Decoder(Batch)
+
+#: most bytes of one join-topic message: well under the 1,000,000 bytes a Kafka producer and
+#: broker accept by default, whatever one fetch of input held for one partition
+MAX_BATCH_BYTES = 512 * 1024
+
+
+def encode_batches(records: list[JoinRecord], clocks: dict[str, int],
+                   limit: int = MAX_BATCH_BYTES) -> list[bytes]:
+    """`Batch(records, clocks)` as one or more encoded messages of at most `limit` bytes each
+    (halved until they fit), records in order and the clocks on the last, so a join never
+    hears a clock before the records it covers. One record is never split: input records are
+    bounded by the input size limit, far below `limit`."""
+    data = batch_encoder.encode(Batch(records, clocks))
+    if len(data) <= limit or len(records) <= 1:
+        return [data]
+    mid = len(records) // 2
+    return encode_batches(records[:mid], {}, limit) + encode_batches(records[mid:], clocks, limit)
 json_encoder = msgspec.json.Encoder()
 conversion_decoder = msgspec.json.Decoder(Conversion)

@@ -1,26 +1,37 @@
-"""ClickHouse connection and the batched, retried, idempotent writer.
+"""ClickHouse connection and the batched, idempotent writer that tells data errors from outages.
 
 The same code runs against chdb (ClickHouse in-process, `chdb:///abs/dir`) and a
 ClickHouse server (`http(s)://user:pass@host:port/db`). Idempotency comes from the
 tables (ReplacingMergeTree on natural ids, `*_current` views with FINAL, see
 `sinks.tables`), not from the writer: re-inserting a batch after a failure or a Kafka
 redelivery never adds rows visible to the views and queries.
+
+The writer tries each insert once and owns no retry loop (the caller, `sinks.step`,
+does, as Quix Streams' runtime does for its sinks). A failure is either an outage
+(connection, timeout, overload, anything unknown), raised as `ClickHouseUnavailable` for
+the caller to wait out, or a data error (rows ClickHouse or the client refuses), which a
+retry cannot fix: the writer isolates the refused rows by bisection, writes the rest and
+returns the refused ones with the error (see `classify`).
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
-from clickhouse_connect.driver.exceptions import DataError, ProgrammingError
+from clickhouse_connect.driver.exceptions import DataError, Error, OperationalError, ProgrammingError
 
 from sinks.rows import Record, Versioned, rows_for
-from sinks.tables import TABLES
+from sinks.tables import TABLES, Table
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +100,163 @@ def connect(dsn: str, **kwargs: Any) -> Any:
 
 
 OnBatch = Callable[[str, int, float], None]  # table, rows, seconds
-OnFailure = Callable[[str, BaseException], None]  # table, exception (called on every failed try)
+OnFailure = Callable[[str, BaseException], None]  # table, exception (called on every outage)
+Kind = Literal["data", "outage"]
 
-#: errors a retry cannot fix: rows that do not fit the columns, raised by clickhouse-connect
-#: while serialising (e.g. DataError "Invalid None value in non-Nullable column")
-NOT_RETRIED: tuple[type[BaseException], ...] = (DataError, TypeError, ValueError, KeyError, AttributeError)
+#: at most this many partitions (months) per insert block: ClickHouse refuses a block that
+#: spans more than `max_partitions_per_insert_block` (100 by default) with code 252
+PARTITIONS_PER_INSERT = 50
+#: longest error text kept (dead-letter reasons, logs)
+MAX_ERROR_CHARS = 500
+
+#: ClickHouse error codes that mean the rows are wrong: the same rows fail again, whatever
+#: the server's state. Code 252 (TOO_MANY_PARTS) is here only for "too many partitions for
+#: single INSERT block"; the same code with "too many parts" means merges lag: an outage.
+DATA_ERROR_CODES: dict[int, str] = {
+    6: "CANNOT_PARSE_TEXT", 26: "CANNOT_PARSE_QUOTED_STRING", 27: "CANNOT_PARSE_INPUT_ASSERTION_FAILED",
+    38: "CANNOT_PARSE_DATE", 41: "CANNOT_PARSE_DATETIME", 53: "TYPE_MISMATCH", 69: "ARGUMENT_OUT_OF_BOUND",
+    70: "CANNOT_CONVERT_TYPE", 72: "CANNOT_PARSE_NUMBER", 117: "INCORRECT_DATA",
+    130: "CANNOT_READ_ARRAY_FROM_TEXT", 131: "TOO_LARGE_STRING_SIZE", 190: "SIZES_OF_ARRAYS_DONT_MATCH",
+    252: "TOO_MANY_PARTS", 321: "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE",
+    349: "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN", 407: "DECIMAL_OVERFLOW", 469: "VIOLATED_CONSTRAINT",
+    691: "UNKNOWN_ELEMENT_OF_ENUM",
+}
+_TOO_MANY_PARTITIONS = "partitions for single insert block"
+_CODE = re.compile(r"\bCode:\s*(\d+)")
+#: what clickhouse-connect raises while serialising a value that does not fit its column
+#: (measured: struct.error wrapped in DataError for out-of-range ints and decimals,
+#: ValueError for NaN, OverflowError for Infinity, AttributeError for an int in a String)
+_SERIALISATION = (TypeError, ValueError, ArithmeticError, struct.error, AttributeError)
+_TRANSPORT = (OperationalError, OSError, TimeoutError)
+
+
+def error_code(exc: BaseException) -> int | None:
+    """ClickHouse's numeric error code of a clickhouse-connect exception, if it has one
+    (other exceptions' `code`, e.g. an HTTP status, is no ClickHouse code)."""
+    if not isinstance(exc, Error):
+        return None
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    found = _CODE.search(str(exc))
+    return int(found.group(1)) if found else None
+
+
+def classify(exc: BaseException) -> Kind:
+    """"data" if the rows themselves are refused (a retry fails the same way), else "outage".
+
+    Pure; unknown failures are outages: retrying a data error only stalls the sink (and
+    the alert says so), dead-lettering rows during an outage would lose them.
+    """
+    code = error_code(exc)
+    if code in DATA_ERROR_CODES:
+        if code != 252:
+            return "data"
+        return "data" if _TOO_MANY_PARTITIONS in str(exc).lower() else "outage"
+    if isinstance(exc, DataError):  # refused by clickhouse-connect before sending
+        return "data"
+    if isinstance(exc, (Error, *_TRANSPORT)):  # server errors with other codes, network
+        return "outage"
+    if isinstance(exc, _SERIALISATION):
+        return "data"
+    return "outage"
+
+
+def describe(exc: BaseException) -> str:
+    """The error's first line, with its cause (clickhouse-connect wraps struct.error in a
+    DataError that says only "error"), bounded to MAX_ERROR_CHARS."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if not isinstance(exc, Error) or not text:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    cause = exc.__cause__
+    said = (str(cause).strip().splitlines() or [""])[0] if cause is not None else ""
+    if said and said not in text:  # chdb wraps its own error with the same text
+        kind = type(cause)
+        name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+        text += f" ({name}: {said})"
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+class ClickHouseUnavailable(Exception):
+    """An insert failed in a way a retry may fix (outage, overload, unknown): retry the
+    whole batch later (tables are idempotent) and do not commit its offsets meanwhile."""
+
+    def __init__(self, table: str, cause: BaseException) -> None:
+        super().__init__(f"insert into {table} failed: {describe(cause)}")
+        self.table = table
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A row ClickHouse (or the client, while serialising it) refused."""
+
+    table: str
+    index: int  # position of the row in the table's list given to `write`
+    row: tuple
+    error: str  # `describe` of the refusal
+
+
+_PARTITION_MONTH = re.compile(r"^toYYYYMM\((\w+)\)$")
+_DAY_MS = 86_400_000
+_EPOCH = date(1970, 1, 1)
+
+
+def partition_chunks(table: Table, rows: list[tuple], limit: int = PARTITIONS_PER_INSERT) -> list[list[int]]:
+    """Row indices grouped so that no group spans more than `limit` partitions of
+    `table` (months of its `ts` column): a year or more of backfill then loads.
+
+    The rows of one month stay in one group, in their order (a ReplacingMergeTree keeps
+    the last of equal rows within a block); a batch within `limit` months is one group.
+    """
+    everything = [list(range(len(rows)))]
+    found = _PARTITION_MONTH.match(table.partition_by or "")
+    if found is None or len(rows) <= limit:
+        return everything
+    column = table.insert_columns.index(found.group(1))
+    months: dict[object, list[int]] = {}
+    day_month: dict[int, object] = {}  # one date computation per day, not per row
+    for i, row in enumerate(rows):
+        ts = row[column]
+        if isinstance(ts, int):
+            day = ts // _DAY_MS
+            month = day_month.get(day)
+            if month is None:
+                try:
+                    d = _EPOCH + timedelta(days=day)
+                    month = d.year * 100 + d.month
+                except OverflowError:  # out of range: the insert refuses it; count it apart
+                    month = ("day", day)
+                day_month[day] = month
+        else:
+            month = None
+        months.setdefault(month, []).append(i)
+    if len(months) <= limit:
+        return everything
+    groups = list(months.values())
+    return [sorted(i for g in groups[k:k + limit] for i in g) for k in range(0, len(groups), limit)]
+
+
+class _QuietSerialisationErrors(logging.Filter):
+    """clickhouse-connect logs a traceback for every value it cannot serialise, then raises;
+    the writer reports the refusal itself, and bisection would repeat the traceback per try."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Error serializing")
+
+
+for _name in ("clickhouse_connect.driver.transform", "clickhouse_connect.driver.rustcodec"):
+    logging.getLogger(_name).addFilter(_QuietSerialisationErrors())
 
 
 class ClickHouseWriter:
-    """Inserts `{table: [row tuples]}` batches; retries each table with exponential backoff.
+    """Inserts `{table: [row tuples]}` batches; returns the rows ClickHouse refused.
 
-    `attempts` tries per table (the first plus `attempts - 1` retries), sleeping
-    `backoff_s * 2**n` (at most `max_backoff_s`) between tries; after the last try the
-    exception is raised, and the caller must not commit its Kafka offsets. Tables already
-    written stay written: re-sending the whole batch is harmless (idempotent tables).
+    One try per insert. Rows of partitioned tables are split so that an insert spans at
+    most `max_partitions` months. A data error (`classify`) is isolated by bisection: the
+    good rows of the batch are written and the refused ones returned with their error.
+    An outage raises `ClickHouseUnavailable` at once; tables and chunks already written
+    stay written, and re-sending the whole batch is harmless (idempotent tables).
     One `write` at a time: `self.lock` guards the client.
     """
 
@@ -110,58 +264,65 @@ class ClickHouseWriter:
         self,
         client: Any,
         *,
-        attempts: int = 5,
-        backoff_s: float = 0.2,
-        max_backoff_s: float = 5.0,
+        max_partitions: int = PARTITIONS_PER_INSERT,
         on_batch: OnBatch | None = None,
         on_failure: OnFailure | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if attempts < 1:
-            raise ValueError("attempts must be at least 1")
+        if max_partitions < 1:
+            raise ValueError("max_partitions must be at least 1")
         self.client = client
-        self.attempts = attempts
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.max_partitions = max_partitions
         self.on_batch = on_batch
         self.on_failure = on_failure
-        self._sleep = sleep
         #: serialises use of `client`; readers sharing the client (e.g. counts) hold it too
         self.lock = threading.Lock()
 
-    def write(self, batch: dict[str, list[tuple]]) -> None:
+    def write(self, batch: dict[str, list[tuple]]) -> list[Refused]:
+        """Insert every table's rows; the refused rows (empty when all were written).
+        Raises `ClickHouseUnavailable` on an outage, KeyError for an unknown table."""
+        refused: list[Refused] = []
         with self.lock:
             for table, rows in batch.items():
-                if rows:
-                    self._insert(table, rows)
+                if not rows:
+                    continue
+                spec = TABLES.get(table)
+                if spec is None:
+                    raise KeyError(f"unknown ClickHouse table {table!r}; known: {', '.join(TABLES)}")
+                for chunk in partition_chunks(spec, rows, self.max_partitions):
+                    self._isolate(spec, rows, chunk, refused)
+        return refused
 
-    def write_records(self, records: Iterable[Record | Versioned]) -> None:
+    def write_records(self, records: Iterable[Record | Versioned]) -> list[Refused]:
         """`write(rows_for(records))`."""
-        self.write(rows_for(records))
+        return self.write(rows_for(records))
 
-    def _insert(self, table: str, rows: list[tuple]) -> None:
-        spec = TABLES.get(table)
-        if spec is None:
-            raise KeyError(f"unknown ClickHouse table {table!r}; known: {', '.join(TABLES)}")
-        for attempt in range(1, self.attempts + 1):
-            started = time.perf_counter()
-            try:
-                # Types from the spec: no DESCRIBE round trip per insert.
-                self.client.insert(
-                    table, rows, column_names=spec.insert_columns, column_type_names=spec.insert_types
-                )
-            except Exception as exc:
+    def _isolate(self, spec: Table, rows: list[tuple], indices: list[int], refused: list[Refused]) -> None:
+        """Insert `rows[i] for i in indices`; on a data error halve and retry each half,
+        down to single rows, which are refused. Worst case ~2n tries for n refused rows,
+        log2(n) per refused row when they are rare."""
+        pending = [indices]  # a stack, first half on top: good rows keep their order
+        while pending:
+            part = pending.pop()
+            exc = self._try(spec, [rows[i] for i in part])
+            if exc is None:
+                continue
+            if classify(exc) == "outage":
                 if self.on_failure is not None:
-                    self.on_failure(table, exc)
-                if isinstance(exc, NOT_RETRIED) or attempt == self.attempts:
-                    raise
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-                log.warning(
-                    "insert of %d rows into %s failed (try %d/%d), retrying in %.2fs: %s",
-                    len(rows), table, attempt, self.attempts, delay, exc,
-                )
-                self._sleep(delay)
-            else:
-                if self.on_batch is not None:
-                    self.on_batch(table, len(rows), time.perf_counter() - started)
-                return
+                    self.on_failure(spec.name, exc)
+                raise ClickHouseUnavailable(spec.name, exc) from exc
+            if len(part) == 1:
+                refused.append(Refused(spec.name, part[0], rows[part[0]], describe(exc)))
+                continue
+            half = len(part) // 2
+            pending += [part[half:], part[:half]]
+
+    def _try(self, spec: Table, rows: list[tuple]) -> Exception | None:
+        started = time.perf_counter()
+        try:
+            # Types from the spec: no DESCRIBE round trip per insert.
+            self.client.insert(spec.name, rows, column_names=spec.insert_columns, column_type_names=spec.insert_types)
+        except Exception as exc:  # classified by the caller
+            return exc
+        if self.on_batch is not None:
+            self.on_batch(spec.name, len(rows), time.perf_counter() - started)
+        return None

@@ -82,7 +82,8 @@ def late_event_row(r: LateEvent) -> Row:
 
 
 def dead_letter_row(r: DeadLetter) -> Row:
-    return (r.reason, r.topic, r.partition, r.offset, r.key or "", r.value, r.at)
+    return (r.reason, r.topic, r.partition, r.offset, r.key or "", r.value, r.at, r.value_bytes,
+            r.value_sha256, r.truncated)
 
 
 def promoter_row(r: Promoter) -> Row:
@@ -115,19 +116,29 @@ ROW_BUILDERS: dict[type, tuple[str, Callable[[Any], Row]]] = {
 }
 
 
+def table_row(item: Record | Versioned) -> tuple[str, Row]:
+    """The table and row of one record (the sink keeps, per row, the record it came from)."""
+    entry = ROW_BUILDERS.get(type(item))
+    if entry is not None:
+        return entry[0], entry[1](item)
+    if type(item) is tuple and len(item) == 2 and isinstance(item[1], AttributionRec):
+        return "attributions", attribution_row(item[1], item[0])
+    return _fallback(item)
+
+
+def table_of(item: Any) -> str:
+    """The table a record belongs to ('' if none), without building its row."""
+    for cls, (table, _) in ROW_BUILDERS.items():
+        if isinstance(item, cls):
+            return table
+    return "attributions" if isinstance(item, (tuple, AttributionRec)) else ""
+
+
 def rows_for(records: Iterable[Record | Versioned]) -> Rows:
     """Group records into rows per table. Attributions come as `(version, AttributionRec)`."""
     out: Rows = {}
-    builders = ROW_BUILDERS
     for item in records:
-        entry = builders.get(type(item))
-        if entry is not None:
-            table, build = entry
-            row = build(item)
-        elif type(item) is tuple and len(item) == 2 and isinstance(item[1], AttributionRec):
-            table, row = "attributions", attribution_row(item[1], item[0])
-        else:
-            table, row = _fallback(item)
+        table, row = table_row(item)
         rows = out.get(table)
         if rows is None:
             out[table] = [row]

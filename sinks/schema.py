@@ -62,6 +62,11 @@ MIGRATIONS: list[Migration] = [
         "live stats: per-minute aggregates over clicks, signups, orders (exact under duplicates); alerts",
         STATS_STATEMENTS,
     ),
+    Migration(
+        4,
+        "bounded dead letters: size and digest of the original value, truncated flag",
+        _add_columns("dead_letters", ["value_bytes", "value_sha256", "truncated"]),
+    ),
 ]
 
 

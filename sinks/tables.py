@@ -185,6 +185,8 @@ DEAD_LETTERS = Table(
     _cols(
         ("reason", STR), ("topic", ENUM), ("partition", "Int32"), ("offset", "Int64"),
         ("key", STR), ("value", STR), ("at", TS),
+        # the original value's size and SHA-256 (`value` may be cut to its head; migration 4)
+        ("value_bytes", "UInt64"), ("value_sha256", STR), ("truncated", BOOL),
     ),
     engine="ReplacingMergeTree",
     order_by="(topic, `partition`, `offset`)",

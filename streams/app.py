@@ -106,6 +106,14 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
         web_bind=s.web_bind,
         web_host=s.web_bind,
         web_port=s.web_port,
+        # Faust's own pages answer without the API token: /router and /table (table keys and
+        # data, cluster URLs), the stats at / with /assignment, /graph, /performance. Off; /
+        # then serves Faust's production index, {"status": "OK"}. Routing stays in one worker.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
         logging_config=None,
     )
     metrics = Metrics()
@@ -124,7 +132,7 @@ def _stream_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics
     """Router, both joins with their tables, and the reference directories the joins read."""
     visitors = app.batched(app.Table("visitors", partitions=s.partitions, key_type=bytes, value_type=bytes))
     accounts = app.batched(app.Table("accounts", partitions=s.partitions, key_type=bytes, value_type=bytes))
-    directory = PromoterDirectory(s.pii_salt.encode())
+    directory = PromoterDirectory(None)  # follow_reference hashes the promoters' IPs on arrival
     exclusions = ExclusionDirectory()
     signals = SignalStore(s.redis_url, s.redis_namespace,
                           on_failure=lambda op: metrics.redis_failures.labels(op).inc())
@@ -228,7 +236,8 @@ def _pages(app: faust.App, s: Settings, metrics: Metrics, directory: PromoterDir
     """`/metrics`, `/health` (liveness: answers while the event loop runs) and `/ready`."""
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
-        observe_lag(metrics, app.consumer)
+        # lag of what the agents read (input and join topics), not of the tables' changelogs
+        observe_lag(metrics, app.consumer, app.ledger.readers.keys())
         return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/health")

@@ -9,6 +9,7 @@ PREFIX = "REFSTREAM_"
 DAY_MS = 86_400_000
 #: what a worker runs: everything, the router and joins only, or the ClickHouse sink only
 ROLES = ("all", "stream", "sink")
+MAX_INPUT_BYTES = 262_144  # highest REFSTREAM_MAX_MESSAGE_BYTES
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,8 @@ class Settings:
     broker_session_timeout_s: float = 30
     spike_bucket_s: int = 300  # spike alerts: event-time bucket the referral counts are taken over
     spike_poll_s: float = 5.0  # how often the leader worker reads new counts and feeds the detector
+    max_message_bytes: int = 65_536  # larger input messages are dead-lettered unread
+    hash_id_fields: str = ""  # comma-separated id fields stored only as keyed hashes (streams/privacy.py)
     log_level: str = "INFO"
     role: str = "all"  # one of ROLES; docs/operations.md, "Roles"
 
@@ -83,6 +86,18 @@ class Settings:
             raise ConfigError(f"{PREFIX}ROLE must be one of {', '.join(ROLES)}, not {self.role!r}")
         if self.spike_bucket_s < 1 or self.spike_poll_s <= 0:
             raise ConfigError(f"{PREFIX}SPIKE_BUCKET_S must be at least 1 and {PREFIX}SPIKE_POLL_S above 0")
+        if not 1024 <= self.max_message_bytes <= MAX_INPUT_BYTES:
+            raise ConfigError(
+                f"{PREFIX}MAX_MESSAGE_BYTES must be between 1024 and {MAX_INPUT_BYTES} (the pipeline's own "
+                f"messages carry input records and must stay under the broker's 1 MB limit)"
+            )
+        from streams.privacy import HASHABLE_IDS  # late: privacy imports the schemas
+        unknown = set(self.id_fields_to_hash) - set(HASHABLE_IDS)
+        if unknown:
+            raise ConfigError(
+                f"{PREFIX}HASH_ID_FIELDS: cannot hash {', '.join(sorted(unknown))}; choose from "
+                f"{', '.join(HASHABLE_IDS)}"
+            )
         if self.rules_file:
             from streams.rules.ruleset import load_rules  # late: rules import records, not config
             try:
@@ -100,6 +115,10 @@ class Settings:
     @property
     def clickhouse(self) -> str:
         return self.clickhouse_dsn or f"chdb://{Path(self.data_dir).resolve() / 'clickhouse'}"
+
+    @property
+    def id_fields_to_hash(self) -> tuple[str, ...]:
+        return tuple(f.strip() for f in self.hash_id_fields.split(",") if f.strip())
 
     @property
     def bootstrap_servers(self) -> list[str]:

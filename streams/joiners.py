@@ -15,17 +15,18 @@ same table under a reserved key, so it is recovered with the state.
 """
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 
 from schemas.records import (
-    Batch, ClickRec, ClickRef, Conversion, LateEvent, OrderRec, SignupIdent, SignupRec,
-    batch_decoder, batch_encoder, json_encoder,
+    ClickRec, ClickRef, Conversion, DeadLetter, LateEvent, OrderRec, SignupIdent, SignupRec,
+    batch_decoder, encode_batches, json_encoder,
 )
 from streams.commits.changelog import BatchedTable
 from streams.config import Settings
@@ -34,6 +35,7 @@ from streams.join import conversions as conv
 from streams.join.clock import EventClock
 from streams.metrics import Metrics
 from streams.partitioning import partition_for
+from streams.privacy import dead_letter, scrub
 from streams.rules.checks import is_bot
 from streams.rules.ruleset import load_rules
 from streams.rules.signals import SignalStore
@@ -41,6 +43,13 @@ from streams.rules.signals import SignalStore
 log = logging.getLogger(__name__)
 CLOCK_KEY = b"\x00clock/%d"
 SWEEP_EVERY_S = 0.5
+#: most bytes of one key's encoded state: its changelog record must stay a valid Kafka
+#: message (1 MB by default) whatever one key receives; raw events that would grow a state
+#: past this are refused (dead-lettered) until the state shrinks by expiry
+MAX_STATE_BYTES = 768 * 1024
+FULL_STATE_BYTES = MAX_STATE_BYTES - 128 * 1024  # a full state takes updates, no new raw events
+#: apply one record to a key's state: (state, key, record) -> what the caller collects
+ApplyOne = Callable[[Any, bytes, Any], Any]
 
 
 class JoinStep:
@@ -57,6 +66,7 @@ class JoinStep:
         self._encoder = msgspec.msgpack.Encoder()
         self._state_decoder = msgspec.msgpack.Decoder(self.state_type)
         self._clock_decoder = msgspec.msgpack.Decoder(EventClock)
+        self._salt = settings.pii_salt.encode()
         self._due: dict[int, list[tuple[int, bytes]]] = {}  # partition -> heap of (deadline, key)
         self._deadline: dict[bytes, int] = {}  # key -> its live entry in the heap
         self._last_sweep: dict[int, float] = defaultdict(float)
@@ -127,7 +137,11 @@ class JoinStep:
         clock = self._clock(p)
         by_key: dict[bytes, list[tuple[Any, bool]]] = defaultdict(list)
         for event in events:
-            batch = batch_decoder.decode(event.value)
+            try:
+                batch = batch_decoder.decode(event.value)
+            except Exception as exc:  # not written by a router: someone else wrote to the join topic
+                self._undecodable(event.message, exc)
+                continue
             for rec in batch.records:
                 source = self.source_of(rec)
                 late = False
@@ -152,13 +166,82 @@ class JoinStep:
     async def apply_batch(self, p: int, by_key: dict[bytes, list[tuple[Any, bool]]], clock: EventClock) -> None:
         """Apply a batch key by key: one state read and write per key."""
         for key, items in by_key.items():
-            state = self._load(key)
-            for rec, late in items:
-                if late and not self.knows(state, rec):
-                    self._late(rec, clock, p)
-                else:
-                    self.apply(state, key, rec)
+            state, _ = self.apply_bounded(key, items, clock, p, self.apply)
             self._store(p, key, state, state_is_empty(state))
+
+    def apply_bounded(self, key: bytes, items: list[tuple[Any, bool]], clock: EventClock, p: int,
+                      apply: ApplyOne) -> tuple[Any, list[Any]]:
+        """Apply one key's records in order (late ones reported instead); return the state and
+        what `apply` returned for each record applied.
+
+        No state may encode to more than MAX_STATE_BYTES. A state already past FULL_STATE_BYTES
+        takes no new raw events (refused, dead-lettered) but still updates of what it holds
+        (a refund of a known order, a redelivery). A step that would cross MAX_STATE_BYTES is
+        redone one record at a time, refusing those that would overflow; that costs an encode
+        per record, but only once per key: afterwards the key is full."""
+        raw = self.table.get(key)
+        full = raw is not None and len(raw) >= FULL_STATE_BYTES
+        mark = len(self._out)
+        state = self._load(key)
+        results = self._apply_items(state, key, items, clock, p, apply, len(raw) if full and raw else None)
+        size = len(self._encoder.encode(state))
+        if size <= MAX_STATE_BYTES:
+            return state, results
+        del self._out[mark:]  # outputs of the records about to be refused must not go out
+        state, results = self._load(key), []
+        before = raw or self._encoder.encode(state)
+        for item in items:
+            if full:
+                results.extend(self._apply_items(state, key, [item], clock, p, apply, len(before)))
+                continue
+            mark = len(self._out)
+            applied = self._apply_items(state, key, [item], clock, p, apply, None)
+            after = self._encoder.encode(state)
+            # derived records (attributions) replace what they update and are always taken
+            if len(after) > MAX_STATE_BYTES and self.source_of(item[0]) is not None:
+                del self._out[mark:]
+                state = self._state_decoder.decode(before)
+                self._refuse(item[0], key, len(after))
+                full = True
+            else:
+                results.extend(applied)
+                before = after
+                full = len(after) >= FULL_STATE_BYTES
+        return state, results
+
+    def _apply_items(self, state: Any, key: bytes, items: list[tuple[Any, bool]], clock: EventClock,
+                     p: int, apply: ApplyOne, full_size: int | None) -> list[Any]:
+        """Apply `items`; with `full_size` (the state is full) new raw events are refused."""
+        results = []
+        for rec, late in items:
+            known = self.knows(state, rec)
+            if late and not known:
+                self._late(rec, clock, p)
+            elif full_size is not None and not known and self.source_of(rec) is not None:
+                self._refuse(rec, key, full_size)
+            else:
+                results.append(apply(state, key, rec))
+        return results
+
+    def _undecodable(self, message: Any, exc: Exception) -> None:
+        self.metrics.dead_letters.labels(message.topic).inc()
+        reason = f"not a join batch ({type(exc).__name__}: {exc}); only refstream routers write {message.topic}"
+        self._out.append(("dead", dead_letter(reason, message, self._salt)))
+
+    def _refuse(self, rec: Any, key: bytes, size: int) -> None:
+        """Dead-letter a raw event the key's state has no room for (it stays in its raw table)."""
+        topic, partition, offset = rec.src.rsplit("/", 2)
+        self.metrics.dead_letters.labels(topic).inc()
+        self.metrics.state_refused.labels(self.name).inc()
+        value = json_encoder.encode(rec)
+        shown_key = key.decode(errors="replace")[:128]
+        self._out.append(("dead", DeadLetter(
+            reason=(f"{self.name} join state of {shown_key!r} is full ({size:,} bytes, at most "
+                    f"{MAX_STATE_BYTES:,}): not joined; the event stays in its raw table"),
+            topic=topic, partition=int(partition), offset=int(offset), key=scrub(shown_key, self._salt),
+            value=scrub(value.decode(errors="replace"), self._salt), at=int(time.time() * 1000),
+            value_bytes=len(value), value_sha256=hashlib.sha256(value).hexdigest(),
+        )))
 
     async def _sweep(self, p: int, watermark: int) -> None:
         heap = self._heap(p)
@@ -196,6 +279,9 @@ class JoinStep:
                 await self.topics.late_events.send(key=item.key.encode(), value=json_encoder.encode(item))
             elif kind == "conversion":
                 await self.topics.conversions.send(key=item.order_id.encode(), value=json_encoder.encode(item))
+            elif kind == "dead":
+                await self.topics.dead_letters.send(key=(item.key or "").encode() or None,
+                                                    value=json_encoder.encode(item))
             else:  # attribution, to the account join
                 attributions[partition_for(item.account_id.encode(), n)].append(item)
         await self.send_downstream(p, watermark, attributions)
@@ -240,8 +326,8 @@ class VisitorJoin(JoinStep):
             self._heard[p] = time.monotonic()
         for q in range(self.settings.partitions):
             if q in batches or heartbeat:
-                await self.topics.account_join.send(
-                    value=batch_encoder.encode(Batch(batches.get(q, []), clocks)), partition=q)
+                for value in encode_batches(batches.get(q, []), clocks):
+                    await self.topics.account_join.send(value=value, partition=q)
 
     def key_of(self, rec: Any) -> bytes:
         return rec.visitor_id.encode()
@@ -302,23 +388,24 @@ class AccountJoin(JoinStep):
         touched: dict[bytes, set[str]] = {}
         fresh: list[bytes] = []  # keys whose attribution arrived: snapshot their signals
         for key, items in by_key.items():
-            state = states[key] = self._load(key)
-            touched[key] = set()
-            for rec, late in items:
-                if late and not self.knows(state, rec):
-                    self._late(rec, clock, p)
-                elif isinstance(rec, OrderRec):
-                    touched[key] |= conv.add_order(state, rec)
-                else:
-                    frozen = state.signals is not None and state.signup is not None and state.signup.final
-                    touched[key] |= conv.add_attribution(state, rec)
-                    if not frozen and state.signup is not None and state.signup.click is not None:
-                        fresh.append(key)  # counters as of the final attribution, then frozen
+            states[key], results = self.apply_bounded(key, items, clock, p, self._add)
+            touched[key] = set().union(*(ids for ids, _ in results))
+            if any(is_fresh for _, is_fresh in results):
+                fresh.append(key)  # counters as of the final attribution, then frozen
         await self._snapshot(states, list(dict.fromkeys(fresh)))
         await self._decide_and_emit(states, touched)
         for key, state in states.items():
             conv.prune(state, self.ctx.rules)
             self._store(p, key, state, state_is_empty(state))
+
+    @staticmethod
+    def _add(state: conv.AccountState, key: bytes, rec: Any) -> tuple[set[str], bool]:
+        """Apply an order or attribution: (order ids touched, whether the signals need a snapshot)."""
+        if isinstance(rec, OrderRec):
+            return conv.add_order(state, rec), False
+        frozen = state.signals is not None and state.signup is not None and state.signup.final
+        touched = conv.add_attribution(state, rec)
+        return touched, not frozen and state.signup is not None and state.signup.click is not None
 
     async def _snapshot(self, states: dict[bytes, conv.AccountState], keys: list[bytes]) -> None:
         recs = [states[k].signup for k in keys]

@@ -1,6 +1,7 @@
 """Prometheus metrics of one worker. A registry per app keeps tests independent."""
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,10 @@ class Metrics:
             registry=r,
         )
         self.state_keys = Gauge("refstream_state_keys", "Keys in join state", ["join"], registry=r)
+        self.state_refused = Counter(
+            "refstream_state_refused", "Raw events dead-lettered because their key's join state is full",
+            ["join"], registry=r,
+        )
         self.sink_rows = Counter("refstream_sink_rows", "Rows written to ClickHouse", ["table"], registry=r)
         self.sink_seconds = Histogram(
             "refstream_sink_batch_seconds", "ClickHouse insert latency per table batch", ["table"],
@@ -43,10 +48,19 @@ class Metrics:
         self.sink_failures = Counter(
             "refstream_sink_failures", "Failed ClickHouse inserts (retried)", ["table"], registry=r
         )
+        self.sink_rejected_rows = Counter(
+            "refstream_sink_rejected_rows", "Rows ClickHouse refused (dead-lettered, not retried)", ["table"],
+            registry=r,
+        )
+        from sinks.tables import TABLES  # here: only this metric needs the table names
+
+        for table in TABLES:  # exported at 0, so increase() in the alert sees the first refusal
+            self.sink_rejected_rows.labels(table)
 
         # Operator metrics the alert rules and dashboards in deploy/ read (wired by the agents).
         self.consumer_lag = Gauge(
-            "refstream_consumer_lag", "Messages behind the partition's end offset", ["topic", "partition"],
+            "refstream_consumer_lag", "Messages behind the end offset, per partition of an input or join topic",
+            ["topic", "partition"],
             registry=r,
         )
         self.spikes = Counter(
@@ -78,17 +92,44 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def observe_lag(metrics: Metrics, consumer: Any) -> None:
-    """Set `refstream_consumer_lag` per assigned partition: messages between the last one
-    this worker read and the partition's end (its high watermark). Read at scrape time."""
+Partition = tuple[str, int]  # (topic, partition)
+
+
+def partition_lag(assigned: Iterable[Any], read: Mapping[Any, int | None], committed: Mapping[Any, int | None],
+                  highwaters: Mapping[Any, int | None], wanted: Collection[str]) -> dict[Partition, int]:
+    """Lag per assigned partition of a `wanted` topic: messages from the next one to read to
+    the partition's end (its high watermark, the offset the next message will get).
+
+    Only the topics the worker's agents read count: Faust also assigns the tables'
+    changelog topics, which it reads only to recover a table and not while it writes them,
+    so their "lag" is whatever was written since the start (never worked off).
+
+    The next offset is the last one read + 1, else (nothing read since the start or a
+    rebalance) the committed offset, which in Kafka is already the next to read; a
+    partition with neither, or with no known end, is skipped rather than reported as
+    lagging from offset 0."""
+    lags: dict[Partition, int] = {}
+    for tp in assigned:
+        if tp.topic not in wanted:
+            continue
+        end = highwaters.get(tp)
+        last = read.get(tp)  # .get: Faust keeps both offsets in defaultdicts, [] would add keys
+        following = last + 1 if last is not None else committed.get(tp)
+        if end is None or following is None:
+            continue
+        lags[(tp.topic, tp.partition)] = max(end - following, 0)
+    return lags
+
+
+def observe_lag(metrics: Metrics, consumer: Any, wanted: Collection[str]) -> None:
+    """Set `refstream_consumer_lag` from a Faust consumer at scrape time (`partition_lag`).
+    Every label set is cleared first, so partitions moved to another worker disappear."""
+    metrics.consumer_lag.clear()
     try:
         assigned = consumer.assignment()
+        highwaters = {tp: consumer.highwater(tp) for tp in assigned if tp.topic in wanted}
     except Exception:  # not started yet, or mid-rebalance: nothing to report now
         return
-    for tp in assigned:
-        read = consumer._read_offset.get(tp)  # Faust keeps the last offset read per partition
-        highwater = consumer.highwater(tp)
-        if highwater is None:
-            continue
-        lag = highwater - (read + 1 if read is not None else 0)
-        metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
+    lags = partition_lag(assigned, consumer._read_offset, consumer._committed_offset, highwaters, wanted)
+    for (topic, partition), lag in lags.items():
+        metrics.consumer_lag.labels(topic, str(partition)).set(lag)

@@ -19,7 +19,7 @@ from schemas.events import Exclusion, Promoter
 from schemas.validate import decode
 from streams.config import Settings
 from streams.rules.checks import PromoterRef
-from streams.router import hash_pii
+from streams.privacy import Pseudonyms, hash_pii
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ async def follow_reference(settings: Settings, directory: PromoterDirectory,
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps) if tps else {}
         max_future = int(settings.max_future_s * 1000)
+        protect = Pseudonyms(settings.pii_salt.encode(), settings.id_fields_to_hash)
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=5000)
             now = int(time.time() * 1000)
@@ -114,11 +115,11 @@ async def follow_reference(settings: Settings, directory: PromoterDirectory,
                     if rec.value is None:
                         continue  # a compaction tombstone: nothing to add
                     name = "promoters" if rec.topic == topics[0] else "exclusions"
-                    event = decode(name, rec.value, now, max_future)
+                    event = decode(name, rec.value, now, max_future, settings.max_message_bytes)
                     if isinstance(event, Promoter):
-                        directory.add(event)
+                        directory.add(protect(event))  # the directory is made with salt None
                     elif isinstance(event, Exclusion):
-                        exclusions.add(event)
+                        exclusions.add(protect(event))
             if not directory.ready.is_set():
                 positions = {tp: await consumer.position(tp) for tp in tps}
                 if all(positions[tp] >= end[tp] for tp in tps):

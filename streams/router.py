@@ -11,39 +11,33 @@ to `dead-letters` with the reason and their source topic, partition and offset.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import re
+import logging
 import time
 from collections import defaultdict
 from typing import Any, Iterable
 
 from schemas.events import Click, Order, Signup
-from schemas.records import Batch, ClickRec, DeadLetter, OrderRec, SignupRec, batch_encoder, json_encoder
+from schemas.records import ClickRec, OrderRec, SignupRec, encode_batches, json_encoder
 from schemas.validate import Invalid, decode
 from streams.config import Settings
 from streams.metrics import Metrics
 from streams.partitioning import partition_for
+from streams.privacy import Pseudonyms, dead_letter
+
+log = logging.getLogger(__name__)
 
 
-def hash_pii(value: str | None, salt: bytes) -> str | None:
-    """Keyed hash of a personal value (IP): still comparable for fraud checks, not reversible."""
-    if not value:
-        return None
-    return hmac.new(salt, value.encode(), hashlib.sha256).hexdigest()[:24]
-
-
-def to_record(event: Any, src: str, salt: bytes) -> ClickRec | SignupRec | OrderRec:
-    """The join record of a valid click, signup or order."""
+def to_record(event: Any, src: str) -> ClickRec | SignupRec | OrderRec:
+    """The join record of a valid click, signup or order (personal fields already hashed)."""
     if isinstance(event, Click):
         return ClickRec(
             event.event_id, event.ts, event.visitor_id, event.tracking_code, event.campaign,
-            event.material_id, hash_pii(event.ip, salt), event.user_agent, event.url,
+            event.material_id, event.ip, event.user_agent, event.url,
             event.referrer, event.method.upper(), src,
         )
     if isinstance(event, Signup):
         return SignupRec(
-            event.event_id, event.ts, event.account_id, event.visitor_id, hash_pii(event.ip, salt),
+            event.event_id, event.ts, event.account_id, event.visitor_id, event.ip,
             event.user_agent, event.email_domain, event.email_hash, event.account_type,
             event.realname_id_hash, event.device_id, src,
         )
@@ -55,29 +49,6 @@ def to_record(event: Any, src: str, salt: bytes) -> ClickRec | SignupRec | Order
     )
 
 
-_PII = re.compile(
-    r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"                     # emails
-    r"|\b(?:\d{1,3}\.){3}\d{1,3}\b"                     # IPv4
-    r"|\b[0-9a-fA-F]{1,4}(?::[0-9a-fA-F]{0,4}){3,7}\b"    # IPv6, also with '::'; not hh:mm:ss
-)
-
-
-def scrub(text: str, salt: bytes) -> str:
-    """Replace emails and IP addresses in free text by their keyed hashes."""
-    return _PII.sub(lambda m: f"<pii:{hash_pii(m.group(0), salt)}>", text)
-
-
-def dead_letter(reason: str, message: Any, salt: bytes) -> DeadLetter:
-    """A dead letter for `message`; the original value is kept, minus personal data."""
-    value = message.value if isinstance(message.value, bytes) else b""
-    key = message.key.decode("utf-8", "replace") if isinstance(message.key, bytes) else None
-    return DeadLetter(
-        reason=reason, topic=message.topic, partition=message.partition, offset=message.offset,
-        key=scrub(key, salt) if key else key, value=scrub(value.decode("utf-8", "replace"), salt),
-        at=int(time.time() * 1000),
-    )
-
-
 class Router:
     def __init__(self, settings: Settings, topics: Any, metrics: Metrics, signals: Any = None) -> None:
         self.settings = settings
@@ -85,6 +56,7 @@ class Router:
         self.topics = topics
         self.metrics = metrics
         self.salt = settings.pii_salt.encode()
+        self.pseudonyms = Pseudonyms(self.salt, settings.id_fields_to_hash)
         self.max_future_ms = int(settings.max_future_s * 1000)
         self.prefix_len = len(settings.topic_prefix)
         self.progress: dict[str, dict[str, int]] = {"visitor": {}, "account": {}}
@@ -111,14 +83,17 @@ class Router:
         now = int(time.time() * 1000)
         counts: dict[str, int] = defaultdict(int)
         for msg in messages:
-            name = msg.topic[self.prefix_len:]
             counts[msg.topic] += 1
-            event = decode(name, msg.value, now, self.max_future_ms)
-            if isinstance(event, Invalid):
-                await self.dead_letter(event.reason, msg)
+            try:
+                rec = self._record(msg, now)
+            except Exception as exc:  # a bug tripped by one message must not stop the pipeline
+                log.exception("cannot route a message: dead-lettered", extra={"topic": msg.topic,
+                              "partition": msg.partition, "offset": msg.offset})
+                rec = Invalid(f"internal error while routing ({type(exc).__name__}); see the worker log")
+            if isinstance(rec, Invalid):
+                await self.dead_letter(rec.reason, msg)
                 continue
-            source = f"{msg.topic}/{msg.partition}"
-            rec = to_record(event, f"{source}/{msg.offset}", self.salt)
+            source = rec.src.rsplit("/", 1)[0]
             join = "account" if isinstance(rec, OrderRec) else "visitor"
             progress = self.progress[join]
             if rec.ts > progress.get(source, 0):
@@ -132,6 +107,13 @@ class Router:
         if self.signals is not None:  # counted before the joins can decide on these events
             await self.signals.record_events([r for recs in visitors.values() for r in recs])
         await self._send(visitors, accounts)
+
+    def _record(self, msg: Any, now: int) -> ClickRec | SignupRec | OrderRec | Invalid:
+        event = decode(msg.topic[self.prefix_len:], msg.value, now, self.max_future_ms,
+                       self.settings.max_message_bytes)
+        if isinstance(event, Invalid):
+            return event
+        return to_record(self.pseudonyms(event), f"{msg.topic}/{msg.partition}/{msg.offset}")
 
     async def _send(self, visitors: dict[int, list], accounts: dict[int, list]) -> None:
         """One batch message per join partition with records, and to every partition (only
@@ -147,10 +129,11 @@ class Router:
                 # also with no clocks (a restarted worker whose raw input was all read): the
                 # joins' recovered clocks may have passed deadlines they never swept
                 if p in batches or heartbeat:
-                    await topic.send(value=batch_encoder.encode(Batch(batches.get(p, []), clocks)), partition=p)
+                    for value in encode_batches(batches.get(p, []), clocks):
+                        await topic.send(value=value, partition=p)
 
     def hash(self, value: str | None) -> str | None:
-        return hash_pii(value, self.salt)
+        return self.pseudonyms.hash(value)
 
     async def dead_letter(self, reason: str, msg: Any) -> None:
         self.metrics.dead_letters.labels(msg.topic).inc()

@@ -69,6 +69,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
         local_stack.down(base)
 
 
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+    """A chdb engine for one test module: (dsn, admin client). chdb hosts one data directory
+    per process, so a module closes its clients at its end before the next module opens its own."""
+    from sinks.clickhouse import connect
+
+    dsn = f"chdb://{tmp_path_factory.mktemp('chdb') / 'data'}"
+    admin = connect(dsn)
+    yield dsn, admin
+    admin.close()
+
+
 @pytest.fixture
 def topic_prefix() -> str:
     """A unique topic prefix, so tests sharing the session's broker never see each other."""

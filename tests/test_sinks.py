@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from clickhouse_connect.driver.exceptions import DatabaseError, DataError
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from schemas.events import Promoter
 from schemas.records import (
@@ -29,20 +29,12 @@ from schemas.records import (
     SignupRec,
 )
 from sinks import queries
-from sinks.clickhouse import ChdbOpenError, ClickHouseWriter, DsnError, connect
+from sinks.clickhouse import ChdbOpenError, ClickHouseUnavailable, ClickHouseWriter, DsnError, connect
 from sinks.rows import rows_for
 from sinks.schema import MIGRATIONS, Migration, migrate
 from sinks.tables import TABLES, VIEWS
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    dsn = f"chdb://{tmp_path_factory.mktemp('chdb') / 'data'}"
-    admin = connect(dsn)
-    yield dsn, admin
-    admin.close()
 
 
 @pytest.fixture
@@ -358,50 +350,39 @@ def test_queries_on_an_empty_database(db):
     assert queries.conversions_for(db) == []
 
 
-# --- writer: retries, callbacks, errors -------------------------------------------------
+# --- writer: outages, refused rows, callbacks -------------------------------------------------
 
 
-def test_writer_retries_with_backoff_then_succeeds(client):
-    """The first insert fails for real (no tables yet); the 'sleep' creates them."""
-    delays, batches, failures = [], [], []
-
-    def sleep(seconds: float) -> None:
-        delays.append(seconds)
-        if len(delays) == 2:
-            migrate(client)
-
+def test_writer_tries_once_and_raises_unavailable_on_an_outage(client):
+    """No tables yet: a real failure the writer cannot classify as bad rows. It tries once
+    (the caller, sinks.step, owns the retries) and raises; once the tables exist it writes."""
+    batches, failures = [], []
     writer = ClickHouseWriter(
-        client, attempts=4, backoff_s=0.01, max_backoff_s=0.015, sleep=sleep,
-        on_batch=lambda t, n, s: batches.append((t, n, s)),
+        client, on_batch=lambda t, n, s: batches.append((t, n, s)),
         on_failure=lambda t, e: failures.append((t, type(e))),
     )
-    writer.write(rows_for([click("c1"), click("c2")]))
-    assert delays == [0.01, 0.015]  # exponential, capped
-    assert [f[0] for f in failures] == ["clicks", "clicks"]
-    assert all(issubclass(f[1], DatabaseError) for f in failures)
+    with pytest.raises(ClickHouseUnavailable, match="insert into clicks failed") as info:
+        writer.write(rows_for([click("c1"), click("c2")]))
+    assert isinstance(info.value.cause, DatabaseError) and info.value.table == "clicks"
+    assert [f[0] for f in failures] == ["clicks"] and batches == []
+    migrate(client)
+    assert writer.write(rows_for([click("c1"), click("c2")])) == []
     assert [(t, n) for t, n, _ in batches] == [("clicks", 2)] and batches[0][2] > 0
     assert scalar(client, "SELECT count() FROM clicks") == 2
 
 
-def test_writer_raises_after_the_last_try(client):
-    delays, failures = [], []
-    writer = ClickHouseWriter(client, attempts=3, backoff_s=0.5, sleep=delays.append,
-                              on_failure=lambda t, e: failures.append(t))
-    with pytest.raises(DatabaseError, match="clicks"):
-        writer.write(rows_for([click("c1")]))
-    assert delays == [0.5, 1.0] and failures == ["clicks"] * 3
-
-
-def test_writer_does_not_retry_bad_rows(db):
-    delays = []
-    writer = ClickHouseWriter(db, sleep=delays.append)
-    with pytest.raises(ValueError):
-        writer.write({"dead_letters": [("r", "t", "not-an-int", 1, "", "v", T0)]})
-    with pytest.raises(DataError, match="non-Nullable"):
-        writer.write({"clicks": [("c1", T0, "v1", "T1", None, "", "", "", "", "", "GET")]})
+def test_writer_returns_bad_rows_instead_of_raising(db):
+    failures = []
+    writer = ClickHouseWriter(db, on_failure=lambda t, e: failures.append(t))
+    bad_letter = ("r", "t", "not-an-int", 1, "", "v", T0, 0, "", False)
+    [refused] = writer.write({"dead_letters": [bad_letter]})
+    assert (refused.table, refused.index, refused.row) == ("dead_letters", 0, bad_letter)
+    assert refused.error == "ValueError: invalid literal for int() with base 10: 'not-an-int'"
+    [refused] = writer.write({"clicks": [("c1", T0, "v1", "T1", None, "", "", "", "", "", "GET")]})
+    assert "non-Nullable" in refused.error and "`campaign`" in refused.error
     with pytest.raises(KeyError, match="unknown ClickHouse table"):
         writer.write({"nope": [(1,)]})
-    assert delays == []
+    assert failures == []  # refused rows are not outages
 
 
 def test_writer_serialises_concurrent_writes(db):

@@ -23,6 +23,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from schemas.validate import MAX_ID_LEN, valid_id
+
 T = TypeVar("T")
 Args = Mapping[str, Sequence[str]]  # query-string name -> every value given for it
 Runner = Callable[[Callable[[Any], T]], Awaitable[T]]  # runs fn(client), returns its result
@@ -34,7 +36,8 @@ BUCKETS: dict[str, int] = {"minute": MINUTE_MS, "hour": HOUR_MS, "day": DAY_MS}
 MAX_BUCKETS = 1500
 DEFAULT_SPAN_MS = DAY_MS
 MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
-MAX_PROMOTER_LEN = 128
+MAX_TIME_LEN = 64  # ISO-8601 times are at most 42 characters (microseconds in the time and the offset)
+SHOWN_LEN = 40  # of a bad value quoted back in an error message
 TOP_LIMIT = (10, 100)  # default, maximum
 ALERTS_LIMIT = (50, 500)
 
@@ -46,7 +49,9 @@ TOP_METRICS = ("gmv", "conversions", "commission")
 #: bounds how long a query may hold the sink's client (and so delay its writes)
 QUERY_SETTINGS: dict[str, Any] = {"max_execution_time": 10}
 
+# Numbers are ASCII digits only: str.isdigit() and int() also take '²', '④', '٣' or '1_0'.
 _DIGITS = re.compile(r"[0-9]{1,16}")
+_LIMIT = re.compile(r"[0-9]{1,6}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -89,11 +94,18 @@ class Capabilities:
 # --- parameters ------------------------------------------------------------------------
 
 
+def shown(raw: str) -> str:
+    """`raw` for an error message: cut, and escaped unless printable (control characters,
+    surrogates: json.dumps would keep the former and escape the latter anyway)."""
+    cut = raw[:SHOWN_LEN] + ("..." if len(raw) > SHOWN_LEN else "")
+    return cut if cut.isprintable() else repr(cut)[1:-1]
+
+
 def check_names(args: Args, allowed: Sequence[str]) -> None:
     unknown = sorted(set(args) - set(allowed))
     if unknown:
-        raise BadRequest(f"unknown parameter(s) {', '.join(unknown)}; this endpoint takes "
-                         f"{', '.join(allowed)}")
+        raise BadRequest(f"unknown parameter(s) {', '.join(shown(n) for n in unknown[:5])}; "
+                         f"this endpoint takes {', '.join(allowed)}")
 
 
 def single(args: Args, name: str) -> str | None:
@@ -112,15 +124,17 @@ def parse_time(raw: str, name: str) -> int:
         ms = int(text)
     else:
         try:
+            if len(text) > MAX_TIME_LEN or not text.isascii():  # fromisoformat takes only ASCII too
+                raise ValueError(text)
             when = datetime.fromisoformat(text)
-        except ValueError:
-            raise BadRequest(f"{name}={raw!r} is neither epoch milliseconds nor an ISO-8601 time "
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            ms = (when - _EPOCH) // timedelta(milliseconds=1)
+        except (ValueError, OverflowError):
+            raise BadRequest(f"{name}='{shown(raw)}' is neither epoch milliseconds nor an ISO-8601 time "
                              f"such as 2026-01-01T12:00:00Z") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        ms = (when - _EPOCH) // timedelta(milliseconds=1)
     if not 0 <= ms <= MAX_TIME_MS:
-        raise BadRequest(f"{name}={raw!r} is outside 1970-01-01 .. 2100-01-01")
+        raise BadRequest(f"{name}='{shown(raw)}' is outside 1970-01-01 .. 2100-01-01")
     return ms
 
 
@@ -135,11 +149,12 @@ def parse_range(args: Args, now_ms: int) -> tuple[int, int]:
 
 
 def parse_promoter(args: Args) -> str | None:
+    """A promoter id exactly as the input validation accepts one, so every stored id can be asked for."""
     raw = single(args, "promoter")
     if raw is None:
         return None
-    if len(raw) > MAX_PROMOTER_LEN or not raw.isprintable():
-        raise BadRequest(f"promoter must be at most {MAX_PROMOTER_LEN} printable characters")
+    if not valid_id(raw):
+        raise BadRequest(f"promoter must be 1 to {MAX_ID_LEN} printable characters")
     return raw
 
 
@@ -148,7 +163,7 @@ def parse_choice(args: Args, name: str, choices: Sequence[str], default: str) ->
     if raw is None:
         return default
     if raw not in choices:
-        raise BadRequest(f"{name}={raw!r} is not one of {', '.join(choices)}")
+        raise BadRequest(f"{name}='{shown(raw)}' is not one of {', '.join(choices)}")
     return raw
 
 
@@ -157,8 +172,8 @@ def parse_limit(args: Args, bounds: tuple[int, int]) -> int:
     raw = single(args, "limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise BadRequest(f"limit={raw!r} must be a whole number from 1 to {maximum}")
+    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= maximum:
+        raise BadRequest(f"limit='{shown(raw)}' must be a whole number from 1 to {maximum}")
     return int(raw)
 
 
@@ -280,7 +295,7 @@ def top_query(w: Window, dimension: str, by: str, limit: int, caps: Capabilities
     """Approved conversions grouped by promoter, campaign or product, best first."""
     column = TOP_DIMENSIONS[dimension]
     if by not in TOP_METRICS:
-        raise BadRequest(f"by={by!r} is not one of {', '.join(TOP_METRICS)}")
+        raise BadRequest(f"by='{shown(by)}' is not one of {', '.join(TOP_METRICS)}")
     if by == "commission" and not caps.commission:
         raise BadRequest("by=commission needs conversions_current.commission, which this database "
                          "does not have yet")

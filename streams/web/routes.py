@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,22 +48,35 @@ PAGE_HEADERS = {
 }
 
 
+#: what a token may look like: visible ASCII, as an HTTP header carries it reliably (RFC 6750's
+#: b64token is a subset), bounded. aiohttp hands undecodable header bytes over as surrogate
+#: escapes, which `str.encode()` refuses: such a token must be refused (401), not raise (500).
+TOKEN_CHARS = re.compile(r"[\x21-\x7e]{1,4096}")
+
+
+def well_formed(token: str | None) -> str | None:
+    return token if token is not None and TOKEN_CHARS.fullmatch(token) else None
+
+
 def bearer(header: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header."""
+    """The token of an `Authorization: Bearer <token>` header; None for a missing or
+    malformed header (another scheme, no token, control or non-ASCII characters, too long)."""
     if not header:
         return None
     scheme, _, token = header.strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return well_formed(token.strip()) if scheme.lower() == "bearer" else None
 
 
 def authorized(expected: str, header: str | None, query_token: str | None = None) -> bool:
-    """True when no token is configured, or the bearer header (else `query_token`) matches."""
+    """True when no token is configured, or the bearer header (else `query_token`) matches.
+    Never raises: anything malformed is simply not a match."""
     if not expected:
         return True
-    supplied = bearer(header) or query_token
-    if not supplied:
+    supplied = bearer(header) or well_formed(query_token)
+    if supplied is None:
         return False
-    return hmac.compare_digest(supplied.encode(), expected.encode())
+    # surrogatepass: a configured token read from undecodable environment bytes must not raise either
+    return hmac.compare_digest(supplied.encode(), expected.encode("utf-8", "surrogatepass"))
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,12 @@ from typing import Any
 import faust
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.events import Promoter
 from schemas.records import AttributionRec, ClickRec, ClickRef, Conversion, OrderRec, SignupRec
+from schemas.validate import valid_id
 from sinks.clickhouse import ClickHouseWriter, connect
 from sinks.schema import MIGRATIONS, migrate
 from sinks.stats import ALERTS, STATS_STATEMENTS
@@ -446,7 +449,7 @@ BAD_CASES = [
     BadCase("funnel", {"from": [str(T0 + H)], "to": [str(T0)]}, "must be before"),
     BadCase("funnel", {"form": [str(T0)]}, "unknown parameter(s) form"),
     BadCase("funnel", {"from": [str(T0), str(T0 + 1)]}, "given 2 times"),
-    BadCase("funnel", {"promoter": ["x" * 129]}, "at most 128 printable"),
+    BadCase("funnel", {"promoter": ["x" * 129]}, "1 to 128 printable"),
     BadCase("rejections", {"promoter": ["P1\n"]}, "printable"),
     BadCase("timeseries", {"bucket": ["week"]}, "bucket='week' is not one of auto, minute, hour, day"),
     BadCase("timeseries", {"from": [str(T0 - 7 * D)], "to": [str(T0)], "bucket": ["minute"]}, "gives 10080 buckets"),
@@ -470,6 +473,89 @@ def test_bad_parameters_are_rejected_before_any_query(case: BadCase) -> None:
     with pytest.raises(stats.BadRequest) as info:
         asyncio.run(api.endpoints()[case.endpoint](case.params))
     assert case.message in str(info.value)
+
+
+class Parsed(Exception):
+    """Raised by the runner: the parameters passed, a query would run now."""
+
+
+def parse_step(endpoint: str, params: dict[str, list[str]]) -> stats.BadRequest | None:
+    """What an endpoint's parameter parsing gives: None when a query would run, else the
+    BadRequest. Any other exception propagates (and would be a 503)."""
+    async def runner(fn: Any) -> Any:
+        raise Parsed
+
+    api = stats.StatsApi(runner, clock=lambda: T0)
+    api._caps = stats.Capabilities(commission=True, alerts=True)
+    try:
+        asyncio.run(api.endpoints()[endpoint](params))
+    except Parsed:
+        return None
+    except stats.BadRequest as exc:
+        assert len(str(exc)) < 400, "an error message quotes a bounded part of the value"
+        return exc
+    raise AssertionError("no query ran and no BadRequest")
+
+
+#: endpoint -> its parameters (every endpoint takes from, to and promoter)
+PARAMETERS = {"funnel": [], "rejections": [], "timeseries": ["bucket"], "top": ["dimension", "by", "limit"],
+              "alerts": ["limit"]}
+PARAMETERS = {e: ["from", "to", "promoter", *ps] for e, ps in PARAMETERS.items()}
+
+NOT_ASCII_DIGITS = ["²", "④", "٣", "５", "১০", "1_0", "+5", "-0", "5.0", "1e2", "0x10", "٠"]
+HOSTILE = ["\x00", "5\x00", "\udce9", "\ud800", "\u202e5", "\t", "\n", "9" * 5000, "1" * 17, "é" * 10000]
+
+
+@dataclass
+class MalformedCase:
+    endpoint: str
+    name: str
+    value: str
+
+
+MALFORMED_CASES = [
+    *(MalformedCase(e, "limit", v) for e in ("top", "alerts")
+      for v in NOT_ASCII_DIGITS + HOSTILE + [" 5", "0", "1000000"]),
+    *(MalformedCase("funnel", n, v) for n in ("from", "to") for v in NOT_ASCII_DIGITS + HOSTILE
+      + ["２０２６-01-01", "2026-01-0١", "0001-01-01", "9999-12-31T23:59:59-23:59", "-1", "4102444800001"]),
+    *(MalformedCase("rejections", "promoter", v) for v in ["\x00", "P\x001", "\udce9", "P\u202e1", "\t", "x" * 129]),
+    *(MalformedCase("timeseries", "bucket", v) for v in ["Hour", "hour\x00", "\udce9", "h" * 100_000]),
+    *(MalformedCase("top", n, v) for n in ("dimension", "by") for v in ["\x00", "\udce9", "GMV", "x" * 100_000]),
+    MalformedCase("funnel", "\udce9", "1"), MalformedCase("funnel", "x" * 100_000, "1"),
+    MalformedCase("funnel", "\x00", "\x00"),
+]
+
+
+@pytest.mark.parametrize("case", MALFORMED_CASES, ids=lambda c: f"{c.endpoint}-{c.name[:12]!a}={c.value[:12]!a}")
+def test_a_malformed_value_is_a_bad_request(case: MalformedCase) -> None:
+    """Issue 11, defect 11: `limit=²` was a 503 (str.isdigit() is true, int() fails)."""
+    assert parse_step(case.endpoint, {case.name: [case.value]}) is not None
+
+
+@pytest.mark.parametrize("promoter", ["P1", "x" * 128, "Pé", "P 1", "プロモーター", "😀", "P'1--"])
+def test_every_id_the_input_accepts_is_a_valid_promoter_filter(promoter: str) -> None:
+    assert valid_id(promoter) and parse_step("funnel", {"promoter": [promoter]}) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(PARAMETERS)), st.data())
+def test_any_text_for_any_parameter_is_parsed_or_a_bad_request(endpoint: str, data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(PARAMETERS[endpoint]))
+    value = data.draw(st.text() | st.sampled_from(NOT_ASCII_DIGITS + HOSTILE) | st.from_regex(r"[0-9]{1,20}"))
+    parse_step(endpoint, {name: [value]})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(PARAMETERS)),
+       st.dictionaries(st.text(max_size=12), st.lists(st.text(), max_size=3), max_size=6))
+def test_any_query_string_is_parsed_or_a_bad_request(endpoint: str, params: dict[str, list[str]]) -> None:
+    parse_step(endpoint, params)
+
+
+@given(st.text())
+def test_the_promoter_filter_accepts_exactly_the_valid_ids(promoter: str) -> None:
+    accepted = parse_step("funnel", {"promoter": [promoter]}) is None
+    assert accepted is (promoter == "" or valid_id(promoter))  # empty: no filter
 
 
 def test_values_travel_as_parameters_only(full: Any) -> None:

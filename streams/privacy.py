@@ -1,0 +1,123 @@
+"""Personal data: keyed hashes, the scrub of free text, and bounded dead letters.
+
+IP addresses (and, by setting, id fields whose values are personal data) are replaced by
+a keyed hash before anything is stored: still comparable for the fraud checks, not
+reversible. A dead letter keeps the original message's head, minus e-mail and IP
+addresses, and the size and SHA-256 of the whole.
+
+The scrub runs in time linear in its input: every alternative of `_PII` is anchored by
+a lookbehind that fails at once inside a run of the characters it consumes, and matches
+at most a few hundred characters from a run's start, so no position is rescanned more
+than a bounded number of times (the old pattern took 3 s for 40k letters).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+import time
+from typing import Any
+
+from schemas.events import Click, Exclusion, Order, Promoter, Signup
+from schemas.records import DeadLetter
+
+#: id fields that `REFSTREAM_HASH_ID_FIELDS` may name, and the inputs that carry each
+HASHABLE_IDS: dict[str, tuple[type, ...]] = {
+    "visitor_id": (Click, Signup),
+    "account_id": (Signup, Order, Promoter, Exclusion),
+    "device_id": (Signup, Promoter),
+}
+#: a dead letter keeps this much of the original value and key (bytes, before decoding)
+DEAD_LETTER_HEAD = 4096
+DEAD_LETTER_KEY_HEAD = 256
+MAX_REASON = 1000
+
+
+def hash_pii(value: str | None, salt: bytes) -> str | None:
+    """Keyed hash of a personal value (IP, personal id): comparable, not reversible."""
+    if not value:
+        return None
+    return hmac.new(salt, value.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+_PII = re.compile(
+    # e-mail, also URL-encoded (alice%40example.net); the local part at most 64 characters
+    r"(?<![\w.+-])(?P<email>[\w.+-]{1,64}(?:@|%40)(?:[\w-]{1,63}\.){1,8}[\w-]{2,63})"
+    # IPv6 candidates, checked below: two colons within the first groups; a %zone may follow
+    r"|(?<![\w:.])(?P<ipv6>(?=[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:)[0-9A-Fa-f:.]{2,45}(?:%[\w.-]{1,32})?)"
+    # IPv4, also inside words (x1.2.3.4y), not inside longer dotted numbers
+    r"|(?<![\d.])(?P<ipv4>(?:\d{1,3}\.){3}\d{1,3})(?!\.?\d)"
+)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def scrub(text: str, salt: bytes) -> str:
+    """Replace e-mail and IP addresses in free text by their keyed hashes."""
+    def replace(m: re.Match[str]) -> str:
+        found = m.group(0)
+        if m.lastgroup == "ipv6" and not _is_ipv6(found):
+            return found  # a time like 12:30:45, a MAC-like id, ...
+        return f"<pii:{hash_pii(found, salt)}>"
+    return _PII.sub(replace, text)
+
+
+def _head(data: bytes, limit: int) -> tuple[str, bool]:
+    """`data` decoded (invalid UTF-8 replaced), cut to `limit` bytes; True when cut. A cut
+    drops the token it split, so half an address never escapes the scrub."""
+    if len(data) <= limit:
+        return data.decode("utf-8", "replace"), False
+    text = data[:limit].decode("utf-8", "replace")
+    return re.sub(r"[^\s\"',;{}\[\]<>]{1,256}\Z", "", text), True
+
+
+def dead_letter(reason: str, message: Any, salt: bytes, at_ms: int | None = None) -> DeadLetter:
+    """A dead letter for Kafka `message`: the reason, where it came from, and the value's head
+    (personal data hashed) with the size and SHA-256 of the whole value."""
+    value = message.value if isinstance(message.value, bytes) else b""
+    text, truncated = _head(value, DEAD_LETTER_HEAD)
+    key = None
+    if isinstance(message.key, bytes):
+        key = scrub(_head(message.key, DEAD_LETTER_KEY_HEAD)[0], salt)
+    return DeadLetter(
+        reason=reason[:MAX_REASON], topic=message.topic, partition=message.partition,
+        offset=message.offset, key=key, value=scrub(text, salt),
+        at=int(time.time() * 1000) if at_ms is None else at_ms,
+        value_bytes=len(value), value_sha256=hashlib.sha256(value).hexdigest(), truncated=truncated,
+    )
+
+
+class Pseudonyms:
+    """Hashes the personal fields of a valid input event in place, before it is stored:
+    IP addresses always, and the id fields named in `REFSTREAM_HASH_ID_FIELDS`."""
+
+    def __init__(self, salt: bytes, id_fields: tuple[str, ...] = ()) -> None:
+        unknown = set(id_fields) - set(HASHABLE_IDS)
+        if unknown:
+            raise ValueError(f"cannot hash {', '.join(sorted(unknown))}: choose from {', '.join(HASHABLE_IDS)}")
+        self.salt = salt
+        self._fields: dict[type, tuple[str, ...]] = {}
+        for kind in (Click, Signup, Order, Promoter, Exclusion):
+            fields = tuple(f for f in id_fields if kind in HASHABLE_IDS[f])
+            self._fields[kind] = (("ip",) if "ip" in kind.__struct_fields__ else ()) + fields
+
+    def hash(self, value: str | None) -> str | None:
+        return hash_pii(value, self.salt)
+
+    def apply(self, event: Any) -> Any:
+        """`event` with its personal fields hashed (the same object)."""
+        for field in self._fields.get(type(event), ()):
+            value = getattr(event, field)
+            if value:
+                setattr(event, field, hash_pii(value, self.salt))
+        return event
+
+    def __call__(self, event: Any) -> Any:
+        return self.apply(event)
