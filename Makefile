@@ -23,7 +23,7 @@ demo: venv redis
 
 # The local stack needs Redis: reuse one on 127.0.0.1:6379, else Debian's redis-server.
 redis: venv
-	@if $(BIN)/python -c 'import sys; from streams.stack import redis_answers; sys.exit(not redis_answers("127.0.0.1", 6379))'; then \
+	@if $(BIN)/python -c 'import sys; from streams.dev.stack import redis_answers; sys.exit(not redis_answers("127.0.0.1", 6379))'; then \
 		echo "redis: reusing the one answering on 127.0.0.1:6379"; \
 	elif command -v redis-server >/dev/null 2>&1 || [ -x /usr/sbin/redis-server ]; then \
 		echo "redis: redis-server found; the local stack starts its own"; \
@@ -54,7 +54,7 @@ bench: venv
 # Stop a stack `refstream stack up` left running first: its state lives in .data.
 clean:
 	@if [ -f .data/stack/state.json ] && [ -x $(BIN)/python ]; then \
-		REFSTREAM_DATA_DIR=.data $(BIN)/python -c 'from streams.config import Settings; from streams.stack import down; down(Settings.from_env())' || true; \
+		REFSTREAM_DATA_DIR=.data $(BIN)/python -c 'from streams.config import Settings; from streams.dev.stack import down; down(Settings.from_env())' || true; \
 	fi
 	rm -rf .data
 

@@ -40,12 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams import stack
+from streams.dev import stack
 from streams.config import Settings
-from streams.generate import produce
-from streams.rules.signals import drop_namespace
-from streams.topics import INPUT_TOPICS, OUTPUT_TOPICS, ensure_topics_sync
-from streams.traffic import REFERENCE_TOPICS, TRAFFIC_TOPICS, Traffic, TrafficSpec, generate
+from streams.dev.generate import produce
+from streams.adapters.signals import drop_namespace
+from streams.topology import INPUT_TOPICS, OUTPUT_TOPICS, ensure_topics_sync
+from streams.dev.traffic import REFERENCE_TOPICS, TRAFFIC_TOPICS, Traffic, TrafficSpec, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_EVENTS_PER_S = 5_000

@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from streams.alerts.spike import HOUR_MS, Alert, Obs, SpikeDetector, SpikeRules
+from streams.logic.spike import HOUR_MS, Alert, Obs, SpikeDetector, SpikeRules
 
 DAY_MS = 24 * HOUR_MS
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z

@@ -6,7 +6,7 @@ tables (ReplacingMergeTree on natural ids, `*_current` views with FINAL, see
 `sinks.tables`), not from the writer: re-inserting a batch after a failure or a Kafka
 redelivery never adds rows visible to the views and queries.
 
-The writer tries each insert once and owns no retry loop (the caller, `sinks.step`,
+The writer tries each insert once and owns no retry loop (the caller, `streams.agents.sink`,
 does, as Quix Streams' runtime does for its sinks). A failure is either an outage
 (connection, timeout, overload, anything unknown), raised as `ClickHouseUnavailable` for
 the caller to wait out, or a data error (rows ClickHouse or the client refuses), which a

@@ -1,6 +1,6 @@
 """Aggregate tables for live stats, and the `alerts` table: DDL for one migration.
 
-`STATS_STATEMENTS` is appended to `sinks.schema.MIGRATIONS` as one migration. Every
+`STATS_STATEMENTS` is appended to `sinks.migrations.MIGRATIONS` as one migration. Every
 statement is idempotent (`IF NOT EXISTS`, backfills that may run twice), like the
 other migrations.
 

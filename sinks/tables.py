@@ -1,9 +1,9 @@
 """The ClickHouse tables: column names and types, in insert order, in one place.
 
 `sinks.rows` builds tuples in exactly the order of `Table.insert_columns`, and
-`sinks.schema` renders the version-1 DDL from the same specs, so the two cannot drift.
+`sinks.migrations` renders the version-1 DDL from the same specs, so the two cannot drift.
 
-Changing a table later: append the column here *and* add a migration in `sinks.schema`
+Changing a table later: append the column here *and* add a migration in `sinks.migrations`
 with `ALTER TABLE ... ADD COLUMN IF NOT EXISTS ...` (fresh databases already get the
 column from version 1, old ones from the ALTER; both converge), plus
 `CREATE OR REPLACE VIEW` for views over the table: ClickHouse expands `SELECT *` when a

@@ -29,10 +29,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     (stream), the ClickHouse sink with the stats API and dashboard (sink), or all of it (all)."""
     import faust
 
-    from sinks.step import EXIT_UNDRAINED
+    from streams.agents.sink import EXIT_UNDRAINED
     from streams import logs
-    from streams.app import create_app
-    from streams.topics import ensure_pipeline_topics_sync, partition_counts_sync
+    from streams.agents.app import create_app
+    from streams.topology import ensure_pipeline_topics_sync, partition_counts_sync
 
     if args.role:
         settings = dataclasses.replace(settings, role=args.role)
@@ -55,7 +55,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     """Start, stop or show the embedded local stack (Tansu broker, Redis)."""
-    from streams import stack
+    from streams.dev import stack
 
     if args.action == "up":
         s = stack.up(settings)
@@ -69,7 +69,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     """Produce sample traffic to the input topics."""
-    from streams import generate
+    from streams.dev import generate
 
     try:
         return asyncio.run(generate.run(args, settings))
@@ -78,7 +78,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import demo
+    from streams.dev import demo
 
     return demo.run(args, settings)
 
@@ -126,8 +126,8 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     per promoter and per reason, without touching the live results."""
     from sinks import queries
     from sinks.clickhouse import connect
-    from streams import replay
-    from streams.rules.ruleset import load_rules
+    from streams.logic import replay
+    from streams.logic.rules.ruleset import load_rules
 
     try:
         candidate = load_rules(args.rules)
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["up", "down", "status"])
     p.set_defaults(func=cmd_stack)
 
-    from streams import demo, generate
+    from streams.dev import demo, generate
 
     p = sub.add_parser("generate", help="produce realistic sample traffic",
                        description="Produce sample promoters, clicks, signups and orders to the input topics.")
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orders", action="store_true", help="also list every order behind the lines")
     p.set_defaults(func=cmd_statement)
 
-    from streams import replay
+    from streams.logic import replay
 
     p = sub.add_parser("replay", help="backtest another rule book on the stored events",
                        description=cmd_replay.__doc__)

@@ -91,7 +91,7 @@ class Settings:
                 f"{PREFIX}MAX_MESSAGE_BYTES must be between 1024 and {MAX_INPUT_BYTES} (the pipeline's own "
                 f"messages carry input records and must stay under the broker's 1 MB limit)"
             )
-        from streams.privacy import HASHABLE_IDS  # late: privacy imports the schemas
+        from streams.logic.privacy import HASHABLE_IDS  # late: privacy imports the schemas
         unknown = set(self.id_fields_to_hash) - set(HASHABLE_IDS)
         if unknown:
             raise ConfigError(
@@ -99,7 +99,7 @@ class Settings:
                 f"{', '.join(HASHABLE_IDS)}"
             )
         if self.rules_file:
-            from streams.rules.ruleset import load_rules  # late: rules import records, not config
+            from streams.logic.rules.ruleset import load_rules  # late: rules import records, not config
             try:
                 load_rules(self.rules_file)
             except ValueError as e:

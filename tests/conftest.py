@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from streams import stack as local_stack
+from streams.dev import stack as local_stack
 from streams.config import PREFIX, Settings
-from streams.rules.signals import drop_namespace
+from streams.adapters.signals import drop_namespace
 from tests.support.pipeline import NAMESPACES
 
 # When we borrow the machine's Redis, use a db a demo on db 0 does not touch.

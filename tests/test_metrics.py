@@ -113,7 +113,7 @@ def test_a_consumer_not_started_reports_nothing() -> None:
 ])
 def test_the_metrics_page_asks_lag_of_the_topics_the_agents_read(role: str, read: set, tmp_path: Path) -> None:
     """`/metrics` passes `app.ledger.readers`: input and join topics, never a changelog."""
-    from streams.app import create_app
+    from streams.agents.app import create_app
     from streams.config import Settings
 
     app = create_app(Settings(role=role, data_dir=str(tmp_path)), {"clicks": 2, "signups": 2, "orders": 2})

@@ -1,7 +1,7 @@
 """deploy/grafana: dashboards are valid, reference provisioned datasources, and their
 queries work. Prometheus expressions must parse (promtool) and read exported metrics;
 ClickHouse SQL is executed, with Grafana's macros expanded, against a real chdb schema
-built by sinks.schema.migrate.
+built by sinks.migrations.migrate.
 
 chdb allows one data directory per process and other test modules open their own, so
 the SQL runs in a subprocess: this file, run as a script (see the bottom).
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests import ROOT
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 PROVISIONING = GRAFANA / "provisioning"
@@ -257,7 +257,7 @@ SEED = [
 
 def _run(spec_path: str, out_path: str) -> None:
     from sinks.clickhouse import connect
-    from sinks.schema import migrate
+    from sinks.migrations import migrate
 
     spec = json.loads(Path(spec_path).read_text())
     client = connect(f"chdb://{spec['dir']}")

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from streams.config import PREFIX, Settings
-from streams.topics import INPUT_TOPICS, OUTPUT_TOPICS
+from streams.topology import INPUT_TOPICS, OUTPUT_TOPICS
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests import ROOT
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 K8S_DIR = ROOT / "deploy" / "k8s"
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
@@ -417,10 +417,10 @@ def dockerignore_excludes(path: str) -> bool:
     ("streams/__pycache__/app.cpython-311.pyc", True),
     ("pyproject.toml", False),
     ("README.md", False),
-    ("streams/app.py", False),
-    ("streams/join/clock.py", False),
+    ("streams/agents/app.py", False),
+    ("streams/logic/clock.py", False),
     ("schemas/events.py", False),
-    ("sinks/schema.py", False),
+    ("sinks/migrations.py", False),
 ])
 def test_dockerignore(path: str, excluded: bool) -> None:
     assert dockerignore_excludes(path) is excluded

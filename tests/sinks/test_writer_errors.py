@@ -32,7 +32,7 @@ from sinks.clickhouse import (
     partition_chunks,
 )
 from sinks.rows import rows_for
-from sinks.schema import migrate
+from sinks.migrations import migrate
 from sinks.tables import TABLES
 from tests.sinks import HUGE, NINETIES, T0
 

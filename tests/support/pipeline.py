@@ -17,9 +17,9 @@ from typing import Any, Callable
 from aiokafka import AIOKafkaProducer
 
 from streams.config import Settings
-from streams.partitioning import partition_for
+from streams.logic.partitioning import partition_for
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests import ROOT
 #: (redis_url, namespace) of every pipeline of this test session: conftest drops them at the end
 NAMESPACES: set[tuple[str, str]] = set()
 
@@ -73,7 +73,7 @@ class Pipeline:
     def start_worker(self, timeout: float = 120, role: str | None = None) -> subprocess.Popen:
         """Start a worker (of `role`, default REFSTREAM_ROLE) and wait until its web server answers.
         It serves on the pipeline's port unless a live worker has it (then on a free port)."""
-        from streams.stack import free_port
+        from streams.dev.stack import free_port
 
         port = free_port() if self.port in self.ports.values() else self.port
         env = {**os.environ, **self.env, "REFSTREAM_WEB_PORT": str(port)}

@@ -26,9 +26,9 @@ from schemas.events import Promoter
 from schemas.records import AttributionRec, ClickRec, ClickRef, Conversion, OrderRec, SignupRec
 from schemas.validate import valid_id
 from sinks.clickhouse import ClickHouseWriter, connect
-from sinks.schema import MIGRATIONS, migrate
+from sinks.migrations import MIGRATIONS, migrate
 from sinks.stats import ALERTS, STATS_STATEMENTS
-from sinks.step import SinkStep
+from streams.agents.sink import SinkStep
 from streams.config import Settings
 from streams.metrics import Metrics
 from streams.web import api as stats

@@ -114,7 +114,7 @@ FAUST_PAGES = ["/router/", "/table/", "/graph/", "/assignment/", "/performance/"
 def test_faust_pages_are_off(role: str, tmp_path: Path) -> None:
     """/router, /table, the stats and /graph answer without the token: create_app turns them
     off; `/` is then Faust's production index, which shows nothing but a status."""
-    from streams.app import create_app
+    from streams.agents.app import create_app
 
     app = create_app(Settings(role=role, data_dir=str(tmp_path)), {"clicks": 1, "signups": 1, "orders": 1})
     conf = app.conf

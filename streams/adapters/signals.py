@@ -1,0 +1,252 @@
+"""Fraud counters and the promoter ledger, shared by every partition and worker (Redis).
+
+Click flooding and signup farming are counted per IP / visitor / device, and monthly
+volume and points per promoter: none of those is keyed like a join's stream, so they live
+in Redis rather than in a Faust table. (Click spamming, a statistic over all of a
+promoter's signups, is applied by ClickHouse: see `conversions_current`.) Every write is idempotent under redelivery: sets
+of event / account ids instead of counters, and ledger entries keyed by order id (a Lua
+script keeps per-month point totals consistent with them).
+
+Keys are namespaced by app id and topic prefix; windows follow *event time* (UTC hour or
+day buckets) and expire a few days after they close: the account join snapshots the
+counters when an attribution arrives (`AccountState.signals`), so later orders do not
+need them.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Awaitable, Callable, TypeVar
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from schemas.records import AttributionRec, ClickRec, Conversion, SignupRec
+from streams.logic.rules.checks import DAY_MS, HOUR_MS, Signals
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+WINDOW_TTL_S = 3 * 86_400  # event-time buckets outlive the allowed lateness by days
+LEDGER_TTL_S = 400 * 86_400  # a year of months, plus the refund window
+
+# The counter scripts take a batch as one JSON argument: a command of thousands of arguments
+# (or a pipeline of thousands of commands) costs the client far more than Redis, since the
+# client encodes every argument in Python. The keys travel inside the JSON, not in KEYS:
+# like the batches themselves, this needs one Redis, not a cluster (docs/operations.md).
+# ARGV: ttl, JSON [[set, [member, ...]], ...]
+_ADD_MEMBERS = """
+local sets = cjson.decode(ARGV[2])
+for _, set in ipairs(sets) do
+  local key, members = set[1], set[2]
+  for j = 1, #members, 1000 do
+    redis.call('SADD', key, unpack(members, j, math.min(j + 999, #members)))
+  end
+  redis.call('EXPIRE', key, ARGV[1])
+end
+return #sets
+"""
+# ARGV: JSON [set, ...] ("" for none: 0); returns the size of each
+_CARDS = """
+local out = {}
+for i, key in ipairs(cjson.decode(ARGV[1])) do
+  out[i] = key == '' and 0 or redis.call('SCARD', key)
+end
+return out
+"""
+# KEYS: orders zset, amounts hash, points hash, month total, months set
+# ARGV: order_id, ts, amount, points, month, ttl
+_RECORD = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local old = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+redis.call('INCRBY', KEYS[4], tonumber(ARGV[4]) - old)
+redis.call('SADD', KEYS[5], ARGV[5])
+for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
+return 1
+"""
+# KEYS: orders zset of the month, amounts hash, months set; ARGV: ts, month, totals prefix
+_BEFORE = """
+local vol = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])) do
+  vol = vol + tonumber(redis.call('HGET', KEYS[2], id) or '0')
+end
+local pts = 0
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  if tonumber(m) < tonumber(ARGV[2]) then pts = pts + tonumber(redis.call('GET', ARGV[3] .. m) or '0') end
+end
+return {tostring(vol), pts}
+"""
+
+
+def _queue(pipe: Any, script: Any, keys: list[str], args: list) -> None:
+    """Queue a Lua script in a pipeline (the pipeline loads it on execute if Redis lacks it)."""
+    pipe.scripts.add(script)
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+_json = msgspec.json.Encoder().encode  # the scripts' batch argument
+
+
+def month_of(ts: int) -> int:
+    """yyyymm of an event time (UTC)."""
+    d = datetime.fromtimestamp(ts / 1000, tz=timezone.utc)
+    return d.year * 100 + d.month
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Redis key names; pure, so tests and the replay engine can share them."""
+
+    ns: str
+
+    def flood_ip(self, code: str, ip: str, ts: int) -> str:
+        return f"{self.ns}:fl:ip:{code}:{ip}:{ts // HOUR_MS}"
+
+    def flood_visitor(self, code: str, visitor: str, ts: int) -> str:
+        return f"{self.ns}:fl:v:{code}:{visitor}:{ts // HOUR_MS}"
+
+    def farm_ip(self, ip: str, ts: int) -> str:
+        return f"{self.ns}:fa:ip:{ip}:{ts // DAY_MS}"
+
+    def farm_device(self, device: str, ts: int) -> str:
+        return f"{self.ns}:fa:dev:{device}:{ts // DAY_MS}"
+
+    def ledger(self, promoter: str, month: int) -> tuple[str, str, str, str, str]:
+        base = f"{self.ns}:lg:{promoter}"
+        return (f"{base}:o:{month}", f"{base}:a:{month}", f"{base}:p:{month}",
+                f"{base}:t:{month}", f"{base}:months")
+
+
+def counted_amount(c: Conversion) -> Decimal:
+    """What an order adds to its promoter's monthly volume: its amount unless it earns nothing."""
+    return c.amount if c.status in ("approved", "held") else Decimal(0)
+
+
+class SignalStore:
+    """Async Redis access with retries: a Redis outage pauses the pipeline, loses nothing."""
+
+    def __init__(self, redis_url: str, namespace: str, on_failure: Callable[[str], None] | None = None,
+                 max_backoff_s: float = 10.0) -> None:
+        self.redis = aioredis.from_url(redis_url)
+        self.keys = Keys(namespace)
+        self.on_failure = on_failure or (lambda op: None)
+        self.max_backoff_s = max_backoff_s
+        self._record = self.redis.register_script(_RECORD)
+        self._before = self.redis.register_script(_BEFORE)
+        self._add_members = self.redis.register_script(_ADD_MEMBERS)
+        self._cards = self.redis.register_script(_CARDS)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def _retry(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+        delay = 0.1
+        while True:
+            try:
+                return await call()
+            except (RedisError, OSError) as e:
+                self.on_failure(op)
+                log.warning("redis unavailable, retrying", extra={"op": op, "error": str(e), "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+
+    async def _pipeline(self, op: str, fill: Callable[[Any], None]) -> list:
+        async def run() -> list:
+            pipe = self.redis.pipeline(transaction=False)
+            fill(pipe)
+            return await pipe.execute()
+        return await self._retry(op, run)
+
+    async def record_events(self, records: list[ClickRec | SignupRec]) -> None:
+        """Count clicks per IP / visitor, code and hour, and signups per IP / device and day."""
+        k = self.keys
+        members: dict[str, list[str]] = defaultdict(list)
+        for r in records:
+            if isinstance(r, ClickRec):
+                members[k.flood_visitor(r.tracking_code, r.visitor_id, r.ts)].append(r.event_id)
+                if r.ip_hash:
+                    members[k.flood_ip(r.tracking_code, r.ip_hash, r.ts)].append(r.event_id)
+            else:
+                if r.ip_hash:
+                    members[k.farm_ip(r.ip_hash, r.ts)].append(r.account_id)
+                if r.device_id:
+                    members[k.farm_device(r.device_id, r.ts)].append(r.account_id)
+
+        def fill(pipe: Any) -> None:
+            _queue(pipe, self._add_members, [], [WINDOW_TTL_S, _json(list(members.items()))])
+        if members:
+            await self._pipeline("record_events", fill)
+
+    async def snapshot(self, recs: list[AttributionRec]) -> list[Signals]:
+        """Flood and farming counters for the attributed click and the signup of each record."""
+        if not recs:
+            return []
+        k = self.keys
+        sets: list[str] = []
+        for r in recs:
+            c, ident = r.click, r.ident
+            assert c is not None
+            ip, dev = (ident.ip_hash, ident.device_id) if ident else (None, None)
+            sets += (k.flood_ip(c.tracking_code, c.ip_hash, c.ts) if c.ip_hash else "",
+                     k.flood_visitor(c.tracking_code, r.visitor_id, c.ts),
+                     k.farm_ip(ip, r.signup_ts) if ip else "",
+                     k.farm_device(dev, r.signup_ts) if dev else "")
+        [res] = await self._pipeline("snapshot", lambda pipe: _queue(pipe, self._cards, [], [_json(sets)]))
+        return [Signals(flood_ip=res[4 * i], flood_visitor=res[4 * i + 1], farm_ip=res[4 * i + 2],
+                        farm_device=res[4 * i + 3]) for i in range(len(recs))]
+
+    async def ledger_before(self, asks: list[tuple[str, int]]) -> list[tuple[Decimal, int]]:
+        """For (promoter_id, order_ts): the promoter's counted sales earlier in the order's
+        month, and his points from earlier months."""
+        k = self.keys
+
+        def fill(pipe: Any) -> None:
+            for promoter, ts in asks:
+                month = month_of(ts)
+                orders, amounts, _, _, months = k.ledger(promoter or "-", month)
+                total_prefix = k.ledger(promoter or "-", 0)[3][:-1]
+                _queue(pipe, self._before, [orders, amounts, months], [ts, month, total_prefix])
+        if not asks:
+            return []
+        res = await self._pipeline("ledger_before", fill)
+        return [(Decimal(r[0].decode()), int(r[1])) for r in res]
+
+    async def record_ledger(self, convs: list[Conversion]) -> None:
+        """Enter decided conversions in their promoters' ledgers (idempotent per order)."""
+        def fill(pipe: Any) -> None:
+            for c in convs:
+                if not c.promoter_id:
+                    continue
+                month = month_of(c.order_ts)
+                keys = list(self.keys.ledger(c.promoter_id, month))
+                _queue(pipe, self._record, keys, [c.order_id, c.order_ts, str(counted_amount(c)), c.points,
+                                                  month, LEDGER_TTL_S])
+        if convs:
+            await self._pipeline("record_ledger", fill)
+
+
+def drop_namespace(redis_url: str, namespace: str) -> int:
+    """Delete every key of one namespace (an app on one set of topics that is gone: a
+    benchmark or test run, a retired app id); return how many went."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    deleted = 0
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += client.unlink(*batch)
+    finally:
+        client.close()
+    return deleted

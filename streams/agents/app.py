@@ -1,0 +1,257 @@
+"""The refstream Faust app: models -> topics -> tables -> agents.
+
+raw clicks, signups ──route──> visitor-join ──join_visitors──> account-join ─┐
+raw orders ───────────route──────────────────────────────────> account-join ─┴─join_accounts──> conversions
+visitor-join, account-join, conversions, late-events, dead-letters ──sink──> ClickHouse
+promoters, exclusions ──reference──> ClickHouse (+ every worker's in-memory directory)
+
+Roles (REFSTREAM_ROLE): `stream` runs route and the joins, `sink` the two ClickHouse agents,
+`all` both (docs/operations.md, "Roles").
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from streams.agents.sink import SinkStep
+from streams.agents.alerts import register_alerts
+from streams.delivery import GuardedApp, finished
+from streams.config import Settings
+from streams.agents.joins import AccountJoin, VisitorJoin, by_partition
+from streams.metrics import Metrics, observe_lag
+from streams.logic.reference import ExclusionDirectory, PromoterDirectory, follow_reference
+from streams.agents.router import Router
+from streams.web.routes import register as register_web
+from streams.adapters.signals import SignalStore
+
+log = logging.getLogger(__name__)
+RAW = {"value_serializer": "raw", "key_serializer": "raw"}
+# Each agent loop below drops its event(s) (`del`) before waiting for the next: on shutdown
+# and rebalance Faust drops queued messages and waits for every unacked one still referenced,
+# and a message another agent of the worker never took stays unacked, so a loop variable
+# holding it would stall the shutdown or rebalance (it is simply redelivered later).
+
+
+@dataclass
+class Topics:
+    raw_events: Any  # clicks, signups, orders
+    reference: Any  # promoters, exclusions
+    visitor_join: Any
+    account_join: Any
+    conversions: Any
+    late_events: Any
+    dead_letters: Any
+    sink_inputs: Any
+
+
+def make_topics(app: faust.App, s: Settings) -> Topics:
+    internal = {"partitions": s.partitions, "internal": True, **RAW}
+    t = s.topic
+    return Topics(
+        raw_events=app.topic(t("clicks"), t("signups"), t("orders"), **RAW),
+        reference=app.topic(t("promoters"), t("exclusions"), **RAW),
+        visitor_join=app.topic(t("visitor-join"), **internal),
+        account_join=app.topic(t("account-join"), **internal),
+        conversions=app.topic(t("conversions"), **RAW),
+        late_events=app.topic(t("late-events"), **RAW),
+        dead_letters=app.topic(t("dead-letters"), **RAW),
+        sink_inputs=app.topic(
+            t("visitor-join"), t("account-join"), t("conversions"), t("late-events"), t("dead-letters"), **RAW
+        ),
+    )
+
+
+def join_sources(s: Settings, raw_partitions: dict[str, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The upstream partitions whose event-time progress each join's watermark waits for."""
+    def raw(name: str) -> list[str]:
+        return [f"{s.topic(name)}/{i}" for i in range(raw_partitions[name])]
+    visitor = tuple(raw("clicks") + raw("signups"))
+    account = tuple(raw("orders") + [f"visitor/{p}" for p in range(s.partitions)])
+    return visitor, account
+
+
+def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
+    """Build the app of role `s.role` for settings `s` and the partition counts of the raw input topics.
+
+    `all` runs everything; `stream` the router, the joins and the reference directories (no
+    ClickHouse); `sink` the ClickHouse sink, the reference writer, spike alerts, `/counts`,
+    the stats API and dashboard, in a consumer group of its own (`Settings.group_id`).
+    """
+    Path(s.data_dir).mkdir(parents=True, exist_ok=True)
+    app = GuardedApp(
+        s.group_id,
+        broker=s.kafka_url,
+        store=s.table_store,
+        autodiscover=False,
+        datadir=str(Path(s.data_dir) / "faust"),
+        processing_guarantee="at_least_once",
+        topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        env_prefix="REFSTREAM_FAUST_",  # so unprefixed variables like WEB_PORT do not override ours
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=s.broker_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, s.broker_session_timeout_s / 3),
+        # commit on the 1 s timer: a count-triggered commit stalls the fetch loop on a producer flush
+        broker_commit_every=100_000,
+        broker_commit_interval=1.0,
+        producer_max_batch_size=s.producer_max_batch_bytes,
+        producer_linger=s.producer_linger_ms / 1000,
+        stream_recovery_delay=0.5,
+        web_enabled=True,
+        web_bind=s.web_bind,
+        web_host=s.web_bind,
+        web_port=s.web_port,
+        # Faust's own pages answer without the API token: /router and /table (table keys and
+        # data, cluster URLs), the stats at / with /assignment, /graph, /performance. Off; /
+        # then serves Faust's production index, {"status": "OK"}. Routing stays in one worker.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
+        logging_config=None,
+    )
+    metrics = Metrics()
+    topics = make_topics(app, s)
+    directory = _stream_agents(app, s, topics, metrics, raw_partitions) if s.role in ("all", "stream") else None
+    sink = _sink_agents(app, s, topics, metrics) if s.role in ("all", "sink") else None
+    app.count_readers()  # commits pass only what every agent reading a topic finished
+    app.on_reread = lambda tp: metrics.rereads.labels(tp.topic).inc()
+    app.refstream = {"metrics": metrics, "directory": directory, "sink": sink}  # for tests and bench
+    _pages(app, s, metrics, directory, sink)
+    return app
+
+
+def _stream_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics,
+                   raw_partitions: dict[str, int]) -> PromoterDirectory:
+    """Router, both joins with their tables, and the reference directories the joins read."""
+    visitors = app.batched(app.Table("visitors", partitions=s.partitions, key_type=bytes, value_type=bytes))
+    accounts = app.batched(app.Table("accounts", partitions=s.partitions, key_type=bytes, value_type=bytes))
+    directory = PromoterDirectory(None)  # follow_reference hashes the promoters' IPs on arrival
+    exclusions = ExclusionDirectory()
+    signals = SignalStore(s.redis_url, s.redis_namespace,
+                          on_failure=lambda op: metrics.redis_failures.labels(op).inc())
+
+    router = Router(s, topics, metrics, signals)
+    visitor_sources, account_sources = join_sources(s, raw_partitions)
+    visitor_join = VisitorJoin(s, visitors, topics, metrics, visitor_sources)
+    account_join = AccountJoin(s, accounts, topics, metrics, account_sources, directory.as_of,
+                               exclusions.owner, signals)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
+        visitor_join.forget_assignment()
+        account_join.forget_assignment()
+
+    @app.task
+    async def load_reference() -> None:
+        await follow_reference(s, directory, exclusions)
+
+    @app.timer(1.0)
+    async def heartbeat() -> None:
+        await router.heartbeat()  # the joins' event time moves on when input pauses
+
+    done = finished(app)
+
+    # route: the raw topics a fetched batch at a time, not one Faust event per message
+    app.read_in_bulk(topics.raw_events, router.route, max_messages=s.router_batch)
+
+    async def take_steps(join: VisitorJoin | AccountJoin, stream: Any) -> None:
+        """What arrived (up to JOIN_BATCH messages), one step per partition."""
+        async for events in stream.take_events(s.join_batch, within=s.join_wait_s):
+            for step in by_partition(events):
+                await join.process(step)
+            done(events)
+            del events
+
+    @app.agent(topics.visitor_join)
+    async def join_visitors(stream: Any) -> None:
+        await take_steps(visitor_join, stream)
+
+    @app.agent(topics.account_join)
+    async def join_accounts(stream: Any) -> None:
+        await directory.ready.wait()
+        await take_steps(account_join, stream)
+
+    return directory
+
+
+def _sink_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics) -> SinkStep:
+    """The ClickHouse sink, the reference writer, spike alerts and the pages that read ClickHouse."""
+    sink = SinkStep(s, metrics, stopping=lambda: app.should_stop)
+    router = Router(s, topics, metrics)  # for the reference writer: IP hashing and dead letters
+
+    @app.task
+    async def connect_clickhouse() -> None:
+        await sink.connect()  # migrations before the first batch; /ready waits for it
+
+    @app.on_before_shutdown.connect
+    async def sink_stopped(app: Any, **kwargs: Any) -> None:
+        sink.on_shutdown()
+
+    done = finished(app)
+
+    @app.agent(topics.reference)
+    async def reference(stream: Any) -> None:
+        async for events in stream.take_events(1000, within=1.0):
+            if await sink.write_reference(events, router):
+                done(events)
+            del events
+
+    @app.agent(topics.sink_inputs)
+    async def sink_to_clickhouse(stream: Any) -> None:
+        async for events in stream.take_events(s.sink_batch, within=s.sink_flush_s):
+            if await sink.write(events):  # False: stopped during a ClickHouse outage, left for the next run
+                done(events)
+            del events
+
+    @app.page("/counts")
+    async def counts(web: Any, request: Any) -> Any:
+        return web.json(await sink.counts())
+
+    register_web(app, sink, s)  # stats API (/api/*) and dashboard (/dashboard)
+    register_alerts(app, sink, s, metrics)  # spike alerts: leader-only poll of ClickHouse counts
+    return sink
+
+
+def readiness(app: faust.App, directory: PromoterDirectory | None, sink: SinkStep | None) -> dict[str, bool]:
+    """What `/ready` waits for: the assigned partitions recovered (no rebalance under way), and
+    by role the reference data loaded (joins) and ClickHouse opened and migrated (sink)."""
+    checks = {"recovered": app.tables.recovery.completed.is_set() and not app.in_recovery
+              and not app.rebalancing}
+    if directory is not None:
+        checks["reference_loaded"] = directory.ready.is_set()
+    if sink is not None:
+        checks["clickhouse_connected"] = sink.writer is not None
+    return checks
+
+
+def _pages(app: faust.App, s: Settings, metrics: Metrics, directory: PromoterDirectory | None,
+           sink: SinkStep | None) -> None:
+    """`/metrics`, `/health` (liveness: answers while the event loop runs) and `/ready`."""
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        # lag of what the agents read (input and join topics), not of the tables' changelogs
+        observe_lag(metrics, app.consumer, app.ledger.readers.keys())
+        return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        body: dict[str, Any] = {"ok": True, "role": s.role}
+        if directory is not None:
+            body.update(promoters_loaded=directory.ready.is_set(), promoters=len(directory))
+        if sink is not None:
+            body["sink"] = sink.stats()
+        return web.json(body)
+
+    @app.page("/ready")
+    async def ready(web: Any, request: Any) -> Any:
+        """200 when the worker can do its role's work, else 503 (a readiness probe)."""
+        checks = readiness(app, directory, sink)
+        ok = all(checks.values())
+        return web.json({"ready": ok, "role": s.role, **checks}, status=200 if ok else 503)

@@ -1,0 +1,339 @@
+"""The worker's ClickHouse step: decode what the pipeline produced and write it in batches.
+
+Faust acks a buffer only after `write` returns, and commits offsets only after acks, so
+offsets are committed after ClickHouse acknowledged. Tables are idempotent, so a batch
+redelivered after a crash adds no rows to the views.
+
+The step owns the retries (the writer tries once and tells outages from data errors):
+while ClickHouse is unavailable it waits and retries the whole batch (with backoff,
+logged and counted) instead of dropping anything. Rows ClickHouse refuses (a retry would
+fail the same way, and wedge the sink) are dead-lettered: written to the `dead_letters`
+table with ClickHouse's error and the Kafka message they came from, counted in
+`refstream_sink_rejected_rows{table}`; the rest of the batch is written and acked.
+
+On shutdown (SIGTERM) Faust stops fetching and waits until the buffers already taken are
+written and acked, then commits. If ClickHouse fails while the worker stops, the step
+gives up instead of retrying until it is killed: the buffer is reported unwritten, the
+commit guard (streams.delivery) keeps its offsets (and every later one) uncommitted, the
+next run writes them, and the worker exits with EXIT_UNDRAINED.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import Counter
+from typing import Any, Callable, Iterable, NamedTuple, TypeVar
+
+import msgspec
+
+from schemas.events import Exclusion, Promoter
+from schemas.records import AttributionRec, DeadLetter, LateEvent, batch_decoder, conversion_decoder
+from schemas.validate import Invalid, decode
+from sinks.clickhouse import ClickHouseWriter, Refused, connect, describe, redact
+from sinks.rows import Row, dead_letter_row, table_of, table_row
+from sinks.migrations import migrate
+from sinks.tables import spam_codes_sql
+from streams.logic.rules.ruleset import load_rules
+from streams.config import Settings
+from streams.metrics import Metrics
+from streams.logic.privacy import dead_letter
+
+log = logging.getLogger(__name__)
+_late = msgspec.json.Decoder(LateEvent)
+_dead = msgspec.json.Decoder(DeadLetter)
+MAX_BACKOFF_S = 30.0
+EXIT_UNDRAINED = 75  # EX_TEMPFAIL: stopped during a ClickHouse outage, without draining
+MAX_DEAD_VALUE = 4096  # characters of a refused record's JSON kept in its dead letter
+REFUSED = "clickhouse refused the row for table"  # dead-letter reasons start so (docs, alert)
+T = TypeVar("T")
+
+
+class Source(NamedTuple):
+    """The Kafka message a record came from: where its dead letter points if ClickHouse
+    refuses its row."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+
+
+Sourced = tuple[Any, Source]  # a record (or a versioned attribution) and its message
+
+
+def source_of(msg: Any) -> Source:
+    key = msg.key.encode() if isinstance(msg.key, str) else msg.key
+    return Source(msg.topic, msg.partition, msg.offset, key if isinstance(key, bytes) else None)
+
+
+def record_json(record: Any) -> bytes:
+    """The record as JSON with its field names (records are array-like on the wire)."""
+    try:
+        if isinstance(record, tuple) and len(record) == 2 and isinstance(record[1], msgspec.Struct):
+            return msgspec.json.encode({"version": record[0], **msgspec.structs.asdict(record[1])})
+        if isinstance(record, msgspec.Struct):
+            return msgspec.json.encode(msgspec.structs.asdict(record))
+        return msgspec.json.encode(record)
+    except Exception:  # whatever it holds, keep something a person can read
+        return msgspec.json.encode(repr(record))
+
+
+def refused_letter(source: Source, refusals: list[tuple[str, str, Any]], at: int) -> DeadLetter:
+    """The dead letter of a message's refused rows, `(table, error, record)` each.
+
+    One per message: `dead_letters` keeps one row per (topic, partition, offset), so two
+    letters of one join batch would collapse. Its value is the record's JSON, or a JSON
+    array of {table, error, record} when several rows of the message were refused; cut to
+    MAX_DEAD_VALUE characters, with the size and digest of the whole.
+    """
+    table, error, record = refusals[0]
+    reason = f"{REFUSED} {table}: {error}"
+    if len(refusals) == 1:
+        full = record_json(record)
+    else:
+        reason += f" (and {len(refusals) - 1} more refused rows of this message)"
+        full = msgspec.json.encode([{"table": t, "error": e, "record": msgspec.Raw(record_json(r))}
+                                    for t, e, r in refusals])
+    text = full.decode("utf-8", "replace")
+    return DeadLetter(
+        reason=reason, topic=source.topic, partition=source.partition, offset=source.offset,
+        key=source.key.decode("utf-8", "replace") if source.key is not None else None,
+        value=text[:MAX_DEAD_VALUE], at=at, value_bytes=len(full),
+        value_sha256=hashlib.sha256(full).hexdigest(), truncated=len(text) > MAX_DEAD_VALUE,
+    )
+
+
+class Rows(NamedTuple):
+    """The rows of a buffer per table, and for each row the index of its record."""
+
+    rows: dict[str, list[Row]]
+    origin: dict[str, list[int]]
+    unbuilt: list[tuple[int, str, str]]  # (record index, table, error): no row could be built
+
+
+def build_rows(items: list[Sourced]) -> Rows:
+    rows: dict[str, list[Row]] = {}
+    origin: dict[str, list[int]] = {}
+    unbuilt: list[tuple[int, str, str]] = []
+    for n, (record, _) in enumerate(items):
+        try:
+            table, row = table_row(record)
+        except Exception as exc:  # a record that fits no row is refused like a row ClickHouse refuses
+            unbuilt.append((n, table_of(record), describe(exc)))
+            continue
+        rows.setdefault(table, []).append(row)
+        origin.setdefault(table, []).append(n)
+    return Rows(rows, origin, unbuilt)
+
+
+class SinkStep:
+    def __init__(self, settings: Settings, metrics: Metrics, stopping: Callable[[], bool] = lambda: False) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.stopping = stopping  # true once the worker shuts down: stop retrying
+        self.writer: ClickHouseWriter | None = None
+        self.rows_written: Counter[str] = Counter()
+        self.rows_refused: Counter[str] = Counter()  # dead-lettered because ClickHouse refused them
+        self.failing_since: float | None = None
+        self.undrained = False  # stopped with batches ClickHouse did not take (left uncommitted)
+        self.handled: dict[str, int] = {}  # "topic/partition" -> next offset; written (or empty) and acked
+        self._opening = asyncio.Lock()  # concurrent first readers open one client
+        n = len(settings.topic_prefix)
+        self._kind = lambda topic: topic[n:]
+
+    def _on_batch(self, table: str, rows: int, seconds: float) -> None:
+        self.metrics.sink_rows.labels(table).inc(rows)
+        self.metrics.sink_seconds.labels(table).observe(seconds)
+        self.metrics.sink_batch_rows.labels(table).observe(rows)
+        self.rows_written[table] += rows
+
+    def _on_failure(self, table: str, exc: BaseException) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        self.metrics.sink_failures.labels(table).inc()
+
+    def _open(self) -> ClickHouseWriter:
+        client = connect(self.settings.clickhouse)
+        applied = migrate(client)
+        rules = load_rules(self.settings.rules_file).rule_sets[-1]  # the newest thresholds
+        spam = spam_codes_sql(rules.spam_min_signups, rules.spam_long_share, rules.spam_long_delay_ms)
+        client.command(f"CREATE OR REPLACE VIEW spam_codes AS {spam}")
+        log.info("clickhouse ready", extra={"dsn": redact(self.settings.clickhouse), "migrated": applied})
+        return ClickHouseWriter(client, on_batch=self._on_batch, on_failure=self._on_failure)
+
+    def records(self, events: Iterable[Any]) -> list[Sourced]:
+        """Decode sink input events into records (attributions versioned by position), each
+        with the message it came from."""
+        out: list[Sourced] = []
+        for ev in events:
+            msg = ev.message
+            kind = self._kind(msg.topic)
+            src = source_of(msg)
+            try:
+                if kind in ("visitor-join", "account-join"):
+                    for i, rec in enumerate(batch_decoder.decode(msg.value).records):
+                        out.append(((msg.offset * 100_000 + i, rec) if isinstance(rec, AttributionRec) else rec, src))
+                elif kind == "conversions":
+                    out.append((conversion_decoder.decode(msg.value), src))
+                elif kind == "late-events":
+                    out.append((_late.decode(msg.value), src))
+                elif kind == "dead-letters":
+                    out.append((_dead.decode(msg.value), src))
+            except Exception as exc:  # not written by refstream: someone else wrote to the topic
+                self.metrics.dead_letters.labels(msg.topic).inc()
+                reason = f"undecodable {kind} message ({type(exc).__name__}: {exc}); only refstream writes {msg.topic}"
+                out.append((dead_letter(reason, msg, self.settings.pii_salt.encode()), src))
+        return out
+
+    async def write(self, events: list[Any]) -> bool:
+        """Write one buffer of sink input events; False if the worker stopped before
+        ClickHouse took them (then they must not count as done)."""
+        return self._finish(events, await self._write(self.records(events)))
+
+    async def connect(self) -> None:
+        """Open ClickHouse and apply the migrations, retrying with backoff (the sink's readiness)."""
+        backoff = 0.5
+        while self.writer is None and not self.stopping():
+            try:
+                await self._writer()
+            except Exception as exc:
+                log.warning("clickhouse unavailable, retrying", extra={"error": repr(exc), "retry_in_s": backoff})
+                await self._pause(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def on_shutdown(self) -> None:
+        """After Faust's final commit: say what this worker handled (the offsets it committed)."""
+        log.info("sink stopped", extra={"handled": self.handled, "rows_written": dict(self.rows_written)})
+
+    def _finish(self, events: list[Any], written: bool) -> bool:
+        if written:
+            for ev in events:
+                m = ev.message
+                key = f"{m.topic}/{m.partition}"
+                self.handled[key] = max(self.handled.get(key, 0), m.offset + 1)
+        elif not self.undrained:
+            self.undrained = True
+            log.warning("stopping while clickhouse fails: these messages stay uncommitted and the next run "
+                        "writes them", extra={"messages": len(events), "exit_code": EXIT_UNDRAINED})
+        return written
+
+    async def write_reference(self, events: list[Any], router: Any) -> bool:
+        """Validate reference data (dead-lettering bad messages) and store promoters and exclusions."""
+        now = int(time.time() * 1000)
+        max_future = int(self.settings.max_future_s * 1000)
+        records: list[Sourced] = []
+        for ev in events:
+            msg = ev.message
+            self.metrics.events_in.labels(msg.topic).inc()
+            if msg.value is None:
+                continue  # a compaction tombstone on a reference topic is not an error
+            event = decode(self._kind(msg.topic), msg.value, now, max_future, self.settings.max_message_bytes)
+            if isinstance(event, Invalid):
+                await router.dead_letter(event.reason, msg)
+            elif isinstance(event, (Promoter, Exclusion)):  # IPs (and chosen ids) never in clear
+                records.append((router.pseudonyms(event), source_of(msg)))
+        return self._finish(events, await self._write(records))
+
+    async def _write(self, items: list[Sourced]) -> bool:
+        """Write `items`, retrying until ClickHouse takes them (rows it refuses dead-lettered);
+        False if the worker stops first."""
+        if not items:
+            return True
+        built = build_rows(items)
+        backoff = 0.5
+        while True:
+            try:
+                writer = await self._writer()
+                refused = await asyncio.to_thread(writer.write, built.rows)
+                letters = self._letters(items, built, refused)
+                lost: list[Refused] = []
+                if letters:
+                    rows = {"dead_letters": [dead_letter_row(d) for d in letters]}
+                    lost = await asyncio.to_thread(writer.write, rows)
+                if self.failing_since is not None:
+                    log.info("clickhouse writes recovered", extra={"after_s": round(time.monotonic() - self.failing_since, 1)})
+                    self.failing_since = None
+                self._report(built, refused, letters, lost)
+                return True
+            except Exception as exc:  # an outage: keep the batch, never ack it, retry until ClickHouse is back
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+                if self.stopping():
+                    return False
+                log.warning("clickhouse write failed, retrying", extra={"error": repr(exc), "retry_in_s": backoff})
+                if not await self._pause(backoff):
+                    return False
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def _letters(self, items: list[Sourced], built: Rows, refused: list[Refused]) -> list[DeadLetter]:
+        """One dead letter per message with refused rows (see `refused_letter`)."""
+        failed = [(built.origin[r.table][r.index], r.table, r.error) for r in refused] + built.unbuilt
+        by_source: dict[Source, list[tuple[str, str, Any]]] = {}
+        for n, table, error in sorted(failed, key=lambda f: f[0]):
+            record, source = items[n]
+            by_source.setdefault(source, []).append((table, error, record))
+        at = int(time.time() * 1000)
+        return [refused_letter(source, refusals, at) for source, refusals in by_source.items()]
+
+    def _report(self, built: Rows, refused: list[Refused], letters: list[DeadLetter], lost: list[Refused]) -> None:
+        """Count and log (once per batch) the rows ClickHouse refused, and any dead letter it
+        refused too: that one is only logged, with its digest, never retried."""
+        tables = Counter(r.table for r in refused) + Counter(t for _, t, _ in built.unbuilt)
+        if tables:
+            for table, n in tables.items():
+                self.metrics.sink_rejected_rows.labels(table or "unknown").inc(n)
+            self.rows_refused.update(tables)
+            first = refused[0].error if refused else built.unbuilt[0][2]
+            log.warning("clickhouse refused rows, dead-lettered", extra={
+                "rows": sum(tables.values()), "tables": dict(tables), "dead_letters": len(letters),
+                "error": first})
+        if lost:
+            self.metrics.sink_rejected_rows.labels("dead_letters").inc(len(lost))
+            self.rows_refused["dead_letters"] += len(lost)
+            dropped = [(letters[r.index], r.error) for r in lost[:20]]
+            log.error("clickhouse refused dead letters too: dropped, only this log keeps them", extra={
+                "count": len(lost), "dropped": [
+                    {"topic": d.topic, "partition": d.partition, "offset": d.offset, "value_bytes": d.value_bytes,
+                     "value_sha256": d.value_sha256, "error": error} for d, error in dropped]})
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep, waking early when the worker stops; False if it does."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            await asyncio.sleep(min(left, 0.2))
+        return False
+
+    async def _writer(self) -> ClickHouseWriter:
+        """The ClickHouse writer, opened (and the schema migrated) on first use."""
+        if self.writer is None:
+            async with self._opening:  # concurrent first users open one client
+                if self.writer is None:
+                    self.writer = await asyncio.to_thread(self._open)
+        return self.writer
+
+    async def read(self, fn: Callable[[Any], T]) -> T:
+        """Run `fn(client)` on the sink's ClickHouse client (opened and migrated on first use),
+        in a thread, holding the writer's lock: chdb allows one process per directory, so
+        every reader in the worker (stats API, spike alerts) shares this client."""
+        writer = await self._writer()
+
+        def call() -> T:
+            with writer.lock:
+                return fn(writer.client)
+
+        return await asyncio.to_thread(call)
+
+    async def counts(self) -> dict[str, int]:
+        """Distinct rows per table, read back from ClickHouse (a chdb directory allows one process)."""
+        from sinks import queries
+
+        return await self.read(queries.counts)
+
+    def stats(self) -> dict[str, Any]:
+        return {"rows_written": dict(self.rows_written), "rows_refused": dict(self.rows_refused),
+                "failing": self.failing_since is not None}

@@ -1,5 +1,0 @@
-"""At-least-once delivery that holds: Faust commits only what the worker's agents finished."""
-from streams.commits.guarded import GuardedApp, finished
-from streams.commits.ledger import CommitLedger, commit_run
-
-__all__ = ["CommitLedger", "GuardedApp", "commit_run", "finished"]

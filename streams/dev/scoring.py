@@ -1,0 +1,141 @@
+"""Score a pipeline run against the sample traffic's truth: precision and recall of every
+reason code, and agreement on statuses (pure: no I/O).
+
+`rows` are `conversions_current` rows (or `Conversion` messages as dicts): each has at least
+`order_id`, `status` and `reasons`. An order counts for a reason code as
+
+- true positive: expected (`Truth.expected`) and flagged (in the row's reasons);
+- false positive: flagged, not expected (also every reason of a row the truth does not expect);
+- false negative: expected, not flagged (also every expected reason of an order with no row).
+
+Each code is shown with the labelled patterns (`streams.dev.traffic.PATTERNS`) that produce it.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from streams.dev.traffic import PATTERNS, REASON_CODES, Expected, Truth
+
+
+@dataclass(frozen=True)
+class Score:
+    """Detection of one reason code over all orders."""
+
+    code: str
+    patterns: tuple[str, ...]  # labelled patterns that must produce this code
+    tp: int
+    fp: int
+    fn: int
+
+    @property
+    def expected(self) -> int:
+        return self.tp + self.fn
+
+    @property
+    def flagged(self) -> int:
+        return self.tp + self.fp
+
+    @property
+    def precision(self) -> float | None:
+        """Share of flagged orders that were expected; None when nothing was flagged."""
+        return self.tp / self.flagged if self.flagged else None
+
+    @property
+    def recall(self) -> float | None:
+        """Share of expected orders that were flagged; None when nothing was expected."""
+        return self.tp / self.expected if self.expected else None
+
+
+@dataclass(frozen=True)
+class Report:
+    scores: tuple[Score, ...]  # per reason code expected or flagged at least once, in REASON_CODES order
+    compared: int  # orders both expected and present in the rows
+    status_mismatches: dict[str, tuple[str, str]]  # order_id -> (expected status, got status)
+    missing: tuple[str, ...]  # expected orders without a row
+    unexpected: tuple[str, ...]  # rows of orders the truth does not expect
+
+    @property
+    def status_agree(self) -> int:
+        return self.compared - len(self.status_mismatches)
+
+    @property
+    def status_agreement(self) -> float | None:
+        return self.status_agree / self.compared if self.compared else None
+
+    def score_of(self, code: str) -> Score:
+        """The score of `code` (all zero when it was neither expected nor flagged)."""
+        found = [s for s in self.scores if s.code == code]
+        return found[0] if found else Score(code, _producers().get(code, ()), 0, 0, 0)
+
+
+def score(truth: Truth | Mapping[str, Expected], rows: Iterable[Mapping[str, Any]]) -> Report:
+    """Compare `rows` with the expected conversions of `truth`."""
+    expected = truth.expected if isinstance(truth, Truth) else truth
+    got = {r["order_id"]: r for r in rows}
+    tp: Counter[str] = Counter()
+    fp: Counter[str] = Counter()
+    fn: Counter[str] = Counter()
+    for oid in expected.keys() | got.keys():
+        want = expected[oid].reasons if oid in expected else frozenset()
+        have = frozenset(got[oid]["reasons"]) if oid in got else frozenset()
+        tp.update(want & have)
+        fp.update(have - want)
+        fn.update(want - have)
+    producers = _producers()
+    seen = set(tp) | set(fp) | set(fn)
+    codes = [c for c in REASON_CODES if c in seen] + sorted(seen - set(REASON_CODES))
+    both = sorted(expected.keys() & got.keys())
+    return Report(
+        scores=tuple(Score(c, producers.get(c, ()), tp[c], fp[c], fn[c]) for c in codes),
+        compared=len(both),
+        status_mismatches={oid: (expected[oid].status, got[oid]["status"]) for oid in both
+                           if expected[oid].status != got[oid]["status"]},
+        missing=tuple(sorted(expected.keys() - got.keys())),
+        unexpected=tuple(sorted(got.keys() - expected.keys())),
+    )
+
+
+def format_report(report: Report, examples: int = 3) -> str:
+    """A small aligned text table of the report, then the status agreement."""
+    head = ("reason", "patterns", "expected", "flagged", "TP", "FP", "FN", "precision", "recall")
+    table = [head] + [
+        (s.code, ", ".join(s.patterns) or "-", str(s.expected), str(s.flagged), str(s.tp), str(s.fp), str(s.fn),
+         _ratio(s.precision), _ratio(s.recall))
+        for s in report.scores
+    ]
+    if report.scores:
+        tp, fp, fn = (sum(getattr(s, k) for s in report.scores) for k in ("tp", "fp", "fn"))
+        total = Score("all reasons", (), tp, fp, fn)
+        table.append((total.code, "", str(total.expected), str(total.flagged), str(tp), str(fp), str(fn),
+                      _ratio(total.precision), _ratio(total.recall)))
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             .rstrip() for row in table]
+    if not report.scores:
+        lines.append("(no reason expected nor flagged)")
+    agreement = report.status_agreement
+    lines.append(f"statuses: {report.status_agree}/{report.compared} agree"
+                 + (f" ({agreement:.1%})" if agreement is not None else "")
+                 + f"; {len(report.missing)} expected orders missing, {len(report.unexpected)} unexpected")
+    by_kind: dict[tuple[str, str], list[str]] = {}
+    for oid, pair in sorted(report.status_mismatches.items()):
+        by_kind.setdefault(pair, []).append(oid)
+    for (want, got), oids in sorted(by_kind.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"  expected {want}, got {got}: {len(oids)} (e.g. {', '.join(oids[:examples])})")
+    return "\n".join(lines)
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _producers() -> dict[str, tuple[str, ...]]:
+    """reason code -> the patterns that produce it."""
+    out: dict[str, list[str]] = {}
+    for pattern, codes in PATTERNS.items():
+        for code in codes:
+            out.setdefault(code, []).append(pattern)
+    return {code: tuple(ps) for code, ps in out.items()}

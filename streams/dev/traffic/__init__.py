@@ -1,0 +1,54 @@
+"""Deterministic sample traffic for refstream, with the ground truth it implies (pure: no I/O).
+
+`generate(TrafficSpec(seed=...))` builds promoters, visitors who click tracking links,
+signups, orders, refunds and cancellations, plus (with `spec.fraud`) labelled fraud
+patterns, then lays them out in a *delivery order* (`Traffic.messages`) that is realistic
+for Kafka: event-time order with jitter, some events displaced within the allowed lateness,
+a few delivered beyond it, a few duplicated, optionally a few malformed. It never reads the
+wall clock nor the global `random`: `spec.end_ms` is the simulated "now" and everything
+follows from `spec.seed`.
+
+Lateness contract (checked by tests/test_generate.py), with L = `spec.allowed_lateness_ms`
+and D = `spec.max_delay` (< L; 90 % of L by default):
+- reference data (promoters, exclusions) comes first. Its event times are before all
+  traffic, except promoter versions and exclusions that take effect inside the traffic
+  span (a promoter turning enterprise, a customer owned only from some date on): the
+  pipeline looks those up by event time (`ts`, `since`), so they are delivered first too;
+- every message flagged on_time / delayed / duplicate is delivered when no traffic event
+  delivered before it has an event time above `its ts + D`: it is not late for any
+  watermark computed from earlier deliveries (per partition, per kind or global);
+- every message flagged late is delivered after some traffic event whose event time is
+  above `its ts + L` (usually 4-12 L). Whether the pipeline reports it as late depends on
+  its watermark (per partition, following the slowest input kind), so in practice most but
+  not all of them are. They are therefore chosen among events that cannot change the
+  attribution: clicks of visitors who never sign up, and orders of accounts that are not
+  attributed (organic signups, existing customers): at most `spec.late` of the traffic.
+  Events a fraud count depends on (flooding clicks, farmed signups) are never late nor
+  displaced.
+
+Truth (`Traffic.truth`) follows the pipeline's rules on event times of valid, de-duplicated
+events: a signup is attributed to the last (and, for `first_click_code`, the first) click
+of the same visitor with `signup_ts - window <= click_ts <= signup_ts`, ties broken by
+event_id; its attributed orders are the paid orders of the account with
+`signup_ts <= order_ts <= signup_ts + binding`, and an order whose latest status event is
+refunded / cancelled / charged back is listed in `reversed`. Late events are left out by
+definition, and including them gives the same truth (they are chosen so; tests check both).
+`Truth.expected` adds, per attributed order, the status and reason codes of docs/rules.md
+(default thresholds) and the generator's pattern labels (`PATTERNS`): an order with no
+label is honest and must be approved. Scoring a pipeline run against it: streams/scoring.py.
+
+Modules: `model` (spec, truth, patterns), `honest` (the honest population), `fraud` (the
+patterns), `oracle` (attribution and expected checks), `delivery` (`generate`).
+"""
+from streams.dev.traffic.delivery import generate
+from streams.dev.traffic.model import (
+    DAY_MS, DEFAULT_END_MS, FRAUD_COUNTS, HOUR_MS, MINUTE_MS, PATTERNS, REFERENCE_TOPICS, REVERSAL_CODES, TOPICS,
+    TRAFFIC_TOPICS, AccountTruth, Counts, Expected, Traffic, TrafficSpec, Truth,
+)
+from streams.dev.traffic.oracle import REASON_CODES, Rules, compute_truth, expected_conversions, status_of
+
+__all__ = [
+    "DAY_MS", "DEFAULT_END_MS", "FRAUD_COUNTS", "HOUR_MS", "MINUTE_MS", "PATTERNS", "REASON_CODES",
+    "REFERENCE_TOPICS", "REVERSAL_CODES", "TOPICS", "TRAFFIC_TOPICS", "AccountTruth", "Counts", "Expected",
+    "Rules", "Traffic", "TrafficSpec", "Truth", "compute_truth", "expected_conversions", "generate", "status_of",
+]

@@ -1,0 +1,260 @@
+"""Signup -> orders (the account join): pure functions over plain data.
+
+State per `account_id`: the account's signup with its attribution (from the visitor join)
+and the orders that may become or already are conversions. Every paid order of an
+attributed account within the binding period is a conversion; refunds, cancellations and
+chargebacks reverse it. Each conversion is checked and priced (streams/logic/rules). A conversion is re-emitted with a higher `revision` whenever its
+content changes, and re-sent unchanged when a redelivery touches it (idempotent outputs).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Callable
+
+import msgspec
+
+from schemas.records import AttributionRec, Conversion, OrderRec
+from streams.logic.rules.checks import DAY_MS, HOUR_MS, Evidence, PromoterRef, Signals, reasons, status_of
+from streams.logic.rules.commission import payable, price
+from streams.logic.rules.ruleset import RuleBook
+
+
+#: later events win; at equal event time the more final status wins
+STATUS_RANK = {"paid": 0, "cancelled": 1, "refunded": 2, "chargeback": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionRules:
+    binding_ms: int
+    refund_window_ms: int
+    model: str = "last_click"
+
+
+#: tracking_code, event time -> the promoter owning the code then, or None
+PromoterLookup = Callable[[str, int], "PromoterRef | None"]
+#: account_id, email domain, event time -> owner (direct_sales | channel_partner) or None
+ExclusionLookup = Callable[[str, "str | None", int], "str | None"]
+
+
+def no_exclusions(account_id: str, email_domain: str | None, ts: int) -> str | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything a decision reads besides the account's own state."""
+
+    rules: ConversionRules
+    book: RuleBook = field(default_factory=lambda: RuleBook([]))
+    promoter: PromoterLookup = lambda code, ts: None
+    exclusion: ExclusionLookup = no_exclusions
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """Cross-partition inputs of one decision, read from Redis just before it."""
+
+    spam_signups: int = 0
+    spam_long: int = 0
+    volume_before: Decimal = Decimal(0)  # promoter's counted sales earlier this month
+    points_before: int = 0  # promoter's points from earlier months
+
+
+class StatusEvent(msgspec.Struct, array_like=True):
+    event_id: str
+    ts: int
+    status: str
+
+
+class OrderState(msgspec.Struct, array_like=True):
+    order: OrderRec  # the paid event when there is one, else the first seen
+    events: list[StatusEvent]
+    revision: int = 0
+    digest: int = 0  # hash of the last emitted content
+
+    @property
+    def paid(self) -> bool:
+        return any(e.status == "paid" for e in self.events)
+
+    @property
+    def status(self) -> str:
+        return max(self.events, key=lambda e: (e.ts, STATUS_RANK[e.status], e.event_id)).status
+
+
+class AccountState(msgspec.Struct, array_like=True):
+    signup: AttributionRec | None = None
+    orders: dict[str, OrderState] = {}
+    #: flood / farming counters (Redis keeps them only for days): read when the attribution
+    #: arrives, and once more, for good, when the watermark has closed their windows
+    signals: Signals | None = None
+    signals_final: bool = False
+
+
+def in_binding(signup_ts: int, order_ts: int, rules: ConversionRules) -> bool:
+    return signup_ts <= order_ts <= signup_ts + rules.binding_ms
+
+
+def candidates(state: AccountState, rules: ConversionRules) -> list[str]:
+    """Orders of the account that are conversions (attributed, paid, within binding)."""
+    s = state.signup
+    if s is None or s.click is None:
+        return []
+    return [oid for oid, o in state.orders.items() if o.paid and in_binding(s.signup_ts, o.order.ts, rules)]
+
+
+def first_order(state: AccountState, rules: ConversionRules) -> str | None:
+    """The account's first paid order (event time, then order_id): it earns the new-customer bonus."""
+    paid = [o.order for o in state.orders.values() if o.paid]
+    return min(paid, key=lambda o: (o.ts, o.order_id)).order_id if paid else None
+
+
+def decide(
+    o: OrderState, state: AccountState, ctx: Context, live: Live, is_first: bool, now_ms: int,
+) -> Conversion:
+    """The conversion for one candidate order: checks, status, reasons and price."""
+    signup = state.signup
+    assert signup is not None and signup.click is not None
+    click, order, order_status = signup.click, o.order, o.status
+    ruleset = ctx.book.at(order.ts)
+    promoter = ctx.promoter(click.tracking_code, order.ts)
+    ident = signup.ident
+    snap = state.signals or Signals()
+    signals = msgspec.structs.replace(snap, spam_signups=live.spam_signups, spam_long=live.spam_long)
+    evidence = Evidence(promoter, signup, order, order_status,
+                        ctx.exclusion(order.account_id, ident.email_domain if ident else None, order.ts),
+                        signals)
+    reason_codes = reasons(evidence, ruleset)
+    status = status_of(reason_codes)
+    pricing = payable(price(order.amount, promoter.level if promoter else 1, live.points_before,
+                            live.volume_before, is_first, ruleset), status)
+    conv = Conversion(
+        order_id=order.order_id, revision=o.revision, status=status, reasons=reason_codes,
+        promoter_id=promoter.promoter_id if promoter else "",
+        tracking_code=click.tracking_code, campaign=click.campaign or "",
+        account_id=order.account_id, visitor_id=signup.visitor_id,
+        click_event_id=click.event_id, click_ts=click.ts,
+        signup_event_id=signup.signup_event_id, signup_ts=signup.signup_ts,
+        order_event_id=order.event_id, order_ts=order.ts, cart_id=order.cart_id or "",
+        product=order.product, category=order.category or "", amount=order.amount,
+        discount=order.discount, currency=order.currency, order_status=order_status,
+        renewal=order.renewal, attribution_model=ctx.rules.model,
+        attribution_final=signup.final, decided_at=now_ms,
+        level=pricing.level, rate=pricing.rate, tier=pricing.tier, commission=pricing.commission,
+        bonus=pricing.bonus, points=pricing.points, cap_applied=pricing.cap_applied,
+        first_order=is_first, rule_version=ruleset.version,
+    )
+    content = msgspec.msgpack.encode(msgspec.structs.replace(conv, revision=0, decided_at=0))
+    digest = int.from_bytes(hashlib.blake2b(content, digest_size=8).digest(), "big")
+    if digest != o.digest:
+        o.revision += 1
+        o.digest = digest
+        conv.revision = o.revision
+    return conv
+
+
+def decide_all(
+    state: AccountState, touched: set[str], ctx: Context, live: Callable[[str], Live], now_ms: int,
+) -> list[Conversion]:
+    """Decide every candidate order; return those that changed, plus the `touched` ones
+    (re-sent unchanged, so a redelivery repairs an output lost in a crash)."""
+    first = first_order(state, ctx.rules)
+    out = []
+    for oid in candidates(state, ctx.rules):
+        o = state.orders[oid]
+        before = o.revision
+        conv = decide(o, state, ctx, live(oid), oid == first, now_ms)
+        if oid in touched or o.revision != before:
+            out.append(conv)
+    return out
+
+
+def prune(state: AccountState, rules: ConversionRules) -> None:
+    """Forget orders that can never be conversions of this account."""
+    s = state.signup
+    if s is None:
+        return
+    if s.click is None and s.final:
+        state.orders = {}  # organic for good: nothing of this account will convert
+    else:  # orders before the signup stay: an earlier signup of the account may still arrive
+        state.orders = {k: o for k, o in state.orders.items() if o.order.ts <= s.signup_ts + rules.binding_ms}
+
+
+def knows(state: AccountState, order: OrderRec) -> bool:
+    """True if the order is already in state: its later events (a redelivery, a refund) are
+    updates of a known order, never 'late', so a clawback is applied whenever it arrives."""
+    return order.order_id in state.orders
+
+
+def add_order(state: AccountState, order: OrderRec) -> set[str]:
+    """Record an order event (idempotent by event_id); return the order ids it touches."""
+    o = state.orders.get(order.order_id)
+    if o is None:
+        o = state.orders[order.order_id] = OrderState(order, [])
+    if not any(e.event_id == order.event_id for e in o.events):
+        o.events.append(StatusEvent(order.event_id, order.ts, order.status))
+        if order.status == "paid" and o.order.status != "paid":
+            o.order = order
+    return {order.order_id}
+
+
+def add_attribution(state: AccountState, rec: AttributionRec) -> set[str]:
+    """Apply a signup's (re-)attribution; return the order ids it touches (all of them).
+
+    The account's earliest signup is the one that counts. Once final, an attribution is
+    not overridden by a redelivered provisional one.
+    """
+    cur = state.signup
+    if cur is None or (rec.signup_ts, rec.signup_event_id) < (cur.signup_ts, cur.signup_event_id):
+        state.signup = rec
+    elif rec.signup_event_id == cur.signup_event_id and not (cur.final and not rec.final):
+        state.signup = rec
+    return set(state.orders)
+
+
+def _kept_until(s: AttributionRec, rules: ConversionRules) -> int:
+    """Event time until which an account's state is kept: binding period, plus the refund
+    window when attributed (for clawbacks)."""
+    return s.signup_ts + rules.binding_ms + (rules.refund_window_ms if s.click else 0)
+
+
+def signals_close(s: AttributionRec) -> int:
+    """Event time at which the attributed click's hour and the signup's day are over: from
+    then on (watermark past it) their flood and farming counts can no longer grow."""
+    assert s.click is not None
+    return max((s.click.ts // HOUR_MS + 1) * HOUR_MS, (s.signup_ts // DAY_MS + 1) * DAY_MS)
+
+
+def needs_final_signals(state: AccountState, watermark: int) -> bool:
+    s = state.signup
+    return (s is not None and s.click is not None and s.final and not state.signals_final
+            and signals_close(s) < watermark)
+
+
+def due(state: AccountState, rules: ConversionRules) -> int | None:
+    """Earliest watermark value past which `advance` changes `state` (None: not by time)."""
+    s = state.signup
+    if s is None:
+        return min((o.order.ts for o in state.orders.values()), default=None)
+    if s.click is None and s.final:
+        return s.signup_ts
+    if not state.signals_final and s.click is not None:
+        return min(signals_close(s), _kept_until(s, rules))
+    return _kept_until(s, rules)
+
+
+def advance(state: AccountState, watermark: int, rules: ConversionRules) -> bool:
+    """Expire by event time; return True when the whole account state can be deleted.
+
+    Orders waiting for a signup wait until the watermark passes them. An organic account
+    waits for its final attribution (at most the binding period); an attributed one is
+    kept through the binding period plus the refund window, for clawbacks.
+    """
+    s = state.signup
+    if s is None:
+        state.orders = {k: o for k, o in state.orders.items() if o.order.ts >= watermark}
+        return not state.orders
+    if s.click is None and s.final:
+        return True
+    return _kept_until(s, rules) < watermark

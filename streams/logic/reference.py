@@ -1,0 +1,130 @@
+"""Reference data every partition needs: which promoter owns a tracking code, and which
+customers are excluded (owned by direct sales or a channel partner), as of when.
+
+Each worker reads the whole (compacted) `promoters` and `exclusions` topics from the beginning and keeps
+it in memory, like a global table: lookups are keyed by tracking code, not by the join
+keys, and reference data is small. Invalid messages are skipped here; the `reference`
+agent dead-letters them once for the whole group.
+"""
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas.events import Exclusion, Promoter
+from schemas.validate import decode
+from streams.config import Settings
+from streams.logic.rules.checks import PromoterRef
+from streams.logic.privacy import Pseudonyms, hash_pii
+
+log = logging.getLogger(__name__)
+
+
+class PromoterDirectory:
+    """tracking_code -> promoter versions sorted by event time."""
+
+    def __init__(self, salt: bytes | None = b"") -> None:
+        self._versions: dict[str, list[tuple[int, str, Promoter]]] = {}
+        # promoters' IPs are hashed like signups' for the self-referral check (None: already hashed)
+        self.salt = salt
+        self.ready = asyncio.Event()
+
+    def add(self, p: Promoter) -> None:
+        versions = self._versions.setdefault(p.tracking_code, [])
+        item = (p.ts, p.event_id, p)
+        if not any(v[1] == p.event_id for v in versions):
+            bisect.insort(versions, item, key=lambda v: (v[0], v[1]))
+
+    def as_of(self, tracking_code: str, ts: int) -> PromoterRef | None:
+        """The promoter owning `tracking_code` at event time `ts`, or None if nobody does.
+
+        Before the first version we know, the first version counts: a compacted topic keeps
+        only the latest record per tracking code, so older versions may be gone. A later
+        version of the same promoter as an enterprise account is reported in
+        `enterprise_since` (it reverses his earlier earnings).
+        """
+        versions = self._versions.get(tracking_code)
+        if not versions:
+            return None
+        i = max(bisect.bisect_right(versions, ts, key=lambda v: v[0]), 1)
+        p = versions[i - 1][2]
+        later = [v[0] for v in versions[i:] if v[2].promoter_id == p.promoter_id and v[2].account_type == "enterprise"]
+        return PromoterRef(
+            promoter_id=p.promoter_id, level=p.level, account_type=p.account_type,
+            is_employee=p.is_employee, is_partner_staff=p.is_partner_staff, account_id=p.account_id,
+            realname_id_hash=p.realname_id_hash, email_hash=p.email_hash, device_id=p.device_id,
+            ip_hash=p.ip if self.salt is None else hash_pii(p.ip, self.salt), enterprise_since=later[0] if later else None,
+        )
+
+    def __len__(self) -> int:
+        return len(self._versions)
+
+
+class ExclusionDirectory:
+    """Customers owned by direct sales or a channel partner, by account and by email domain."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, list[tuple[int, str, str]]] = {}  # key -> [(since, event_id, owner)]
+
+    def add(self, e: Exclusion) -> None:
+        since = e.since if isinstance(e.since, int) else e.ts
+        for key in (f"a:{e.account_id}" if e.account_id else None,
+                    f"d:{e.email_domain.lower()}" if e.email_domain else None):
+            if key is None:
+                continue
+            items = self._by_key.setdefault(key, [])
+            if not any(i[1] == e.event_id for i in items):
+                bisect.insort(items, (since, e.event_id, e.owner))
+
+    def owner(self, account_id: str, email_domain: str | None, ts: int) -> str | None:
+        """Who owned the customer at event time `ts` (the earliest exclusion in force), or None."""
+        keys = [f"a:{account_id}"] + ([f"d:{email_domain.lower()}"] if email_domain else [])
+        owners = [i for k in keys for i in self._by_key.get(k, ()) if i[0] <= ts]
+        return min(owners)[2] if owners else None
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+
+async def follow_reference(settings: Settings, directory: PromoterDirectory,
+                           exclusions: ExclusionDirectory) -> None:
+    """Load the promoters and exclusions topics from the start, set `directory.ready`,
+    then keep following them."""
+    topics = (settings.topic("promoters"), settings.topic("exclusions"))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # loads metadata, so partitions_for_topic knows the topic
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps) if tps else {}
+        max_future = int(settings.max_future_s * 1000)
+        protect = Pseudonyms(settings.pii_salt.encode(), settings.id_fields_to_hash)
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            now = int(time.time() * 1000)
+            for records in batches.values():
+                for rec in records:
+                    if rec.value is None:
+                        continue  # a compaction tombstone: nothing to add
+                    name = "promoters" if rec.topic == topics[0] else "exclusions"
+                    event = decode(name, rec.value, now, max_future, settings.max_message_bytes)
+                    if isinstance(event, Promoter):
+                        directory.add(protect(event))  # the directory is made with salt None
+                    elif isinstance(event, Exclusion):
+                        exclusions.add(protect(event))
+            if not directory.ready.is_set():
+                positions = {tp: await consumer.position(tp) for tp in tps}
+                if all(positions[tp] >= end[tp] for tp in tps):
+                    log.info("reference data loaded", extra={"tracking_codes": len(directory),
+                                                              "exclusions": len(exclusions)})
+                    directory.ready.set()
+    finally:
+        await consumer.stop()

@@ -1,0 +1,147 @@
+"""Fraud and exclusion checks: one case per reason code of docs/rules.md, and the status."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import msgspec
+import pytest
+
+from schemas.records import AttributionRec, ClickRef, OrderRec, SignupIdent
+from streams.logic.rules.checks import Evidence, PromoterRef, Signals, is_bot, reasons, status_of
+from streams.logic.rules.ruleset import RuleSet
+
+CLICK_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+DAY = 86_400_000
+CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/124.0.0.0 Safari/537.36")
+PROMOTER = dict(promoter_id="p1", account_id="acc-promoter", realname_id_hash="rn-p", email_hash="em-p",
+                device_id="dev-p", ip_hash="ip-p")
+IDENT = dict(ip_hash="ip-buyer", device_id="dev-buyer", email_hash="em-buyer", email_domain="buyer.example",
+             realname_id_hash="rn-buyer")
+
+
+@dataclass
+class Case:
+    name: str
+    expected: list[str]
+    status: str
+    promoter: dict | None = field(default_factory=dict)  # overrides of PROMOTER; None: nobody owns the code
+    ident: dict = field(default_factory=dict)  # overrides of the signup's IDENT
+    delay_s: float = 3600  # click -> signup
+    ua: str | None = CHROME
+    method: str = "GET"
+    bot: bool = False  # ClickRef.bot set upstream regardless of the user agent
+    product: str = "db-pro"
+    category: str | None = "database"
+    amount: str = "100.00"
+    order_status: str = "paid"
+    exclusion: str | None = None
+    signals: dict = field(default_factory=dict)
+    rules: dict = field(default_factory=dict)
+
+
+def evidence(case: Case, rules: RuleSet) -> Evidence:
+    click = ClickRef("c1", CLICK_TS, "T", ip_hash="ip-visitor",
+                     bot=case.bot or is_bot(case.ua, case.method, rules))
+    signup_ts = CLICK_TS + round(case.delay_s * 1000)
+    signup = AttributionRec("acc-buyer", "s1", signup_ts, "v1", click, True, SignupIdent(**(IDENT | case.ident)))
+    order_ts = signup_ts + DAY
+    order = OrderRec(f"o1-{case.order_status}", order_ts, "o1", "acc-buyer", case.product, Decimal(case.amount),
+                     "USD", case.order_status, category=case.category)
+    promoter = None if case.promoter is None else PromoterRef(**(PROMOTER | case.promoter))
+    return Evidence(promoter, signup, order, case.order_status, case.exclusion, Signals(**case.signals))
+
+
+ORDER_TS = CLICK_TS + 3_600_000 + DAY  # the order time with the default click -> signup delay
+
+CASES = [
+    Case("clean conversion", [], "approved"),
+    # who the promoter is
+    Case("no promoter owns the code", ["unknown_promoter"], "rejected", promoter=None),
+    Case("employee", ["promoter_ineligible"], "rejected", promoter={"is_employee": True}),
+    Case("partner staff", ["promoter_ineligible"], "rejected", promoter={"is_partner_staff": True}),
+    Case("enterprise account", ["promoter_ineligible"], "rejected", promoter={"account_type": "enterprise"}),
+    Case("personal then enterprise later: reversed", ["promoter_became_enterprise"], "reversed",
+         promoter={"enterprise_since": ORDER_TS + 1}),
+    Case("enterprise already and a later enterprise version: only ineligible", ["promoter_ineligible"],
+         "rejected", promoter={"account_type": "enterprise", "enterprise_since": ORDER_TS + DAY}),
+    Case("enterprise_since before the order: ineligible", ["promoter_ineligible"], "rejected",
+         promoter={"enterprise_since": ORDER_TS - 1}),
+    Case("enterprise_since at the order's time: ineligible", ["promoter_ineligible"], "rejected",
+         promoter={"enterprise_since": ORDER_TS}),
+    # exclusions
+    Case("customer of a channel partner", ["customer_owned_by_channel"], "rejected", exclusion="channel_partner"),
+    Case("customer of direct sales", ["customer_owned_by_direct_sales"], "rejected", exclusion="direct_sales"),
+    # self-referral
+    Case("promoter buys on his own account", ["self_referral"], "rejected", promoter={"account_id": "acc-buyer"}),
+    Case("same real-name id", ["self_referral"], "rejected", ident={"realname_id_hash": "rn-p"}),
+    Case("same email", ["self_referral"], "rejected", ident={"email_hash": "em-p"}),
+    Case("same device", ["self_referral"], "rejected", ident={"device_id": "dev-p"}),
+    Case("same IP", ["self_referral"], "rejected", ident={"ip_hash": "ip-p"}),
+    Case("missing identity on both sides is no match", [], "approved",
+         promoter={"realname_id_hash": None, "email_hash": None, "device_id": None, "ip_hash": None,
+                   "account_id": None},
+         ident={"realname_id_hash": None, "email_hash": None, "device_id": None, "ip_hash": None}),
+    # products
+    Case("ineligible product", ["product_ineligible"], "rejected", rules={"ineligible_products": ("db-pro",)}),
+    Case("ineligible category (default marketplace)", ["product_ineligible"], "rejected", category="marketplace"),
+    Case("no category is eligible", [], "approved", category=None),
+    # click -> signup timing
+    Case("signup 9.9 s after the click: injection", ["click_injection"], "rejected", delay_s=9.9),
+    Case("signup 10 s after the click: fine", [], "approved", delay_s=10),
+    Case("injection threshold is a setting", [], "approved", delay_s=9.9, rules={"injection_max_s": 5}),
+    # bots
+    Case("click flagged as bot", ["bot_traffic"], "rejected", bot=True),
+    Case("HEAD request", ["bot_traffic"], "rejected", method="HEAD"),
+    Case("lower-case head request", ["bot_traffic"], "rejected", method="head"),
+    Case("Googlebot", ["bot_traffic"], "rejected",
+         ua="Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"),
+    Case("curl", ["bot_traffic"], "rejected", ua="curl/8.5.0"),
+    Case("headless Chrome", ["bot_traffic"], "rejected", ua=CHROME.replace("Chrome/", "HeadlessChrome/")),
+    Case("no user agent proves nothing", [], "approved", ua=None),
+    # counters
+    Case("21 clicks from one IP in the hour: flooding", ["click_flooding"], "rejected", signals={"flood_ip": 21}),
+    Case("20 clicks from one IP in the hour: fine", [], "approved", signals={"flood_ip": 20, "flood_visitor": 20}),
+    Case("21 clicks from one visitor in the hour: flooding", ["click_flooding"], "rejected",
+         signals={"flood_visitor": 21}),
+    Case("4 signups from one IP in the day: farming", ["signup_farming"], "rejected", signals={"farm_ip": 4}),
+    Case("3 signups from one IP and device in the day: fine", [], "approved", signals={"farm_ip": 3, "farm_device": 3}),
+    Case("4 signups from one device in the day: farming", ["signup_farming"], "rejected",
+         signals={"farm_device": 4}),
+    Case("20 signups, half long after the click: spamming", ["click_spamming"], "held",
+         signals={"spam_signups": 20, "spam_long": 10}),
+    Case("19 signups, all long: too few to judge", [], "approved", signals={"spam_signups": 19, "spam_long": 19}),
+    Case("20 signups, 9 long: under the share", [], "approved", signals={"spam_signups": 20, "spam_long": 9}),
+    Case("spam share is a setting", [], "approved", signals={"spam_signups": 20, "spam_long": 10},
+         rules={"spam_long_share": 0.6}),
+    # amount
+    Case("50 000 is held for review", ["high_value_review"], "held", amount="50000"),
+    Case("just under 50 000", [], "approved", amount="49999.9999"),
+    # order status
+    Case("refunded", ["refunded"], "reversed", order_status="refunded"),
+    Case("chargeback", ["chargeback"], "reversed", order_status="chargeback"),
+    Case("cancelled", ["cancelled"], "reversed", order_status="cancelled"),
+    # several at once: every code is kept, precedence rejected > reversed > held
+    Case("reject + reverse + hold: rejected, all codes",
+         ["unknown_promoter", "bot_traffic", "refunded", "high_value_review"], "rejected",
+         promoter=None, method="HEAD", order_status="refunded", amount="60000"),
+    Case("self-referral by several identities and exclusion",
+         ["customer_owned_by_channel", "self_referral", "click_injection", "signup_farming"], "rejected",
+         ident={"email_hash": "em-p", "device_id": "dev-p"}, exclusion="channel_partner", delay_s=1,
+         signals={"farm_device": 9}),
+    Case("reverse + hold: reversed", ["promoter_became_enterprise", "chargeback", "click_spamming",
+                                      "high_value_review"], "reversed",
+         promoter={"enterprise_since": ORDER_TS + DAY}, order_status="chargeback", amount="50000",
+         signals={"spam_signups": 30, "spam_long": 30}),
+    Case("two holds: held", ["click_spamming", "high_value_review"], "held", amount="1000000",
+         signals={"spam_signups": 20, "spam_long": 20}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_reasons_and_status(case: Case) -> None:
+    rules = msgspec.structs.replace(RuleSet(), **case.rules)
+    ev = evidence(case, rules)
+    got = reasons(ev, rules)
+    assert (got, status_of(got)) == (case.expected, case.status)

@@ -1,0 +1,130 @@
+"""Click -> signup attribution, lateness and finalisation (pure logic)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from schemas.records import ClickRef
+from streams.logic import attribution as attr
+from streams.logic.clock import EventClock
+
+WINDOW = 1_000
+LATENESS = 100
+
+
+def click(eid: str, ts: int, code: str) -> tuple:
+    return ("click", eid, ts, code)
+
+
+def signup(eid: str, ts: int, account: str = "acc") -> tuple:
+    return ("signup", eid, ts, account)
+
+
+@dataclass
+class Case:
+    name: str
+    events: list[tuple]
+    expected: dict[str, str | None]  # account -> tracking code it is finally attributed to
+    model: str = "last_click"
+    late: list[str] = field(default_factory=list)  # event ids reported late
+
+
+def run(case: Case) -> tuple[dict[str, str | None], list[str], list]:
+    """Drive one visitor's join the way streams.agents.joins does: judge lateness, apply, finalise."""
+    rules = attr.AttributionRules(WINDOW, case.model, max_clicks=8)
+    clock = EventClock(("click", "signup"), LATENESS)
+    state = attr.VisitorState()
+    late, emitted = [], []
+    for kind, eid, ts, arg in case.events:
+        is_late = clock.is_late(ts)
+        clock.observe(kind, ts)
+        if is_late and not attr.knows(state, eid):
+            late.append(eid)
+        elif kind == "click":
+            emitted += attr.add_click(state, "v", ClickRef(eid, ts, arg), rules)
+        else:
+            emitted += attr.add_signup(state, arg, "v", eid, ts, rules)
+    emitted += attr.advance(state, "v", 10**9, rules, grace_ms=0)
+    final = {a.account_id: (a.click.tracking_code if a.click else None) for a in emitted if a.final}
+    return final, late, emitted
+
+
+CASES = [
+    Case("in order", [click("c1", 0, "A"), signup("s", 100)], {"acc": "A"}),
+    Case("last click wins", [click("c1", 0, "A"), click("c2", 50, "B"), signup("s", 100)], {"acc": "B"}),
+    Case("first click", [click("c1", 0, "A"), click("c2", 50, "B"), signup("s", 100)], {"acc": "A"},
+         model="first_click"),
+    Case("signup before its click", [signup("s", 100), click("c1", 50, "A")], {"acc": "A"}),
+    Case("window start is inclusive", [click("c1", 0, "A"), signup("s", WINDOW)], {"acc": "A"}),
+    Case("outside the window", [click("c1", 0, "A"), signup("s", WINDOW + 1)], {"acc": None}),
+    Case("click at signup time counts", [click("c1", 100, "A"), signup("s", 100)], {"acc": "A"}),
+    Case("click after signup does not", [signup("s", 100), click("c1", 101, "A")], {"acc": None}),
+    Case("equal times tie-break by event id", [click("c2", 50, "B"), click("c1", 50, "A"), signup("s", 100)],
+         {"acc": "B"}),
+    Case("duplicates absorbed", [click("c1", 0, "A"), click("c1", 0, "A"), signup("s", 100),
+                                  signup("s", 100)], {"acc": "A"}),
+    Case("organic signup", [signup("s", 100)], {"acc": None}),
+    Case("two accounts of one visitor",
+         [click("c1", 0, "A"), signup("s1", 100, "a1"), click("c2", 200, "B"), signup("s2", 300, "a2")],
+         {"a1": "A", "a2": "B"}),
+    Case("click beyond lateness goes to late events",
+         [click("c1", 0, "A"), signup("s", 50), click("c2", 500, "B"), signup("s9", 600, "other"),
+          click("late", 40, "C")],
+         {"acc": "A", "other": "B"}, late=["late"]),
+    Case("out of order within lateness re-attributes",
+         [click("c1", 0, "A"), signup("s", 100), click("c2", 150, "X"), click("c3", 90, "B")],
+         {"acc": "B"}),
+    Case("redelivery of a known event is never late",
+         [click("c1", 0, "A"), signup("s", 50), click("c2", 500, "B"), signup("s9", 600, "o"),
+          click("c1", 0, "A")],
+         {"acc": "A", "o": "B"}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_attribution(case: Case) -> None:
+    final, late, _ = run(case)
+    assert final == case.expected
+    assert late == case.late
+
+
+def test_reattribution_is_emitted_and_finalised_once() -> None:
+    _, _, emitted = run(Case("", [signup("s", 100), click("c1", 50, "A")], {}))
+    assert [(a.click.tracking_code if a.click else None, a.final) for a in emitted] == [
+        (None, False), ("A", False), ("A", True)]
+
+
+def test_flood_keeps_the_clicks_the_model_can_choose() -> None:
+    rules = attr.AttributionRules(WINDOW, "last_click", max_clicks=3)
+    state = attr.VisitorState()
+    for i in range(10):
+        attr.add_click(state, "v", ClickRef(f"c{i}", i, f"T{i}"), rules)
+    assert [c.event_id for c in state.clicks] == ["c7", "c8", "c9"]
+
+
+def test_advance_expires_by_event_time() -> None:
+    rules = attr.AttributionRules(WINDOW, "last_click")
+    state = attr.VisitorState()
+    attr.add_click(state, "v", ClickRef("old", 0, "A"), rules)
+    attr.add_click(state, "v", ClickRef("new", 5_000, "B"), rules)
+    attr.add_signup(state, "acc", "v", "s", 5_001, rules)
+    attr.advance(state, "v", 5_005, rules, grace_ms=10)
+    assert [c.event_id for c in state.clicks] == ["new"]
+    assert state.signups[0].final
+    attr.advance(state, "v", 7_000, rules, grace_ms=10)
+    assert state.empty
+
+
+def test_due_is_the_first_watermark_that_changes_the_state() -> None:
+    rules = attr.AttributionRules(WINDOW, "last_click")
+    state = attr.VisitorState()
+    attr.add_click(state, "v", ClickRef("c", 100, "A"), rules)
+    attr.add_signup(state, "acc", "v", "s", 500, rules)
+    assert attr.due(state, rules, grace_ms=10) == 500  # the open signup finalises first
+    before = attr.VisitorState(list(state.clicks), [attr.OpenSignup(**{f: getattr(s, f) for f in s.__struct_fields__})
+                                                     for s in state.signups])
+    assert attr.advance(state, "v", 500, rules, grace_ms=10) == [] and state == before
+    assert attr.advance(state, "v", 501, rules, grace_ms=10)[0].final
+    assert attr.due(state, rules, grace_ms=10) == 510
+    assert attr.due(attr.VisitorState(), rules, grace_ms=10) is None

@@ -1,0 +1,111 @@
+"""Which promoter owns a tracking code, as of an event time."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from schemas.events import Exclusion, Promoter
+from streams.logic.reference import ExclusionDirectory, PromoterDirectory
+
+
+@dataclass
+class Case:
+    name: str
+    code: str
+    ts: int
+    expected: str | None
+    enterprise_since: int | None = None  # a later enterprise version of the same promoter
+    account_type: str = "personal"
+
+
+def directory() -> PromoterDirectory:
+    d = PromoterDirectory()
+    for eid, ts, pid in [("e2", 200, "bob"), ("e1", 100, "alice"), ("e1", 100, "alice")]:
+        d.add(Promoter(event_id=eid, ts=ts, promoter_id=pid, tracking_code="T"))
+    # E: carol turns enterprise at 300 (and is re-verified at 400); F: the code passes to dan,
+    # an enterprise account, at 200; G: erin is enterprise at 200, then personal again at 300
+    for eid, ts, pid, code, kind in [
+        ("e4", 400, "carol", "E", "enterprise"), ("e3", 300, "carol", "E", "enterprise"),
+        ("e5", 100, "carol", "E", "personal"),
+        ("f1", 100, "frank", "F", "personal"), ("f2", 200, "dan", "F", "enterprise"),
+        ("g1", 100, "erin", "G", "personal"), ("g2", 200, "erin", "G", "enterprise"),
+        ("g3", 300, "erin", "G", "personal"),
+    ]:
+        d.add(Promoter(event_id=eid, ts=ts, promoter_id=pid, tracking_code=code, account_type=kind))
+    return d
+
+
+CASES = [
+    Case("unknown code", "Z", 150, None),
+    Case("first version", "T", 150, "alice"),
+    Case("a later version takes over at its time", "T", 200, "bob"),
+    Case("before the first known version (compacted history)", "T", 50, "alice"),
+    Case("personal, enterprise later: the earliest later enterprise version", "E", 299, "carol", 300),
+    Case("at the enterprise version: enterprise, the next one reported", "E", 300, "carol", 400, "enterprise"),
+    Case("after the enterprise versions", "E", 500, "carol", None, "enterprise"),
+    Case("a later enterprise owner of the code is another promoter", "F", 150, "frank", None),
+    Case("the code's later enterprise owner as of its time", "F", 200, "dan", None, "enterprise"),
+    Case("enterprise in between counts even if personal again later", "G", 150, "erin", 200),
+    Case("personal again: no later enterprise version", "G", 300, "erin", None),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_as_of(case: Case) -> None:
+    ref = directory().as_of(case.code, case.ts)
+    got = (ref.promoter_id, ref.enterprise_since, ref.account_type) if ref else None
+    assert got == ((case.expected, case.enterprise_since, case.account_type) if case.expected else None)
+
+
+def test_duplicates_are_absorbed() -> None:
+    assert len(directory()._versions["T"]) == 2
+
+
+@dataclass
+class ExclusionCase:
+    name: str
+    account_id: str
+    email_domain: str | None
+    ts: int
+    expected: str | None
+
+
+def exclusions() -> ExclusionDirectory:
+    d = ExclusionDirectory()
+    for eid, ts, since, account, domain, owner in [
+        ("x1", 10, 100, "acc-1", None, "channel_partner"),
+        ("x2", 10, 50, None, "BigCorp.Example", "direct_sales"),
+        ("x3", 10, 200, "acc-2", None, "direct_sales"),  # acc-2: channel since 150 wins over this
+        ("x4", 10, 150, "acc-2", None, "channel_partner"),
+        ("x5", 500, None, "acc-3", None, "direct_sales"),  # no since: from its event time
+        ("x6", 10, 300, "acc-4", None, "channel_partner"),  # acc-4 at bigcorp: the domain since 50 wins
+        ("x1", 10, 100, "acc-1", None, "channel_partner"),  # redelivery
+    ]:
+        d.add(Exclusion(event_id=eid, ts=ts, since=since, account_id=account, email_domain=domain, owner=owner))
+    return d
+
+
+EXCLUSIONS = [
+    ExclusionCase("account excluded since the order's time", "acc-1", None, 100, "channel_partner"),
+    ExclusionCase("account exclusion in the order's future", "acc-1", None, 99, None),
+    ExclusionCase("another account", "acc-9", "other.example", 1000, None),
+    ExclusionCase("email domain, case-insensitive", "acc-9", "bigcorp.EXAMPLE", 60, "direct_sales"),
+    ExclusionCase("email domain exclusion in the order's future", "acc-9", "bigcorp.example", 49, None),
+    ExclusionCase("earliest owner wins", "acc-2", None, 250, "channel_partner"),
+    ExclusionCase("only the owner in force at the order's time", "acc-2", None, 199, "channel_partner"),
+    ExclusionCase("before both exclusions", "acc-2", None, 149, None),
+    ExclusionCase("without since: from the event time", "acc-3", None, 500, "direct_sales"),
+    ExclusionCase("without since, before the event time", "acc-3", None, 499, None),
+    ExclusionCase("domain exclusion earlier than the account's", "acc-4", "bigcorp.example", 400, "direct_sales"),
+    ExclusionCase("account exclusion alone when the domain is unknown", "acc-4", None, 400, "channel_partner"),
+]
+
+
+@pytest.mark.parametrize("case", EXCLUSIONS, ids=lambda c: c.name)
+def test_exclusion_owner(case: ExclusionCase) -> None:
+    assert exclusions().owner(case.account_id, case.email_domain, case.ts) == case.expected
+
+
+def test_exclusion_redelivery_is_absorbed() -> None:
+    assert len(exclusions()._by_key["a:acc-1"]) == 1

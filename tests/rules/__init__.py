@@ -1,1 +1,0 @@
-"""Unit tests of the rule engine: checks, commission, rule sets, decisions (pure logic)."""

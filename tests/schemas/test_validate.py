@@ -1,0 +1,197 @@
+"""The input contract: what is accepted, normalised, or dead-lettered with which reason."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+
+from schemas.validate import Invalid, decode
+
+NOW = 1_790_000_000_000
+HOUR = 3_600_000
+CLICK = {"event_id": "e1", "ts": NOW - 1000, "tracking_code": "T-1", "visitor_id": "v1"}
+ORDER = {"event_id": "o1-paid", "ts": NOW - 1000, "order_id": "o1", "account_id": "a1", "product": "db",
+         "amount": 12.5, "currency": "USD", "status": "paid"}
+
+
+@dataclass
+class Case:
+    name: str
+    topic: str
+    value: bytes
+    expect: str | dict  # a substring of the Invalid reason, or fields of the valid event
+
+
+def j(base: dict, **changes) -> bytes:
+    out = {**base, **changes}
+    return json.dumps({k: v for k, v in out.items() if v is not ...}).encode()
+
+
+CASES = [
+    Case("valid click", "clicks", j(CLICK), {"ts": NOW - 1000, "method": "GET"}),
+    Case("ISO-8601 ts with zone", "clicks", j(CLICK, ts="2026-09-21T14:13:20Z"), {"ts": 1790000000000}),
+    Case("ISO-8601 ts with offset", "clicks", j(CLICK, ts="2026-09-21T16:13:20+02:00"), {"ts": 1790000000000}),
+    Case("ISO-8601 without zone", "clicks", j(CLICK, ts="2026-09-21T14:13:20"), "no timezone"),
+    Case("epoch seconds", "clicks", j(CLICK, ts=1_790_000_000), "epoch seconds"),
+    Case("far future", "clicks", j(CLICK, ts=NOW + 2 * HOUR), "in the future"),
+    Case("not JSON", "clicks", b"{nope", "not valid JSON"),
+    Case("empty value", "clicks", b"", "empty message"),
+    Case("missing field", "clicks", j(CLICK, visitor_id=...), "visitor_id"),
+    Case("empty id", "clicks", j(CLICK, visitor_id=""), "visitor_id must be 1 to 128 printable"),
+    Case("mistyped amount", "orders", j(ORDER, amount="lots"), "amount"),
+    Case("money is exact", "orders", j(ORDER, amount=0.1), {"amount": Decimal("0.1")}),
+    Case("negative amount", "orders", j(ORDER, amount=-1), "no sign"),
+    Case("bad currency", "orders", j(ORDER, currency="usd"), "ISO-4217"),
+    Case("amount too large for storage", "orders", j(ORDER, amount=1e15), "below"),
+    Case("sub-cent precision beyond 4 places", "orders", j(ORDER, amount=1.00001), "4 decimal places"),
+    Case("trailing zeros are fine", "orders", j(ORDER, amount="1.000000"), {"amount": Decimal("1")}),
+    Case("unknown status", "orders", j(ORDER, status="shipped"), "status"),
+    Case("extra fields are ignored", "orders", j(ORDER, coupon="X"), {"order_id": "o1"}),
+    Case("exclusion needs a subject", "exclusions",
+         j({"event_id": "x", "ts": NOW, "owner": "direct_sales"}), "account_id or email_domain"),
+    # defect 12 of issue 11: as strict as docs/events.md
+    Case("Arabic-Indic digits", "orders", j(ORDER, amount="\u0661\u0660"), "plain decimal"),
+    Case("underscore in an amount", "orders", j(ORDER, amount="1_000"), "plain decimal"),
+    Case("spaces around an amount", "orders", j(ORDER, amount=" 10 "), "plain decimal"),
+    Case("exponent in an amount", "orders", j(ORDER).replace(b"12.5", b"1e3"), "plain decimal"),
+    Case("exponent in an amount string", "orders", j(ORDER, amount="1e3"), "plain decimal"),
+    Case("NaN amount", "orders", j(ORDER, amount="NaN"), "plain decimal"),
+    Case("signed discount", "orders", j(ORDER, discount="+1"), "discount must be a plain decimal"),
+    Case("amount as a string", "orders", j(ORDER, amount="19.90", discount="0.10"),
+         {"amount": Decimal("19.90"), "discount": Decimal("0.10")}),
+    Case("currency with a newline", "orders", j(ORDER, currency="USD\n"), "ISO-4217"),
+    Case("ISO ts in year 1", "clicks", j(CLICK, ts="0001-01-01T00:00:00Z"), "before 1973"),
+    Case("ISO ts in 1900", "clicks", j(CLICK, ts="1900-01-01T00:00:00Z"), "before 1973"),
+    Case("negative int ts", "clicks", j(CLICK, ts=-5), "before 1973"),
+    Case("ts beyond any range", "clicks", j(CLICK, ts=2**70), "in the future"),
+    Case("earliest accepted ts", "clicks", j(CLICK, ts="1973-03-03T09:46:40Z"), {"ts": 100_000_000_000}),
+    Case("ms truncated, not rounded through a float", "clicks", j(CLICK, ts="2026-09-21T14:13:20.1239Z"),
+         {"ts": 1790000000123}),
+    Case("a 1990s click is valid history", "clicks", j(CLICK, ts="1995-07-01T00:00:00Z"), {"ts": 804556800000}),
+    Case("far-future joined_at", "promoters",
+         j({"event_id": "p", "ts": NOW, "promoter_id": "p1", "tracking_code": "T", "joined_at": 99 * 10**21}),
+         "joined_at"),
+    Case("far-future since", "exclusions",
+         j({"event_id": "x", "ts": NOW, "account_id": "a", "owner": "direct_sales", "since": 2**63}), "since"),
+    Case("empty product", "orders", j(ORDER, product=""), "product must be"),
+    Case("id with a bidi override", "clicks", j(CLICK, tracking_code="T-\u202e1"), "tracking_code must be"),
+    Case("id of 129 characters", "clicks", j(CLICK, visitor_id="v" * 129), "visitor_id must be"),
+    Case("id of 128 characters", "clicks", j(CLICK, visitor_id="v" * 128), {"visitor_id": "v" * 128}),
+    Case("unicode id", "clicks", j(CLICK, visitor_id="访客-1"), {"visitor_id": "访客-1"}),
+    Case("empty optional id is absent", "clicks", j(CLICK, campaign=""), {"campaign": None}),
+    Case("optional id with a newline", "clicks", j(CLICK, campaign="c\n1"), "campaign must be"),
+    Case("odd method", "clicks", j(CLICK, method="G E T"), "HTTP method"),
+    # defect 8: e-mails only as a domain or a hash
+    Case("e-mail address as email_domain", "signups",
+         j({"event_id": "s", "ts": NOW, "account_id": "a", "visitor_id": "v", "email_domain": "dave@example.com"}),
+         "email_domain must be a domain"),
+    Case("clear address as email_hash", "signups",
+         j({"event_id": "s", "ts": NOW, "account_id": "a", "visitor_id": "v", "email_hash": "dave@example.com"}),
+         "email_hash must be a hash"),
+    Case("clear id as realname_id_hash", "promoters",
+         j({"event_id": "p", "ts": NOW, "promoter_id": "p1", "tracking_code": "T", "realname_id_hash": "110101199003077777"}),
+         "realname_id_hash must be a hash"),
+    Case("e-mail in an exclusion's domain", "exclusions",
+         j({"event_id": "x", "ts": NOW, "email_domain": "ceo@bigcorp.com", "owner": "direct_sales"}), "email_domain"),
+    Case("domain and hash accepted", "signups",
+         j({"event_id": "s", "ts": NOW, "account_id": "a", "visitor_id": "v", "email_domain": "mail.example.co.uk",
+            "email_hash": "ab" * 32}), {"email_domain": "mail.example.co.uk", "email_hash": "ab" * 32}),
+    Case("IDN domain accepted", "signups",
+         j({"event_id": "s", "ts": NOW, "account_id": "a", "visitor_id": "v", "email_domain": "例え.jp"}),
+         {"email_domain": "例え.jp"}),
+    # defect 1 and bounded input
+    Case("deep nesting", "clicks", b'{"a":' * 1000 + b"1" + b"}" * 1000, "nested too deeply"),
+    Case("deep nesting in an unknown field", "promoters",
+         b'{"event_id":"p","x":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+    Case("too large", "clicks", b" " * 70_000, "message too large: 70,000 bytes"),
+    Case("huge level", "promoters",
+         j({"event_id": "p", "ts": NOW, "promoter_id": "p1", "tracking_code": "T", "level": 2**80}), "level"),
+    Case("promoter", "promoters",
+         j({"event_id": "p", "ts": NOW, "promoter_id": "p1", "tracking_code": "T", "level": 3,
+            "joined_at": "2026-01-01T00:00:00Z"}), {"level": 3, "joined_at": 1767225600000}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_decode(case: Case) -> None:
+    result = decode(case.topic, case.value, NOW, HOUR)
+    if isinstance(case.expect, str):
+        assert isinstance(result, Invalid), result
+        assert case.expect in result.reason
+    else:
+        assert not isinstance(result, Invalid), result
+        for field, value in case.expect.items():
+            assert getattr(result, field) == value
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from schemas.records import ClickRec, MAX_BATCH_BYTES, batch_decoder, encode_batches  # noqa: E402
+from schemas.validate import MAX_MESSAGE_BYTES  # noqa: E402
+
+TOPICS = ["clicks", "signups", "orders", "promoters", "exclusions"]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=30,
+)
+FIELDS = ["event_id", "ts", "tracking_code", "visitor_id", "account_id", "order_id", "product", "amount",
+          "currency", "status", "discount", "promoter_id", "level", "joined_at", "owner", "since",
+          "email_domain", "email_hash", "method", "ip"]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(TOPICS), st.binary(max_size=2048))
+def test_arbitrary_bytes_never_raise(topic: str, raw: bytes) -> None:
+    result = decode(topic, raw, NOW, HOUR)
+    assert isinstance(result, Invalid) or result.event_id
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(TOPICS), st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=12))
+def test_arbitrary_json_never_raises(topic: str, doc: dict) -> None:
+    raw = json.dumps(doc, allow_nan=True).encode()
+    result = decode(topic, raw, NOW, HOUR)
+    if not isinstance(result, Invalid):  # a valid event has its timestamps in range, ids in grammar
+        assert 100_000_000_000 <= result.ts <= NOW + HOUR
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(min_value=1, max_value=40), st.integers(min_value=0, max_value=20_000))
+def test_join_batches_fit_the_message_limit(n: int, url_len: int) -> None:
+    """However many records of whatever size (each within the input limit) one fetch gives a
+    partition, every join-topic message stays under MAX_BATCH_BYTES, in order, clocks last."""
+    recs = [ClickRec(f"e{i}", NOW, "v", "T", url="u" * min(url_len, MAX_MESSAGE_BYTES), src=f"clicks/0/{i}")
+            for i in range(n * 10)]
+    clocks = {"clicks/0": NOW}
+    messages = encode_batches(recs, clocks)
+    assert all(len(m) <= MAX_BATCH_BYTES for m in messages)
+    batches = [batch_decoder.decode(m) for m in messages]
+    assert [r.event_id for b in batches for r in b.records] == [r.event_id for r in recs]
+    assert batches[-1].clocks == clocks and all(not b.clocks for b in batches[:-1])
+
+
+printable_ids = st.text(st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")),
+                        min_size=1, max_size=128).filter(lambda s: s.isprintable())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(printable_ids, printable_ids, st.text(max_size=3000), st.text(max_size=3000), st.text(max_size=200))
+def test_a_valid_input_record_is_no_larger_than_its_message(event_id: str, visitor: str, url: str, ua: str,
+                                                            ip: str) -> None:
+    """Records in the join topics are bounded by the input size limit: a record is never
+    larger than the message it came from plus its source offset and a hashed IP."""
+    from schemas.records import batch_encoder
+    from streams.logic.privacy import Pseudonyms
+    from streams.agents.router import to_record
+
+    raw = json.dumps({"event_id": event_id, "ts": NOW, "tracking_code": "T", "visitor_id": visitor,
+                      "url": url, "user_agent": ua, "ip": ip}).encode()
+    event = decode("clicks", raw, NOW, HOUR)
+    assert not isinstance(event, Invalid), event
+    src = "a-long-topic-prefix-clicks/11/123456789012"
+    rec = to_record(Pseudonyms(b"s").apply(event), src)
+    assert len(batch_encoder.encode(rec)) <= len(raw) + len(src) + 64
