@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench clean redis promtool chromium
+.PHONY: venv demo test lint bench clean redis promtool chromium
 
 venv: $(STAMP)
 
@@ -34,8 +34,13 @@ redis: venv
 		exit 1; \
 	fi
 
-test: venv redis promtool chromium
+test: lint redis promtool chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# ruff (lint, import order) and mypy (strict on streams/logic and schemas): seconds, before the tests
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # promtool checks and unit-tests deploy/prometheus, amtool checks deploy/alertmanager
 # (Debian's prometheus 2.42 and prometheus-alertmanager packages).

@@ -40,12 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.dev import stack
-from streams.config import Settings
-from streams.dev.generate import produce
 from streams.adapters.signals import drop_namespace
-from streams.topology import INPUT_TOPICS, OUTPUT_TOPICS, ensure_topics_sync
-from streams.dev.traffic import REFERENCE_TOPICS, TRAFFIC_TOPICS, Traffic, TrafficSpec, generate
+from streams.config import Settings
+from streams.dev import stack
+from streams.dev.demo import only, to_env
+from streams.dev.generate import produce
+from streams.dev.traffic import Traffic, TrafficSpec, generate
+from streams.topology import INPUT_TOPICS, OUTPUT_TOPICS, RAW_TOPICS, REFERENCE_TOPICS, Topology, ensure_topics_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_EVENTS_PER_S = 5_000
@@ -89,19 +90,12 @@ def peak_rss_mib(pid: int) -> float | None:
 # Traffic --------------------------------------------------------------------------------
 
 
-def only(traffic: Traffic, topics: tuple[str, ...]) -> Traffic:
-    """The messages of `traffic` on `topics`, in delivery order (what `produce` sends)."""
-    keep = [i for i, m in enumerate(traffic.messages) if m[0] in topics]
-    return dataclasses.replace(traffic, messages=[traffic.messages[i] for i in keep],
-                               deliver_at=[traffic.deliver_at[i] for i in keep])
-
-
 def preload(settings: Settings, traffic: Traffic) -> None:
     """Reference data first (the joins need promoters), then all traffic, before any consumer."""
     ensure_topics_sync(settings, INPUT_TOPICS + OUTPUT_TOPICS, settings.partitions)
     asyncio.run(produce(settings, only(traffic, REFERENCE_TOPICS), progress=False))
     started = time.monotonic()
-    asyncio.run(produce(settings, only(traffic, TRAFFIC_TOPICS), progress=True))
+    asyncio.run(produce(settings, only(traffic, RAW_TOPICS), progress=True))
     say(f"pre-loaded the backlog in {time.monotonic() - started:.1f} s")
 
 
@@ -128,7 +122,7 @@ async def drain(settings: Settings, expected: int, decode: bool, timeout: float)
     await consumer.start()
     try:
         await consumer.topics()  # metadata, so partitions_for_topic knows the topics
-        tps = [TopicPartition(settings.topic(t), p) for t in TRAFFIC_TOPICS
+        tps = [TopicPartition(settings.topic(t), p) for t in RAW_TOPICS
                for p in sorted(consumer.partitions_for_topic(settings.topic(t)) or ())]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -181,12 +175,6 @@ class Run:
         return self.events / self.seconds
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    """REFSTREAM_* variables reproducing `settings` in the worker process."""
-    return {f"REFSTREAM_{f.name.upper()}": str(getattr(settings, f.name))
-            for f in dataclasses.fields(settings)}
-
-
 def http_get(port: int, path: str) -> bytes | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
@@ -209,16 +197,9 @@ def events_in(port: int, topics: set[str]) -> int | None:
     return int(total)
 
 
-#: topics each role's consumer group reads
-GROUP_TOPICS = {
-    "stream": TRAFFIC_TOPICS + ("visitor-join", "account-join"),
-    "sink": REFERENCE_TOPICS + ("visitor-join", "account-join", "conversions", "late-events", "dead-letters"),
-}
-
-
 async def group_offsets(settings: Settings) -> tuple[dict[Any, int], dict[Any, int]]:
     """End offsets and committed offsets of the stream and the sink group, on every topic
-    each reads (keys: (role, TopicPartition)).
+    each reads (keys: (group, TopicPartition)).
 
     A group-less look: these consumers never subscribe, so they do not join the workers'
     groups (Tansu does not answer the admin client's OffsetFetch, the consumer's works)."""
@@ -226,8 +207,7 @@ async def group_offsets(settings: Settings) -> tuple[dict[Any, int], dict[Any, i
 
     ends: dict[Any, int] = {}
     committed: dict[Any, int] = {}
-    for role, topics in GROUP_TOPICS.items():
-        group = dataclasses.replace(settings, role=role).group_id
+    for group, topics in Topology(settings).groups(("stream", "sink")).items():
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=group,
                                     enable_auto_commit=False)
         await consumer.start()
@@ -235,8 +215,8 @@ async def group_offsets(settings: Settings) -> tuple[dict[Any, int], dict[Any, i
             await consumer.topics()
             tps = [TopicPartition(settings.topic(t), p) for t in topics
                    for p in sorted(consumer.partitions_for_topic(settings.topic(t)) or ())]
-            ends.update({(role, tp): n for tp, n in (await consumer.end_offsets(tps)).items()})
-            committed.update({(role, tp): await consumer.committed(tp) or 0 for tp in tps})
+            ends.update({(group, tp): n for tp, n in (await consumer.end_offsets(tps)).items()})
+            committed.update({(group, tp): await consumer.committed(tp) or 0 for tp in tps})
         finally:
             await consumer.stop()
     return ends, committed
@@ -267,7 +247,7 @@ class Drained:
 
 def spawn(settings: Settings, role: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     """One `refstream worker` of `role` serving its web pages on `port`."""
-    env = {**os.environ, **worker_env(dataclasses.replace(settings, role=role, web_port=port))}
+    env = {**os.environ, **to_env(dataclasses.replace(settings, role=role, web_port=port))}
     with log_path.open("w") as log:
         return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
@@ -284,12 +264,12 @@ def measure(settings: Settings, traffic: Traffic, workdir: Path, workers: int, b
     """Run `workers` stream workers and one sink over the pre-loaded backlog and time them
     (see the module docstring)."""
     counts = traffic.counts
-    total = sum(counts.messages[t] for t in TRAFFIC_TOPICS)
+    total = sum(counts.messages[t] for t in RAW_TOPICS)
     # the sink writes every valid message (duplicates and late ones too); malformed ones are dead letters
-    valid = total - sum(counts.malformed[t] for t in TRAFFIC_TOPICS)
+    valid = total - sum(counts.malformed[t] for t in RAW_TOPICS)
     malformed = sum(counts.malformed.values())
     promoters = len(traffic.truth.promoters)
-    raw_topics = {settings.topic(t) for t in TRAFFIC_TOPICS}
+    raw_topics = {settings.topic(t) for t in RAW_TOPICS}
     sink_port = settings.web_port
     ports = [stack.free_port() for _ in range(workers)]
     say(f"starting {workers} stream worker(s) and a sink (logs in {workdir}, "
@@ -327,7 +307,7 @@ def measure(settings: Settings, traffic: Traffic, workdir: Path, workers: int, b
             if body and health.get("sink", {}).get("rows_written", {}) != rows:
                 rows, last_change = health["sink"]["rows_written"], now
                 cpu_end, broker_end = total_cpu(pids), cpu_seconds(broker_pid)
-            written = sum(rows.get(t, 0) for t in TRAFFIC_TOPICS)
+            written = sum(rows.get(t, 0) for t in RAW_TOPICS)
             # all input written, no output change for settle_s (the joins can stall for longer
             # than that while Faust drains its producer buffer: the group offsets decide)
             if (written >= valid and rows.get("dead_letters", 0) >= malformed and first is not None
@@ -422,9 +402,9 @@ def run_lines(run: Run) -> list[tuple[str, str]]:
 
 def report(args: argparse.Namespace, traffic: Traffic, raw: Drain, decoded: Drain, runs: list[Run]) -> str:
     c = traffic.counts
-    total = sum(c.messages[t] for t in TRAFFIC_TOPICS)
+    total = sum(c.messages[t] for t in RAW_TOPICS)
     lines: list[tuple[str, str]] = [
-        ("traffic messages", f"{total:,} ({', '.join(f'{t} {c.messages[t]:,}' for t in TRAFFIC_TOPICS)}; "
+        ("traffic messages", f"{total:,} ({', '.join(f'{t} {c.messages[t]:,}' for t in RAW_TOPICS)}; "
                              f"{sum(c.duplicates.values()):,} duplicates, {sum(c.late.values()):,} late, "
                              f"{sum(c.malformed.values()):,} malformed; {raw.bytes / 2**20:.1f} MiB)"),
         ("baseline, raw consume", f"{raw.rate:,.0f} msg/s (best of {args.baseline_runs}, no decoding)"),
@@ -500,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         traffic = generate(TrafficSpec(seed=args.seed, visitors=args.visitors, malformed=args.malformed,
                                        end_ms=time.time_ns() // 1_000_000,
                                        allowed_lateness_ms=base.lateness_ms))
-        expected = sum(traffic.counts.messages[t] for t in TRAFFIC_TOPICS)
+        expected = sum(traffic.counts.messages[t] for t in RAW_TOPICS)
         say(f"generated {len(traffic.messages):,} messages in {time.monotonic() - started:.1f} s")
         runs: list[Run] = []
         for i, workers in enumerate(args.workers):

@@ -31,9 +31,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from streams.logic.spike import HOUR_MS, Alert, Obs, SpikeDetector, SpikeRules
+from schemas.units import DAY_MS, HOUR_MS
+from streams.logic.spike import Alert, Obs, SpikeDetector, SpikeRules
 
-DAY_MS = 24 * HOUR_MS
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 BANDS = [0.5, 2, 10, 50, math.inf]  # normal rate at the spike, events per bucket
 

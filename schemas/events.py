@@ -7,11 +7,18 @@ which is both stricter and much faster than `json.loads` plus hand-written check
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal, Union
+from typing import Literal
 
 import msgspec
 
-Timestamp = Union[int, str]  # epoch millis, or ISO-8601 with a timezone; normalised to int
+Timestamp = int | str  # epoch millis, or ISO-8601 with a timezone; normalised to int
+
+
+def millis(value: Timestamp | None) -> int:
+    """A timestamp field of an event `schemas.validate.decode` returned: always epoch ms then."""
+    if not isinstance(value, int):
+        raise TypeError(f"timestamp {value!r} is not normalised: decode the event with schemas.validate first")
+    return value
 
 
 class _Event(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -84,10 +91,10 @@ class Exclusion(_Event, kw_only=True):
     since: Timestamp | None = None
 
 
-Event = Union[Click, Signup, Order, Promoter, Exclusion]
+Event = Click | Signup | Order | Promoter | Exclusion
 
 #: input topic name (before the prefix) -> model
-MODELS: dict[str, type[_Event]] = {
+MODELS: dict[str, type[Event]] = {
     "clicks": Click,
     "signups": Signup,
     "orders": Order,

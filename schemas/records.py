@@ -8,7 +8,6 @@ here (IPs) or reduced (emails to a domain / hash) by the router.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Union
 
 import msgspec
 
@@ -97,7 +96,7 @@ class AttributionRec(msgspec.Struct, tag="a", array_like=True):
     ident: SignupIdent | None = None
 
 
-JoinRecord = Union[ClickRec, SignupRec, OrderRec, AttributionRec]
+JoinRecord = ClickRec | SignupRec | OrderRec | AttributionRec
 
 
 class Batch(msgspec.Struct, array_like=True):

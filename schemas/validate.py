@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +18,8 @@ import msgspec
 
 from schemas.events import MODELS, Click, Event, Exclusion, Order, Promoter, Signup
 
-_decoders = {topic: msgspec.json.Decoder(model) for topic, model in MODELS.items()}
+_decoders: dict[str, msgspec.json.Decoder[Event]] = {
+    topic: msgspec.json.Decoder(model) for topic, model in MODELS.items()}
 
 #: ids (event_id, visitor_id, promoter_id, tracking_code, ...): 1 to MAX_ID_LEN characters
 MAX_ID_LEN = 128
@@ -31,7 +32,7 @@ _MONEY_STEP = Decimal("0.0001")
 #: [MIN_TS_MS, now + REFSTREAM_MAX_FUTURE_S]. Below 1e11 an int is almost certainly epoch
 #: *seconds*, so 1973-03-03T09:46:40Z is the earliest time the contract accepts.
 MIN_TS_MS = 100_000_000_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
@@ -201,7 +202,7 @@ def decode(topic: str, raw: bytes | None, now_ms: int, max_future_ms: int,
         return Invalid(f"message too large: {len(raw):,} bytes, the limit is {max_bytes:,} "
                        f"(REFSTREAM_MAX_MESSAGE_BYTES)")
     try:
-        event = decoder.decode(raw)
+        event: Event = decoder.decode(raw)
     except msgspec.ValidationError as exc:
         return Invalid(f"invalid {topic[:-1]}: {exc}")
     except msgspec.DecodeError as exc:

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import DataError, Error, OperationalError, ProgrammingError
 
+from schemas.units import DAY_MS
 from sinks.rows import Record, Versioned, rows_for
 from sinks.tables import TABLES, Table
 
@@ -97,6 +98,12 @@ def connect(dsn: str, **kwargs: Any) -> Any:
             raise DsnError(f"ClickHouse URL {redact(dsn)!r} has no host: use {DSN_FORMS}")
         return clickhouse_connect.get_client(dsn=dsn, **kwargs)
     raise DsnError(f"unsupported ClickHouse DSN scheme {scheme!r} in {redact(dsn)!r}: use {DSN_FORMS}")
+
+
+def rows_as_dicts(result: Any) -> list[dict[str, Any]]:
+    """The rows of a clickhouse-connect query result as {column: value} dicts."""
+    names = result.column_names
+    return [dict(zip(names, row)) for row in result.result_rows]
 
 
 OnBatch = Callable[[str, int, float], None]  # table, rows, seconds
@@ -198,7 +205,6 @@ class Refused:
 
 
 _PARTITION_MONTH = re.compile(r"^toYYYYMM\((\w+)\)$")
-_DAY_MS = 86_400_000
 _EPOCH = date(1970, 1, 1)
 
 
@@ -219,7 +225,7 @@ def partition_chunks(table: Table, rows: list[tuple], limit: int = PARTITIONS_PE
     for i, row in enumerate(rows):
         ts = row[column]
         if isinstance(ts, int):
-            day = ts // _DAY_MS
+            day = ts // DAY_MS
             month = day_month.get(day)
             if month is None:
                 try:

@@ -5,8 +5,11 @@ Timestamps come back as epoch-millisecond ints, like in the records.
 """
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
+
+from sinks.clickhouse import rows_as_dicts
 
 #: DateTime64 columns are read as their raw ticks (epoch ms for DateTime64(3))
 _INT_TIMES = {"DateTime64": "int"}
@@ -57,7 +60,7 @@ def promoter_summary(client: Any, *, status: str = "approved") -> list[dict]:
     this promoter through this code), commission (commission + bonus of those), and how many
     of the code's conversions are held, rejected and reversed."""
     result = client.query(PROMOTER_SUMMARY_SQL, parameters={"status": status})
-    rows = [dict(zip(result.column_names, r)) for r in result.result_rows]
+    rows = rows_as_dicts(result)
     for row in rows:
         for key in COUNT_COLUMNS:
             row[key] = int(row[key])
@@ -74,8 +77,7 @@ def conversions_for(client: Any, order_ids: list[str] | None = None) -> list[dic
     else:
         sql = "SELECT * FROM conversions_current WHERE order_id IN {ids:Array(String)} ORDER BY order_id"
         params = {"ids": list(order_ids)}
-    result = client.query(sql, parameters=params, query_formats=_INT_TIMES)
-    return [dict(zip(result.column_names, r)) for r in result.result_rows]
+    return rows_as_dicts(client.query(sql, parameters=params, query_formats=_INT_TIMES))
 
 
 #: name -> what is counted; FINAL shows rows as deduplicated by their natural key.
@@ -95,8 +97,8 @@ SELECT
 
 def counts(client: Any) -> dict[str, int]:
     """Distinct rows per table / view."""
-    result = client.query(COUNTS_SQL)
-    return {name: int(v) for name, v in zip(result.column_names, result.result_rows[0])}
+    [row] = rows_as_dicts(client.query(COUNTS_SQL))
+    return {name: int(v) for name, v in row.items()}
 
 
 COUNT_COLUMNS = ("clicks", "signups", "orders", "held", "rejected", "reversed")
@@ -105,38 +107,16 @@ SUMMARY_COLUMNS = ("promoter_id", "tracking_code", "clicks", "signups", "orders"
                    "held", "rejected", "reversed")
 
 
-def format_summary(rows: list[dict]) -> str:
+def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     """`promoter_summary` rows as a fixed-width text table with a totals line."""
     if not rows:
         return "(no promoters)"
-    numeric = set(COUNT_COLUMNS + MONEY_COLUMNS)
-
-    def cell(key: str, value: Any) -> str:
-        if key in MONEY_COLUMNS:
-            d = Decimal(value)
-            return f"{d:,.2f}" if d == d.quantize(Decimal("0.01")) else f"{d:,.4f}"
-        if key in numeric:
-            return f"{int(value):,}"
-        return str(value)
-
-    totals = {
-        "promoter_id": "TOTAL",
-        "tracking_code": "",
-        **{k: sum((Decimal(r[k]) if k in MONEY_COLUMNS else int(r[k]) for r in rows),
-                  Decimal(0) if k in MONEY_COLUMNS else 0)
-           for k in numeric},
-    }
-    body = [[cell(k, r[k]) for k in SUMMARY_COLUMNS] for r in rows]
-    foot = [cell(k, totals[k]) for k in SUMMARY_COLUMNS]
-    widths = [max(len(k), *(len(line[i]) for line in body + [foot])) for i, k in enumerate(SUMMARY_COLUMNS)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if k in numeric else c.ljust(w) for k, c, w in zip(SUMMARY_COLUMNS, cells, widths)
-        ).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(list(SUMMARY_COLUMNS)), rule, *map(line, body), rule, line(foot)])
+    rows = [{**r, **{k: int(r[k]) for k in COUNT_COLUMNS}, **{k: Decimal(r[k]) for k in MONEY_COLUMNS}}
+            for r in rows]
+    totals: dict[str, Any] = {"promoter_id": "TOTAL", "tracking_code": "",
+                              **{k: sum(r[k] for r in rows) for k in COUNT_COLUMNS},
+                              **{k: sum((r[k] for r in rows), Decimal(0)) for k in MONEY_COLUMNS}}
+    return format_table(SUMMARY_COLUMNS, rows, frozenset(COUNT_COLUMNS + MONEY_COLUMNS), footer=totals)
 
 
 STATEMENT_SQL = """
@@ -161,20 +141,29 @@ def statement(client: Any, promoter: str, month: str) -> tuple[list[dict], list[
     params = {"promoter": promoter, "month": f"{month}-01"}
     lines = client.query(STATEMENT_SQL, parameters=params)
     orders = client.query(STATEMENT_ORDERS_SQL, parameters=params, query_formats=_INT_TIMES)
-    return ([dict(zip(lines.column_names, r)) for r in lines.result_rows],
-            [dict(zip(orders.column_names, r)) for r in orders.result_rows])
+    return rows_as_dicts(lines), rows_as_dicts(orders)
 
 
-def format_table(columns: tuple[str, ...], rows: list[dict], numeric: frozenset[str] = frozenset()) -> str:
-    """Rows as a fixed-width text table; `numeric` columns are right-aligned."""
+def format_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]],
+                 numeric: Collection[str] = frozenset(), *, footer: Mapping[str, Any] | None = None,
+                 rule: bool = True) -> str:
+    """Rows as a fixed-width text table: the header, a dashed rule (unless `rule` is False),
+    the rows, then `footer` (e.g. totals) under a second rule. `numeric` columns are
+    right-aligned; ints get thousands separators, Decimals 2 decimals (4 when they have more)."""
     body = [[_cell(r[k]) for k in columns] for r in rows]
-    widths = [max(len(k), *(len(line[i]) for line in body)) if body else len(k) for i, k in enumerate(columns)]
+    foot = [_cell(footer[k]) for k in columns] if footer is not None else None
+    widths = [max([len(k), *(len(line[i]) for line in body + ([foot] if foot else []))])
+              for i, k in enumerate(columns)]
 
-    def line(cells: list[str]) -> str:
+    def line(cells: Sequence[str]) -> str:
         return "  ".join(c.rjust(w) if k in numeric else c.ljust(w)
                          for k, c, w in zip(columns, cells, widths)).rstrip()
 
-    return "\n".join([line(list(columns)), "  ".join("-" * w for w in widths), *map(line, body)])
+    dashes = ["  ".join("-" * w for w in widths)] if rule else []
+    lines = [line(columns), *dashes, *map(line, body)]
+    if foot is not None:
+        lines += [*dashes, line(foot)]
+    return "\n".join(lines)
 
 
 def _cell(value: Any) -> str:

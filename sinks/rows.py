@@ -16,7 +16,7 @@ decision replaces an older one.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Union
+from typing import Any
 
 from schemas.events import Exclusion, Promoter
 from schemas.records import (
@@ -31,7 +31,7 @@ from schemas.records import (
 
 Row = tuple
 Rows = dict[str, list[Row]]
-Record = Union[ClickRec, SignupRec, OrderRec, Conversion, LateEvent, DeadLetter, Promoter, Exclusion]
+Record = ClickRec | SignupRec | OrderRec | Conversion | LateEvent | DeadLetter | Promoter | Exclusion
 Versioned = tuple[int, AttributionRec]
 
 

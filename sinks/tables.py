@@ -198,43 +198,20 @@ TABLES: dict[str, Table] = {
               DEAD_LETTERS)
 }
 
-_TURNED = "e.enterprise_since > c.order_ts AND c.status != 'rejected'"  # personal at order time, enterprise later
-_SPAM = "sc.spam_code != ''"
-
-
-def spam_codes_sql(min_signups: int = 20, long_share: float = 0.5, long_delay_ms: int = 86_400_000) -> str:
-    """Tracking codes whose click -> signup delays are flat and spread out (click spamming,
-    docs/rules.md). Thresholds come from the rule book; the worker re-creates the view
-    with its own at start-up. Numbers only (typed here), never text from outside."""
-    return f"""SELECT tracking_code, count() AS signups,
-        countIf(toUnixTimestamp64Milli(signup_ts) - toUnixTimestamp64Milli(click_ts) > {int(long_delay_ms)}) AS long
-    FROM attributions_current WHERE tracking_code != ''
-    GROUP BY tracking_code
-    HAVING signups >= {int(min_signups)} AND long >= {float(long_share)} * signups"""
-
 #: view name -> SELECT. `*_current` views are the deduplicated, latest-state contract
 #: that dashboards and `sinks.queries` read.
+#:
+#: `spam_codes` and `conversions_current` are placeholders here: the latter shows the join's
+#: latest decision per order, without the two rules ClickHouse applies over a whole code or
+#: promoter (click spamming, the retroactive enterprise reversal). Those rules live with
+#: their Python definitions (`streams/logic/rules/views.py`, which sinks may not import),
+#: and the sink agent replaces both views with their rule-applying versions, thresholds from
+#: the newest rule set, every time it opens ClickHouse (`streams.agents.sink`).
 VIEWS: dict[str, str] = {
     "attributions_current": "SELECT * FROM attributions FINAL",
-    "spam_codes": spam_codes_sql(),
-    # Applied here rather than per decision, so they are exact whatever the arrival order:
-    # - a promoter who turns enterprise forfeits all earlier earnings (SPEC §4), also on
-    #   orders the join will never see again;
-    # - click spamming is a statistic over all of a code's signups (`spam_codes`).
-    "conversions_current": f"""SELECT c.* REPLACE (
-        multiIf({_TURNED}, 'reversed', {_SPAM} AND c.status = 'approved', 'held', c.status) AS status,
-        arrayConcat(c.reasons,
-            if({_SPAM} AND NOT has(c.reasons, 'click_spamming'), ['click_spamming'], []),
-            if({_TURNED} AND NOT has(c.reasons, 'promoter_became_enterprise'),
-               ['promoter_became_enterprise'], [])) AS reasons,
-        if({_TURNED}, toDecimal64(0, 4), c.commission) AS commission,
-        if({_TURNED}, toDecimal64(0, 4), c.bonus) AS bonus,
-        if({_TURNED}, 0, c.points) AS points)
-    FROM conversions AS c FINAL
-    LEFT JOIN (SELECT promoter_id AS enterprise_promoter, min(ts) AS enterprise_since FROM promoters FINAL
-               WHERE account_type = 'enterprise' GROUP BY promoter_id) AS e
-    ON c.promoter_id = e.enterprise_promoter
-    LEFT JOIN (SELECT tracking_code AS spam_code FROM spam_codes) AS sc ON c.tracking_code = sc.spam_code""",
+    "spam_codes": "SELECT tracking_code, count() AS signups, count() AS long FROM attributions_current "
+                  "WHERE 0 GROUP BY tracking_code",
+    "conversions_current": "SELECT * FROM conversions FINAL",
     # One line per promoter, month and status, traceable to its orders.
     "promoter_statement": """SELECT promoter_id, toStartOfMonth(order_ts) AS month, status,
         count() AS orders, sum(amount) AS amount, sum(commission) AS commission,

@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -29,9 +29,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     (stream), the ClickHouse sink with the stats API and dashboard (sink), or all of it (all)."""
     import faust
 
-    from streams.agents.sink import EXIT_UNDRAINED
     from streams import logs
     from streams.agents.app import create_app
+    from streams.agents.sink import EXIT_UNDRAINED
     from streams.topology import ensure_pipeline_topics_sync, partition_counts_sync
 
     if args.role:
@@ -47,8 +47,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         worker.execute_from_commandline()
     except SystemExit as exc:  # how Faust's worker ends, also after a clean stop
         code = exc.code
-    sink = app.refstream.get("sink")
-    if sink is not None and sink.undrained:
+    if app.sink is not None and app.sink.undrained:
         return EXIT_UNDRAINED  # stopped during a ClickHouse outage: its batches are left for the next run
     return code if isinstance(code, int) else 0
 
@@ -92,7 +91,7 @@ def _month(value: str) -> str:
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
@@ -100,6 +99,7 @@ def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
     with counts, amounts, commission and points, and the orders behind each line."""
     from sinks import queries
     from sinks.clickhouse import connect
+    from streams.logic.rules.checks import PAYABLE_STATUSES
 
     lines, orders = queries.statement(connect(settings.clickhouse), args.promoter, args.month)
     print(f"statement of {args.promoter} for {args.month}\n")
@@ -108,7 +108,7 @@ def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     money = frozenset({"orders", "amount", "commission", "bonus", "points"})
     print(queries.format_table(("status", "orders", "amount", "commission", "bonus", "points"), lines, money))
-    payable = [ln for ln in lines if ln["status"] in ("approved", "held")]
+    payable = [ln for ln in lines if ln["status"] in PAYABLE_STATUSES]
     total = sum((ln["commission"] + ln["bonus"] for ln in payable), Decimal(0))
     print(f"\ncommission + bonus on approved and held orders: {total:,.2f}")
     if args.orders:
@@ -124,6 +124,7 @@ def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Reprocess the stored events with a candidate rule book and report what would change,
     per promoter and per reason, without touching the live results."""
+    from sinks import events as stored
     from sinks import queries
     from sinks.clickhouse import connect
     from streams.logic import replay
@@ -136,7 +137,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     current = load_rules(settings.rules_file)
     print("reading stored events from ClickHouse ...", file=sys.stderr)
-    events = replay.load(connect(settings.clickhouse))
+    events = replay.Events(*stored.load(connect(settings.clickhouse)))
     print(f"replaying {len(events.clicks):,} clicks, {len(events.signups):,} signups, "
           f"{len(events.orders):,} orders twice ...", file=sys.stderr)
     lo = _day_ms(args.from_) if args.from_ else None
@@ -163,8 +164,15 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def add_replay_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rules", required=True, help="candidate rule book (TOML, see docs/rules.md)")
+    p.add_argument("--from", dest="from_", default=None, help="only orders at or after this day (YYYY-MM-DD)")
+    p.add_argument("--to", default=None, help="only orders before this day (YYYY-MM-DD)")
+    p.add_argument("--top", type=int, default=20, help="promoters to list (largest changes first)")
+
+
 def _day_ms(value: str) -> int:
-    return int(datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,11 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orders", action="store_true", help="also list every order behind the lines")
     p.set_defaults(func=cmd_statement)
 
-    from streams.logic import replay
-
     p = sub.add_parser("replay", help="backtest another rule book on the stored events",
                        description=cmd_replay.__doc__)
-    replay.add_arguments(p)
+    add_replay_arguments(p)
     p.set_defaults(func=cmd_replay)
     return parser
 

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
+
+from schemas.units import DAY_MS
 
 PREFIX = "REFSTREAM_"
-DAY_MS = 86_400_000
 #: what a worker runs: everything, the router and joins only, or the ClickHouse sink only
 ROLES = ("all", "stream", "sink")
 MAX_INPUT_BYTES = 262_144  # highest REFSTREAM_MAX_MESSAGE_BYTES
@@ -55,15 +58,15 @@ class Settings:
     role: str = "all"  # one of ROLES; docs/operations.md, "Roles"
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Build settings from `REFSTREAM_<FIELD>` variables; unknown ones are ignored."""
-        env = os.environ if env is None else env
-        values = {}
+        variables: Mapping[str, str] = os.environ if env is None else env
+        values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = env.get(PREFIX + f.name.upper())
+            raw = variables.get(PREFIX + f.name.upper())
             if raw is None or raw == "":
                 continue
-            kind = {"int": int, "float": float, "str": str}[f.type]
+            kind: type = {"int": int, "float": float, "str": str}[str(f.type)]
             try:
                 values[f.name] = kind(raw)
             except ValueError:

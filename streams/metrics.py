@@ -51,11 +51,7 @@ class Metrics:
         self.sink_rejected_rows = Counter(
             "refstream_sink_rejected_rows", "Rows ClickHouse refused (dead-lettered, not retried)", ["table"],
             registry=r,
-        )
-        from sinks.tables import TABLES  # here: only this metric needs the table names
-
-        for table in TABLES:  # exported at 0, so increase() in the alert sees the first refusal
-            self.sink_rejected_rows.labels(table)
+        )  # its labels, one per table, are exported at 0 by the sink (`SinkStep`): it knows the tables
 
         # Operator metrics the alert rules and dashboards in deploy/ read (wired by the agents).
         self.consumer_lag = Gauge(
@@ -71,7 +67,8 @@ class Metrics:
         for kind in SPIKE_KINDS:
             self.spikes.labels(kind)
         self.spike_score = Gauge(
-            "refstream_referral_spike_score", "Score of the last spike alert: -log10 of its tail probability", ["kind"], registry=r
+            "refstream_referral_spike_score", "Score of the last spike alert: -log10 of its tail probability",
+            ["kind"], registry=r,
         )
         self.fraud_reasons = Counter(
             "refstream_conversion_reasons", "Reasons attached to conversions", ["reason"], registry=r

@@ -1,27 +1,108 @@
-"""Create the pipeline's Kafka topics if they are missing.
+"""The pipeline's topics: which exist, which role reads and writes which, and creating them.
 
-Only CreateTopics and Metadata requests are used: the local broker (Tansu) supports
-those but not DescribeConfigs or CreatePartitions, and production Kafka supports all.
+The one place that says it: the app's Faust topics (`streams.agents.app.make_topics`), the
+sink's decoding per topic, the alerts topic, the tests' and the bench's consumer-group
+checks all read the names and roles below. Names are without the prefix;
+`Topology.topic` adds `REFSTREAM_TOPIC_PREFIX`.
+
+Topics are created with CreateTopics and Metadata requests only: the local broker (Tansu)
+supports those but not DescribeConfigs or CreatePartitions, and production Kafka supports all.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from streams.config import ROLES as ROLE_NAMES
 from streams.config import Settings
 
-INPUT_TOPICS = ["clicks", "signups", "orders", "promoters", "exclusions"]
-OUTPUT_TOPICS = ["conversions", "late-events", "dead-letters", "alerts"]
+CLICKS, SIGNUPS, ORDERS = "clicks", "signups", "orders"
+PROMOTERS, EXCLUSIONS = "promoters", "exclusions"
+VISITOR_JOIN, ACCOUNT_JOIN = "visitor-join", "account-join"
+CONVERSIONS, LATE_EVENTS, DEAD_LETTERS, ALERTS = "conversions", "late-events", "dead-letters", "alerts"
+
+RAW_TOPICS = (CLICKS, SIGNUPS, ORDERS)  # raw events, routed to the joins
+REFERENCE_TOPICS = (PROMOTERS, EXCLUSIONS)  # compacted reference data
+#: internal msgpack batches between router and joins; Faust creates them (`Settings.partitions`)
+JOIN_TOPICS = (VISITOR_JOIN, ACCOUNT_JOIN)
+RESULT_TOPICS = (CONVERSIONS, LATE_EVENTS, DEAD_LETTERS)  # what the joins (and router) output
+SINK_INPUTS = JOIN_TOPICS + RESULT_TOPICS  # what `sink_to_clickhouse` stores
+INPUT_TOPICS = RAW_TOPICS + REFERENCE_TOPICS
+OUTPUT_TOPICS = RESULT_TOPICS + (ALERTS,)
 # Kafka's rule for topic names.
 _LEGAL = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
+def _union(*groups: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name for group in groups for name in group))
+
+
+@dataclass(frozen=True)
+class Role:
+    """What the workers of one role (`REFSTREAM_ROLE`) consume and produce."""
+
+    name: str
+    reads: tuple[str, ...]  # consumed by its agents in its consumer group (offsets committed)
+    follows: tuple[str, ...]  # read whole from the start by a group-less consumer, never committed
+    writes: tuple[str, ...]
+
+
+#: router and joins; the joins' reference directories follow promoters and exclusions
+STREAM = Role("stream", reads=RAW_TOPICS + JOIN_TOPICS, follows=REFERENCE_TOPICS,
+              writes=JOIN_TOPICS + RESULT_TOPICS)
+#: ClickHouse sink and reference writer (bad reference messages are dead-lettered), spike alerts
+SINK = Role("sink", reads=REFERENCE_TOPICS + SINK_INPUTS, follows=(), writes=(DEAD_LETTERS, ALERTS))
+ALL = Role("all", reads=_union(STREAM.reads, SINK.reads), follows=STREAM.follows,
+           writes=_union(STREAM.writes, SINK.writes))
+ROLES: dict[str, Role] = {r.name: r for r in (ALL, STREAM, SINK)}
+assert set(ROLES) == set(ROLE_NAMES), "every role Settings accepts has its topics here"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The roles' topics and consumer groups under one deployment's settings (prefix, app id)."""
+
+    settings: Settings
+
+    def topic(self, name: str) -> str:
+        """The Kafka name of topic `name`: with the prefix."""
+        return self.settings.topic(name)
+
+    def topics(self, names: Iterable[str]) -> tuple[str, ...]:
+        return tuple(self.topic(n) for n in names)
+
+    def name_of(self, topic: str) -> str:
+        """The name (without the prefix) of a prefixed Kafka topic name."""
+        prefix = self.settings.topic_prefix
+        return topic[len(prefix):] if topic.startswith(prefix) else topic
+
+    def role(self, name: str | None = None) -> Role:
+        """Role `name`, by default the settings' own."""
+        return ROLES[name or self.settings.role]
+
+    def group(self, role: str | None = None) -> str:
+        """The consumer group of role `role` (default: the settings' role; see `Settings.group_id`)."""
+        return dataclasses.replace(self.settings, role=role or self.settings.role).group_id
+
+    def groups(self, roles: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """Consumer group -> the topics (names) it reads, for workers of `roles`; roles that
+        share a group (`all` and `stream`) read the union."""
+        out: dict[str, tuple[str, ...]] = {}
+        for name in roles:
+            group = self.group(name)
+            out[group] = _union(out.get(group, ()), ROLES[name].reads)
+        return out
+
+
 async def ensure_topics(
     settings: Settings,
-    names: list[str],
+    names: Sequence[str],
     partitions: int,
     *,
     replication_factor: int = 1,
@@ -67,7 +148,7 @@ async def ensure_topics(
 
 def ensure_topics_sync(
     settings: Settings,
-    names: list[str],
+    names: Sequence[str],
     partitions: int,
     *,
     replication_factor: int = 1,
@@ -82,7 +163,7 @@ def ensure_topics_sync(
     )
 
 
-async def ensure_pipeline_topics(settings: Settings, names: list[str] | None = None) -> None:
+async def ensure_pipeline_topics(settings: Settings, names: Sequence[str] | None = None) -> None:
     """Create the missing input and output topics (or `names`) as the settings ask."""
     await ensure_topics(settings, INPUT_TOPICS + OUTPUT_TOPICS if names is None else names,
                         settings.partitions, replication_factor=settings.replication_factor)
@@ -92,7 +173,7 @@ def ensure_pipeline_topics_sync(settings: Settings) -> None:
     asyncio.run(ensure_pipeline_topics(settings))
 
 
-async def partition_counts(settings: Settings, names: list[str], timeout_s: float = 30.0) -> dict[str, int]:
+async def partition_counts(settings: Settings, names: Sequence[str], timeout_s: float = 30.0) -> dict[str, int]:
     """Partitions of each existing topic in `names` (prefixed); the joins' clocks need them."""
     from aiokafka import AIOKafkaConsumer
 
@@ -101,7 +182,7 @@ async def partition_counts(settings: Settings, names: list[str], timeout_s: floa
     await consumer.start()
     try:
         await consumer.topics()  # refreshes metadata for every topic
-        counts = {}
+        counts: dict[str, int] = {}
         for name in names:
             parts = consumer.partitions_for_topic(settings.topic(name))
             if not parts:
@@ -113,5 +194,5 @@ async def partition_counts(settings: Settings, names: list[str], timeout_s: floa
         await consumer.stop()
 
 
-def partition_counts_sync(settings: Settings, names: list[str]) -> dict[str, int]:
+def partition_counts_sync(settings: Settings, names: Sequence[str]) -> dict[str, int]:
     return asyncio.run(partition_counts(settings, names))

@@ -1,6 +1,7 @@
 """Fixtures for integration tests: one local stack (Tansu + Redis) per test session."""
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -9,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from streams.dev import stack as local_stack
-from streams.config import PREFIX, Settings
 from streams.adapters.signals import drop_namespace
+from streams.config import PREFIX, Settings
+from streams.dev import stack as local_stack
 from tests.support.pipeline import NAMESPACES
 
 # When we borrow the machine's Redis, use a db a demo on db 0 does not touch.
@@ -79,6 +80,29 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]
     admin = connect(dsn)
     yield dsn, admin
     admin.close()
+
+
+@pytest.fixture
+def empty_db(engine: tuple[str, Any], request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A client on a fresh, empty database of the module's chdb engine, named after the test."""
+    from sinks.clickhouse import connect
+
+    dsn, admin = engine
+    name = "t_" + re.sub(r"\W", "_", request.node.name)[:60]
+    admin.command(f"DROP DATABASE IF EXISTS {name}")
+    admin.command(f"CREATE DATABASE {name}")
+    client = connect(dsn, database=name)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def db(empty_db: Any) -> Any:
+    """`empty_db` with refstream's tables and views (the migrations applied)."""
+    from sinks.migrations import migrate
+
+    migrate(empty_db)
+    return empty_db
 
 
 @pytest.fixture

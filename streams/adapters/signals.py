@@ -1,11 +1,13 @@
 """Fraud counters and the promoter ledger, shared by every partition and worker (Redis).
 
-Click flooding and signup farming are counted per IP / visitor / device, and monthly
-volume and points per promoter: none of those is keyed like a join's stream, so they live
-in Redis rather than in a Faust table. (Click spamming, a statistic over all of a
-promoter's signups, is applied by ClickHouse: see `conversions_current`.) Every write is idempotent under redelivery: sets
-of event / account ids instead of counters, and ledger entries keyed by order id (a Lua
-script keeps per-month point totals consistent with them).
+Click flooding and signup farming are counted per IP / visitor / device (the windows and
+their keys are defined in `streams.logic.rules.windows`; replay counts the same windows in
+memory), and monthly volume and points per promoter: none of those is keyed like a join's
+stream, so they live in Redis rather than in a Faust table. (Click spamming, a statistic
+over all of a code's signups, is applied by ClickHouse: `streams.logic.rules.spamming`.)
+Every write is idempotent under redelivery: sets of event / account ids instead of
+counters, and ledger entries keyed by order id (a Lua script keeps per-month point totals
+consistent with them).
 
 Keys are namespaced by app id and topic prefix; windows follow *event time* (UTC hour or
 day buckets) and expire a few days after they close: the account join snapshots the
@@ -14,20 +16,23 @@ need them.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas.records import AttributionRec, ClickRec, Conversion, SignupRec
-from streams.logic.rules.checks import DAY_MS, HOUR_MS, Signals
+from streams.logic.rules import windows
+from streams.logic.rules.checks import Signals
+from streams.logic.rules.commission import counted_amount
+from streams.logic.rules.windows import month_of
+from streams.retry import Backoff, retrying
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,39 +98,19 @@ def _queue(pipe: Any, script: Any, keys: list[str], args: list) -> None:
 _json = msgspec.json.Encoder().encode  # the scripts' batch argument
 
 
-def month_of(ts: int) -> int:
-    """yyyymm of an event time (UTC)."""
-    d = datetime.fromtimestamp(ts / 1000, tz=timezone.utc)
-    return d.year * 100 + d.month
-
-
 @dataclass(frozen=True)
 class Keys:
-    """Redis key names; pure, so tests and the replay engine can share them."""
+    """Redis key names: a window of `streams.logic.rules.windows`, or a ledger, in a namespace."""
 
     ns: str
 
-    def flood_ip(self, code: str, ip: str, ts: int) -> str:
-        return f"{self.ns}:fl:ip:{code}:{ip}:{ts // HOUR_MS}"
-
-    def flood_visitor(self, code: str, visitor: str, ts: int) -> str:
-        return f"{self.ns}:fl:v:{code}:{visitor}:{ts // HOUR_MS}"
-
-    def farm_ip(self, ip: str, ts: int) -> str:
-        return f"{self.ns}:fa:ip:{ip}:{ts // DAY_MS}"
-
-    def farm_device(self, device: str, ts: int) -> str:
-        return f"{self.ns}:fa:dev:{device}:{ts // DAY_MS}"
+    def window(self, key: str) -> str:
+        return f"{self.ns}:{key}"
 
     def ledger(self, promoter: str, month: int) -> tuple[str, str, str, str, str]:
         base = f"{self.ns}:lg:{promoter}"
         return (f"{base}:o:{month}", f"{base}:a:{month}", f"{base}:p:{month}",
                 f"{base}:t:{month}", f"{base}:months")
-
-
-def counted_amount(c: Conversion) -> Decimal:
-    """What an order adds to its promoter's monthly volume: its amount unless it earns nothing."""
-    return c.amount if c.status in ("approved", "held") else Decimal(0)
 
 
 class SignalStore:
@@ -146,15 +131,12 @@ class SignalStore:
         await self.redis.aclose()
 
     async def _retry(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
-        delay = 0.1
-        while True:
-            try:
-                return await call()
-            except (RedisError, OSError) as e:
-                self.on_failure(op)
-                log.warning("redis unavailable, retrying", extra={"op": op, "error": str(e), "retry_in_s": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
+        def failed(e: Exception, delay: float) -> None:
+            self.on_failure(op)
+            log.warning("redis unavailable, retrying", extra={"op": op, "error": str(e), "retry_in_s": delay})
+
+        return await retrying(call, Backoff(0.1, 2.0, self.max_backoff_s), on_retry=failed,
+                              retriable=lambda e: isinstance(e, (RedisError, OSError)))
 
     async def _pipeline(self, op: str, fill: Callable[[Any], None]) -> list:
         async def run() -> list:
@@ -165,18 +147,10 @@ class SignalStore:
 
     async def record_events(self, records: list[ClickRec | SignupRec]) -> None:
         """Count clicks per IP / visitor, code and hour, and signups per IP / device and day."""
-        k = self.keys
         members: dict[str, list[str]] = defaultdict(list)
         for r in records:
-            if isinstance(r, ClickRec):
-                members[k.flood_visitor(r.tracking_code, r.visitor_id, r.ts)].append(r.event_id)
-                if r.ip_hash:
-                    members[k.flood_ip(r.tracking_code, r.ip_hash, r.ts)].append(r.event_id)
-            else:
-                if r.ip_hash:
-                    members[k.farm_ip(r.ip_hash, r.ts)].append(r.account_id)
-                if r.device_id:
-                    members[k.farm_device(r.device_id, r.ts)].append(r.account_id)
+            for key, member in windows.adds(r):
+                members[self.keys.window(key)].append(member)
 
         def fill(pipe: Any) -> None:
             _queue(pipe, self._add_members, [], [WINDOW_TTL_S, _json(list(members.items()))])
@@ -187,19 +161,9 @@ class SignalStore:
         """Flood and farming counters for the attributed click and the signup of each record."""
         if not recs:
             return []
-        k = self.keys
-        sets: list[str] = []
-        for r in recs:
-            c, ident = r.click, r.ident
-            assert c is not None
-            ip, dev = (ident.ip_hash, ident.device_id) if ident else (None, None)
-            sets += (k.flood_ip(c.tracking_code, c.ip_hash, c.ts) if c.ip_hash else "",
-                     k.flood_visitor(c.tracking_code, r.visitor_id, c.ts),
-                     k.farm_ip(ip, r.signup_ts) if ip else "",
-                     k.farm_device(dev, r.signup_ts) if dev else "")
+        sets = [self.keys.window(key) if key else "" for r in recs for key in windows.reads(r)]
         [res] = await self._pipeline("snapshot", lambda pipe: _queue(pipe, self._cards, [], [_json(sets)]))
-        return [Signals(flood_ip=res[4 * i], flood_visitor=res[4 * i + 1], farm_ip=res[4 * i + 2],
-                        farm_device=res[4 * i + 3]) for i in range(len(recs))]
+        return [windows.signals_of(res[4 * i:4 * i + 4]) for i in range(len(recs))]
 
     async def ledger_before(self, asks: list[tuple[str, int]]) -> list[tuple[Decimal, int]]:
         """For (promoter_id, order_ts): the promoter's counted sales earlier in the order's

@@ -15,21 +15,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faust
+from faust.types import TopicT
 
-from streams.agents.sink import SinkStep
-from streams.agents.alerts import register_alerts
-from streams.delivery import GuardedApp, finished
-from streams.config import Settings
-from streams.agents.joins import AccountJoin, VisitorJoin, by_partition
-from streams.metrics import Metrics, observe_lag
-from streams.logic.reference import ExclusionDirectory, PromoterDirectory, follow_reference
-from streams.agents.router import Router
-from streams.web.routes import register as register_web
+from streams.adapters.reference_feed import follow_reference
 from streams.adapters.signals import SignalStore
+from streams.agents.alerts import register_alerts
+from streams.agents.joins import AccountJoin, JoinAgent, VisitorJoin, by_partition
+from streams.agents.router import Router
+from streams.agents.sink import SinkStep
+from streams.config import Settings
+from streams.delivery import GuardedApp, finished
+from streams.logic.reference import ExclusionDirectory, PromoterDirectory
+from streams.metrics import Metrics, observe_lag
+from streams.topology import (
+    ACCOUNT_JOIN,
+    CONVERSIONS,
+    DEAD_LETTERS,
+    LATE_EVENTS,
+    RAW_TOPICS,
+    REFERENCE_TOPICS,
+    SINK_INPUTS,
+    VISITOR_JOIN,
+    Topology,
+)
+from streams.web.routes import register as register_web
 
 log = logging.getLogger(__name__)
-RAW = {"value_serializer": "raw", "key_serializer": "raw"}
+RAW: dict[str, Any] = {"value_serializer": "raw", "key_serializer": "raw"}
 # Each agent loop below drops its event(s) (`del`) before waiting for the next: on shutdown
 # and rebalance Faust drops queued messages and waits for every unacked one still referenced,
 # and a message another agent of the worker never took stays unacked, so a loop variable
@@ -38,30 +50,30 @@ RAW = {"value_serializer": "raw", "key_serializer": "raw"}
 
 @dataclass
 class Topics:
-    raw_events: Any  # clicks, signups, orders
-    reference: Any  # promoters, exclusions
-    visitor_join: Any
-    account_join: Any
-    conversions: Any
-    late_events: Any
-    dead_letters: Any
-    sink_inputs: Any
+    """The app's Faust topics, named as `streams.topology` says."""
+
+    raw_events: TopicT  # clicks, signups, orders
+    reference: TopicT  # promoters, exclusions
+    visitor_join: TopicT
+    account_join: TopicT
+    conversions: TopicT
+    late_events: TopicT
+    dead_letters: TopicT
+    sink_inputs: TopicT  # everything the ClickHouse sink stores
 
 
-def make_topics(app: faust.App, s: Settings) -> Topics:
-    internal = {"partitions": s.partitions, "internal": True, **RAW}
-    t = s.topic
+def make_topics(app: RefstreamApp, s: Settings) -> Topics:
+    internal: dict[str, Any] = {"partitions": s.partitions, "internal": True, **RAW}
+    t = Topology(s)
     return Topics(
-        raw_events=app.topic(t("clicks"), t("signups"), t("orders"), **RAW),
-        reference=app.topic(t("promoters"), t("exclusions"), **RAW),
-        visitor_join=app.topic(t("visitor-join"), **internal),
-        account_join=app.topic(t("account-join"), **internal),
-        conversions=app.topic(t("conversions"), **RAW),
-        late_events=app.topic(t("late-events"), **RAW),
-        dead_letters=app.topic(t("dead-letters"), **RAW),
-        sink_inputs=app.topic(
-            t("visitor-join"), t("account-join"), t("conversions"), t("late-events"), t("dead-letters"), **RAW
-        ),
+        raw_events=app.topic(*t.topics(RAW_TOPICS), **RAW),
+        reference=app.topic(*t.topics(REFERENCE_TOPICS), **RAW),
+        visitor_join=app.topic(t.topic(VISITOR_JOIN), **internal),
+        account_join=app.topic(t.topic(ACCOUNT_JOIN), **internal),
+        conversions=app.topic(t.topic(CONVERSIONS), **RAW),
+        late_events=app.topic(t.topic(LATE_EVENTS), **RAW),
+        dead_letters=app.topic(t.topic(DEAD_LETTERS), **RAW),
+        sink_inputs=app.topic(*t.topics(SINK_INPUTS), **RAW),
     )
 
 
@@ -74,7 +86,15 @@ def join_sources(s: Settings, raw_partitions: dict[str, int]) -> tuple[tuple[str
     return visitor, account
 
 
-def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
+class RefstreamApp(GuardedApp):
+    """The guarded Faust app, holding the parts the CLI, tests and bench look at."""
+
+    metrics: Metrics
+    directory: PromoterDirectory | None = None  # stream and all roles
+    sink: SinkStep | None = None  # sink and all roles
+
+
+def create_app(s: Settings, raw_partitions: dict[str, int]) -> RefstreamApp:
     """Build the app of role `s.role` for settings `s` and the partition counts of the raw input topics.
 
     `all` runs everything; `stream` the router, the joins and the reference directories (no
@@ -82,7 +102,7 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
     the stats API and dashboard, in a consumer group of its own (`Settings.group_id`).
     """
     Path(s.data_dir).mkdir(parents=True, exist_ok=True)
-    app = GuardedApp(
+    app = RefstreamApp(
         s.group_id,
         broker=s.kafka_url,
         store=s.table_store,
@@ -122,12 +142,12 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> faust.App:
     sink = _sink_agents(app, s, topics, metrics) if s.role in ("all", "sink") else None
     app.count_readers()  # commits pass only what every agent reading a topic finished
     app.on_reread = lambda tp: metrics.rereads.labels(tp.topic).inc()
-    app.refstream = {"metrics": metrics, "directory": directory, "sink": sink}  # for tests and bench
+    app.metrics, app.directory, app.sink = metrics, directory, sink
     _pages(app, s, metrics, directory, sink)
     return app
 
 
-def _stream_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics,
+def _stream_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metrics,
                    raw_partitions: dict[str, int]) -> PromoterDirectory:
     """Router, both joins with their tables, and the reference directories the joins read."""
     visitors = app.batched(app.Table("visitors", partitions=s.partitions, key_type=bytes, value_type=bytes))
@@ -143,8 +163,8 @@ def _stream_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics
     account_join = AccountJoin(s, accounts, topics, metrics, account_sources, directory.as_of,
                                exclusions.owner, signals)
 
-    @app.on_partitions_assigned.connect
-    async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # a union of callables mypy cannot match
+    def on_assigned(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         visitor_join.forget_assignment()
         account_join.forget_assignment()
 
@@ -161,7 +181,7 @@ def _stream_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics
     # route: the raw topics a fetched batch at a time, not one Faust event per message
     app.read_in_bulk(topics.raw_events, router.route, max_messages=s.router_batch)
 
-    async def take_steps(join: VisitorJoin | AccountJoin, stream: Any) -> None:
+    async def take_steps(join: JoinAgent, stream: Any) -> None:
         """What arrived (up to JOIN_BATCH messages), one step per partition."""
         async for events in stream.take_events(s.join_batch, within=s.join_wait_s):
             for step in by_partition(events):
@@ -181,7 +201,7 @@ def _stream_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics
     return directory
 
 
-def _sink_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics) -> SinkStep:
+def _sink_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metrics) -> SinkStep:
     """The ClickHouse sink, the reference writer, spike alerts and the pages that read ClickHouse."""
     sink = SinkStep(s, metrics, stopping=lambda: app.should_stop)
     router = Router(s, topics, metrics)  # for the reference writer: IP hashing and dead letters
@@ -190,8 +210,8 @@ def _sink_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics) 
     async def connect_clickhouse() -> None:
         await sink.connect()  # migrations before the first batch; /ready waits for it
 
-    @app.on_before_shutdown.connect
-    async def sink_stopped(app: Any, **kwargs: Any) -> None:
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # as above
+    def sink_stopped(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         sink.on_shutdown()
 
     done = finished(app)
@@ -219,10 +239,11 @@ def _sink_agents(app: faust.App, s: Settings, topics: Topics, metrics: Metrics) 
     return sink
 
 
-def readiness(app: faust.App, directory: PromoterDirectory | None, sink: SinkStep | None) -> dict[str, bool]:
+def readiness(app: RefstreamApp, directory: PromoterDirectory | None, sink: SinkStep | None) -> dict[str, bool]:
     """What `/ready` waits for: the assigned partitions recovered (no rebalance under way), and
     by role the reference data loaded (joins) and ClickHouse opened and migrated (sink)."""
-    checks = {"recovered": app.tables.recovery.completed.is_set() and not app.in_recovery
+    tables: Any = app.tables  # Faust's TableManager type does not declare its recovery
+    checks = {"recovered": tables.recovery.completed.is_set() and not app.in_recovery
               and not app.rebalancing}
     if directory is not None:
         checks["reference_loaded"] = directory.ready.is_set()
@@ -231,7 +252,7 @@ def readiness(app: faust.App, directory: PromoterDirectory | None, sink: SinkSte
     return checks
 
 
-def _pages(app: faust.App, s: Settings, metrics: Metrics, directory: PromoterDirectory | None,
+def _pages(app: RefstreamApp, s: Settings, metrics: Metrics, directory: PromoterDirectory | None,
            sink: SinkStep | None) -> None:
     """`/metrics`, `/health` (liveness: answers while the event loop runs) and `/ready`."""
     @app.page("/metrics")

@@ -24,26 +24,32 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from typing import Any, Callable, Iterable, NamedTuple, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
 from schemas.events import Exclusion, Promoter
 from schemas.records import AttributionRec, DeadLetter, LateEvent, batch_decoder, conversion_decoder
 from schemas.validate import Invalid, decode
+from sinks.alerts import AlertFields, write_alerts
 from sinks.clickhouse import ClickHouseWriter, Refused, connect, describe, redact
-from sinks.rows import Row, dead_letter_row, table_of, table_row
 from sinks.migrations import migrate
-from sinks.tables import spam_codes_sql
-from streams.logic.rules.ruleset import load_rules
+from sinks.rows import Row, dead_letter_row, table_of, table_row
+from sinks.tables import TABLES, quote
 from streams.config import Settings
-from streams.metrics import Metrics
 from streams.logic.privacy import dead_letter
+from streams.logic.rules.ruleset import load_rules
+from streams.logic.rules.views import rule_views
+from streams.metrics import Metrics
+from streams.retry import Backoff, Stopped, retrying
+from streams.topology import ACCOUNT_JOIN, CONVERSIONS, DEAD_LETTERS, LATE_EVENTS, SINK_INPUTS, VISITOR_JOIN, Topology
 
 log = logging.getLogger(__name__)
 _late = msgspec.json.Decoder(LateEvent)
 _dead = msgspec.json.Decoder(DeadLetter)
-MAX_BACKOFF_S = 30.0
+#: waits between tries while ClickHouse is unavailable (opening it, writing a batch)
+BACKOFF = Backoff(initial=0.5, factor=2.0, maximum=30.0)
 EXIT_UNDRAINED = 75  # EX_TEMPFAIL: stopped during a ClickHouse outage, without draining
 MAX_DEAD_VALUE = 4096  # characters of a refused record's JSON kept in its dead letter
 REFUSED = "clickhouse refused the row for table"  # dead-letter reasons start so (docs, alert)
@@ -61,6 +67,24 @@ class Source(NamedTuple):
 
 
 Sourced = tuple[Any, Source]  # a record (or a versioned attribution) and its message
+
+
+def _join_batch(value: bytes, offset: int) -> list[Any]:
+    """A join topic's batch; attributions versioned by position (offset, index in the batch),
+    so the newest wins in `attributions_current`."""
+    return [(offset * 100_000 + i, rec) if isinstance(rec, AttributionRec) else rec
+            for i, rec in enumerate(batch_decoder.decode(value).records)]
+
+
+#: how the sink decodes a message of each topic it stores (`streams.topology.SINK_INPUTS`)
+DECODERS: dict[str, Callable[[bytes, int], list[Any]]] = {
+    VISITOR_JOIN: _join_batch,
+    ACCOUNT_JOIN: _join_batch,
+    CONVERSIONS: lambda value, _: [conversion_decoder.decode(value)],
+    LATE_EVENTS: lambda value, _: [_late.decode(value)],
+    DEAD_LETTERS: lambda value, _: [_dead.decode(value)],
+}
+assert set(DECODERS) == set(SINK_INPUTS), "a decoder for every topic the sink stores"
 
 
 def source_of(msg: Any) -> Source:
@@ -140,8 +164,9 @@ class SinkStep:
         self.undrained = False  # stopped with batches ClickHouse did not take (left uncommitted)
         self.handled: dict[str, int] = {}  # "topic/partition" -> next offset; written (or empty) and acked
         self._opening = asyncio.Lock()  # concurrent first readers open one client
-        n = len(settings.topic_prefix)
-        self._kind = lambda topic: topic[n:]
+        self.topology = Topology(settings)
+        for table in TABLES:  # exported at 0, so increase() in the alert sees the first refusal
+            metrics.sink_rejected_rows.labels(table)
 
     def _on_batch(self, table: str, rows: int, seconds: float) -> None:
         self.metrics.sink_rows.labels(table).inc(rows)
@@ -157,9 +182,10 @@ class SinkStep:
     def _open(self) -> ClickHouseWriter:
         client = connect(self.settings.clickhouse)
         applied = migrate(client)
-        rules = load_rules(self.settings.rules_file).rule_sets[-1]  # the newest thresholds
-        spam = spam_codes_sql(rules.spam_min_signups, rules.spam_long_share, rules.spam_long_delay_ms)
-        client.command(f"CREATE OR REPLACE VIEW spam_codes AS {spam}")
+        # the rules ClickHouse applies (spamming, enterprise reversal) replace the placeholder
+        # views of the migrations, with the newest rule set's thresholds
+        for name, sql in rule_views(load_rules(self.settings.rules_file).rule_sets[-1]).items():
+            client.command(f"CREATE OR REPLACE VIEW {quote(name)} AS {sql}")
         log.info("clickhouse ready", extra={"dsn": redact(self.settings.clickhouse), "migrated": applied})
         return ClickHouseWriter(client, on_batch=self._on_batch, on_failure=self._on_failure)
 
@@ -169,18 +195,13 @@ class SinkStep:
         out: list[Sourced] = []
         for ev in events:
             msg = ev.message
-            kind = self._kind(msg.topic)
+            kind = self.topology.name_of(msg.topic)
             src = source_of(msg)
+            decoder = DECODERS.get(kind)
+            if decoder is None:
+                continue
             try:
-                if kind in ("visitor-join", "account-join"):
-                    for i, rec in enumerate(batch_decoder.decode(msg.value).records):
-                        out.append(((msg.offset * 100_000 + i, rec) if isinstance(rec, AttributionRec) else rec, src))
-                elif kind == "conversions":
-                    out.append((conversion_decoder.decode(msg.value), src))
-                elif kind == "late-events":
-                    out.append((_late.decode(msg.value), src))
-                elif kind == "dead-letters":
-                    out.append((_dead.decode(msg.value), src))
+                out += [(rec, src) for rec in decoder(msg.value, msg.offset)]
             except Exception as exc:  # not written by refstream: someone else wrote to the topic
                 self.metrics.dead_letters.labels(msg.topic).inc()
                 reason = f"undecodable {kind} message ({type(exc).__name__}: {exc}); only refstream writes {msg.topic}"
@@ -194,14 +215,15 @@ class SinkStep:
 
     async def connect(self) -> None:
         """Open ClickHouse and apply the migrations, retrying with backoff (the sink's readiness)."""
-        backoff = 0.5
-        while self.writer is None and not self.stopping():
-            try:
-                await self._writer()
-            except Exception as exc:
-                log.warning("clickhouse unavailable, retrying", extra={"error": repr(exc), "retry_in_s": backoff})
-                await self._pause(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+        def failed(exc: Exception, delay: float) -> None:
+            log.warning("clickhouse unavailable, retrying", extra={"error": repr(exc), "retry_in_s": delay})
+
+        if self.stopping():
+            return
+        try:
+            await retrying(self._writer, BACKOFF, on_retry=failed, stopping=self.stopping)
+        except Stopped:
+            pass  # the worker stops before ClickHouse came up: nothing to open any more
 
     def on_shutdown(self) -> None:
         """After Faust's final commit: say what this worker handled (the offsets it committed)."""
@@ -229,7 +251,8 @@ class SinkStep:
             self.metrics.events_in.labels(msg.topic).inc()
             if msg.value is None:
                 continue  # a compaction tombstone on a reference topic is not an error
-            event = decode(self._kind(msg.topic), msg.value, now, max_future, self.settings.max_message_bytes)
+            name = self.topology.name_of(msg.topic)
+            event = decode(name, msg.value, now, max_future, self.settings.max_message_bytes)
             if isinstance(event, Invalid):
                 await router.dead_letter(event.reason, msg)
             elif isinstance(event, (Promoter, Exclusion)):  # IPs (and chosen ids) never in clear
@@ -242,8 +265,8 @@ class SinkStep:
         if not items:
             return True
         built = build_rows(items)
-        backoff = 0.5
-        while True:
+
+        async def attempt() -> None:
             try:
                 writer = await self._writer()
                 refused = await asyncio.to_thread(writer.write, built.rows)
@@ -253,19 +276,23 @@ class SinkStep:
                     rows = {"dead_letters": [dead_letter_row(d) for d in letters]}
                     lost = await asyncio.to_thread(writer.write, rows)
                 if self.failing_since is not None:
-                    log.info("clickhouse writes recovered", extra={"after_s": round(time.monotonic() - self.failing_since, 1)})
+                    after_s = round(time.monotonic() - self.failing_since, 1)
+                    log.info("clickhouse writes recovered", extra={"after_s": after_s})
                     self.failing_since = None
                 self._report(built, refused, letters, lost)
-                return True
-            except Exception as exc:  # an outage: keep the batch, never ack it, retry until ClickHouse is back
+            except Exception:
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
-                if self.stopping():
-                    return False
-                log.warning("clickhouse write failed, retrying", extra={"error": repr(exc), "retry_in_s": backoff})
-                if not await self._pause(backoff):
-                    return False
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                raise
+
+        def failed(exc: Exception, delay: float) -> None:
+            log.warning("clickhouse write failed, retrying", extra={"error": repr(exc), "retry_in_s": delay})
+
+        try:  # an outage: keep the batch, never ack it, retry until ClickHouse is back
+            await retrying(attempt, BACKOFF, on_retry=failed, stopping=self.stopping)
+        except Stopped:
+            return False
+        return True
 
     def _letters(self, items: list[Sourced], built: Rows, refused: list[Refused]) -> list[DeadLetter]:
         """One dead letter per message with refused rows (see `refused_letter`)."""
@@ -298,16 +325,6 @@ class SinkStep:
                     {"topic": d.topic, "partition": d.partition, "offset": d.offset, "value_bytes": d.value_bytes,
                      "value_sha256": d.value_sha256, "error": error} for d, error in dropped]})
 
-    async def _pause(self, seconds: float) -> bool:
-        """Sleep, waking early when the worker stops; False if it does."""
-        deadline = time.monotonic() + seconds
-        while not self.stopping():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return True
-            await asyncio.sleep(min(left, 0.2))
-        return False
-
     async def _writer(self) -> ClickHouseWriter:
         """The ClickHouse writer, opened (and the schema migrated) on first use."""
         if self.writer is None:
@@ -317,9 +334,20 @@ class SinkStep:
         return self.writer
 
     async def read(self, fn: Callable[[Any], T]) -> T:
-        """Run `fn(client)` on the sink's ClickHouse client (opened and migrated on first use),
-        in a thread, holding the writer's lock: chdb allows one process per directory, so
-        every reader in the worker (stats API, spike alerts) shares this client."""
+        """Run the query `fn(client)` on the sink's ClickHouse client: chdb allows one process
+        per directory, so every reader in the worker (stats API, `/counts`, spike alerts)
+        shares this client (see `_on_client`)."""
+        return await self._on_client(fn)
+
+    async def write_alerts(self, alerts: Sequence[AlertFields]) -> None:
+        """Insert spike alerts into the `alerts` table. They come from the spike watch, not
+        from Kafka, so they bypass the batches, their retries and their dead letters: a
+        failure raises and the watch redoes its poll."""
+        await self._on_client(lambda client: write_alerts(client, alerts))
+
+    async def _on_client(self, fn: Callable[[Any], T]) -> T:
+        """`fn(client)` on the sink's client (opened and migrated on first use), in a thread,
+        holding the writer's lock, as the batches' writes do."""
         writer = await self._writer()
 
         def call() -> T:

@@ -19,8 +19,9 @@ dedupes by event id, the fraud counters are sets).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from faust.transport.consumer import CONSUMER_FETCHING
 

@@ -36,18 +36,19 @@ import asyncio
 import gc
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from time import monotonic
-from typing import Any, Awaitable, Callable, Iterable, cast
+from typing import Any, cast
 
 import faust
 from aiokafka.errors import IllegalStateError
-from mode import Service
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import CONSUMER_WAIT_EMPTY, ensure_TP
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
+from mode import Service
 
 from streams.delivery.bulk import BulkReader, drain
 from streams.delivery.changelog import BatchedTable
@@ -262,7 +263,7 @@ class FlushingProducerBuffer(ProducerBuffer):
             self.message_sent.clear()
             try:
                 await asyncio.wait_for(self.message_sent.wait(), timeout=5.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("producer buffer not draining", extra={"buffered": self.size})
 
     async def flush_atmost(self, max_messages: int | None) -> int:
@@ -299,7 +300,8 @@ class GuardedApp(faust.App):
 
     def batched(self, table: Any) -> BatchedTable:
         """`table` (key and value types bytes), its changelog written in batches (`changelog.py`)."""
-        return BatchedTable(table, lambda: self.producer._ensure_producer(), self.refuse_commits)
+        producer: Any = self.producer  # Faust's ProducerT does not declare the aiokafka producer
+        return BatchedTable(table, lambda: producer._ensure_producer(), self.refuse_commits)
 
     def read_in_bulk(self, topic: Any, handler: Callable[[list[Any]], Awaitable[None]], max_messages: int) -> None:
         """Read `topic` (a Faust topic) in fetched batches: `await handler(messages)` with up

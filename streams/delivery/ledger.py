@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import weakref
 from collections import defaultdict
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterable
+from typing import Any
 
 
 @dataclass
@@ -41,7 +42,7 @@ class CommitLedger:
         default_factory=lambda: defaultdict(dict))
     # finish counts per delivered message object: two copies of one offset (a redelivery
     # after a seek) are counted apart
-    _finished: "weakref.WeakKeyDictionary[Any, int]" = field(default_factory=weakref.WeakKeyDictionary)
+    _finished: weakref.WeakKeyDictionary[Any, int] = field(default_factory=weakref.WeakKeyDictionary)
     finished_total: int = 0  # messages every reader finished, since start: shows the agents progress
 
     def delivered(self, message: Any) -> None:

@@ -23,6 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from streams.config import Settings
+from streams.topology import RAW_TOPICS, REFERENCE_TOPICS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,10 +63,10 @@ def wait_for(what: str, check, timeout: float, worker: subprocess.Popen, log: Pa
 def run(args: argparse.Namespace, base: Settings) -> int:
     from sinks import queries
     from sinks.clickhouse import connect
-    from streams import generate, stack
-    from streams.topology import ensure_pipeline_topics_sync
+    from streams.dev import generate, stack
     from streams.dev.traffic import TrafficSpec
     from streams.dev.traffic import generate as make_traffic
+    from streams.topology import ensure_pipeline_topics_sync
 
     run_id = f"demo{int(time.time())}"
     data = Path(base.data_dir).resolve()
@@ -100,11 +101,11 @@ def run(args: argparse.Namespace, base: Settings) -> int:
         say(f"producing {len(traffic.messages)} messages "
             f"({', '.join(f'{k} {v}' for k, v in sorted(traffic.counts.messages.items()))})")
         # reference data first, as in production where promoters exist before their traffic
-        asyncio.run(generate.produce(settings, only(traffic, REFERENCE), progress=False))
+        asyncio.run(generate.produce(settings, only(traffic, REFERENCE_TOPICS), progress=False))
         wait_for("promoters to load",
                  lambda: (health(settings.web_port) or {}).get("promoters", 0) >= len(traffic.truth.promoters),
                  60, worker, log)
-        asyncio.run(generate.produce(settings, only(traffic, TRAFFIC), progress=True))
+        asyncio.run(generate.produce(settings, only(traffic, RAW_TOPICS), progress=True))
         wait_processed(settings, traffic, worker, log, args.timeout)
         if args.linger > 0:
             say(f"processed; the dashboard stays up for {args.linger:g} s: "
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace, base: Settings) -> int:
 def wait_processed(settings: Settings, traffic, worker, log: Path, timeout: float) -> None:
     """Wait until the sink wrote every valid message and conversions stopped changing."""
     expected = {t: traffic.counts.messages.get(t, 0) - traffic.counts.malformed.get(t, 0)
-                for t in ("clicks", "signups", "orders")}
+                for t in RAW_TOPICS}
     malformed = sum(traffic.counts.malformed.values())
     last = {"conversions": -1, "since": time.monotonic()}
 
@@ -164,12 +165,12 @@ def check_truth(client, traffic) -> bool:
 
     Attribution must match exactly: the same orders, each with its tracking code and amount.
     The checks are scored per reason code against `traffic.truth.expected` (precision /
-    recall table, streams/scoring.py) and the statuses compared. Tolerance: the pipeline
+    recall table, streams/dev/scoring.py) and the statuses compared. Tolerance: the pipeline
     counts some signals "as of decision time" (flood and farming counters when an
     attribution becomes final, spam counts when an order is decided), which may
     legitimately differ from the truth's whole-traffic counts for events near a threshold
     or near a decision. The generator keeps its traffic away from both (streams/dev/traffic/
-    fraud.py; tests/test_generate.py checks the margins), so at most `STATUS_TOLERANCE` (0)
+    fraud.py; tests/dev/test_generate.py checks the margins), so at most `STATUS_TOLERANCE` (0)
     status mismatches pass. Returns False on any attribution mismatch or more status
     mismatches than that; a wrong reason that leaves the status right shows in the table only.
     """
@@ -193,10 +194,6 @@ def check_truth(client, traffic) -> bool:
     if not statuses_ok:
         print(f"status check failed: {len(report.status_mismatches)} mismatches, tolerance {STATUS_TOLERANCE}")
     return not (missing or extra or wrong) and statuses_ok
-
-
-REFERENCE = ("promoters", "exclusions")
-TRAFFIC = ("clicks", "signups", "orders")
 
 
 def only(traffic, topics: tuple[str, ...]):

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sinks.queries import format_table
 from streams.dev.traffic import PATTERNS, REASON_CODES, Expected, Truth
 
 
@@ -101,19 +102,16 @@ def score(truth: Truth | Mapping[str, Expected], rows: Iterable[Mapping[str, Any
 def format_report(report: Report, examples: int = 3) -> str:
     """A small aligned text table of the report, then the status agreement."""
     head = ("reason", "patterns", "expected", "flagged", "TP", "FP", "FN", "precision", "recall")
-    table = [head] + [
-        (s.code, ", ".join(s.patterns) or "-", str(s.expected), str(s.flagged), str(s.tp), str(s.fp), str(s.fn),
-         _ratio(s.precision), _ratio(s.recall))
-        for s in report.scores
-    ]
+
+    def cells(s: Score, patterns: str) -> dict[str, str]:
+        return dict(zip(head, (s.code, patterns, str(s.expected), str(s.flagged), str(s.tp), str(s.fp),
+                               str(s.fn), _ratio(s.precision), _ratio(s.recall))))
+
+    table = [cells(s, ", ".join(s.patterns) or "-") for s in report.scores]
     if report.scores:
         tp, fp, fn = (sum(getattr(s, k) for s in report.scores) for k in ("tp", "fp", "fn"))
-        total = Score("all reasons", (), tp, fp, fn)
-        table.append((total.code, "", str(total.expected), str(total.flagged), str(tp), str(fp), str(fn),
-                      _ratio(total.precision), _ratio(total.recall)))
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             .rstrip() for row in table]
+        table.append(cells(Score("all reasons", (), tp, fp, fn), ""))
+    lines = format_table(head, table, numeric=head[2:], rule=False).splitlines()
     if not report.scores:
         lines.append("(no reason expected nor flagged)")
     agreement = report.status_agreement

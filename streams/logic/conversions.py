@@ -3,23 +3,24 @@
 State per `account_id`: the account's signup with its attribution (from the visitor join)
 and the orders that may become or already are conversions. Every paid order of an
 attributed account within the binding period is a conversion; refunds, cancellations and
-chargebacks reverse it. Each conversion is checked and priced (streams/logic/rules). A conversion is re-emitted with a higher `revision` whenever its
-content changes, and re-sent unchanged when a redelivery touches it (idempotent outputs).
+chargebacks reverse it. Each conversion is checked and priced (streams/logic/rules). A
+conversion is re-emitted with a higher `revision` whenever its content changes, and re-sent
+unchanged when a redelivery touches it (idempotent outputs).
 """
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Callable
 
 import msgspec
 
 from schemas.records import AttributionRec, Conversion, OrderRec
-from streams.logic.rules.checks import DAY_MS, HOUR_MS, Evidence, PromoterRef, Signals, reasons, status_of
+from streams.logic.rules import windows
+from streams.logic.rules.checks import Evidence, PromoterRef, Signals, reasons, status_of
 from streams.logic.rules.commission import payable, price
 from streams.logic.rules.ruleset import RuleBook
-
 
 #: later events win; at equal event time the more final status wins
 STATUS_RANK = {"paid": 0, "cancelled": 1, "refunded": 2, "chargeback": 3}
@@ -56,8 +57,6 @@ class Context:
 class Live:
     """Cross-partition inputs of one decision, read from Redis just before it."""
 
-    spam_signups: int = 0
-    spam_long: int = 0
     volume_before: Decimal = Decimal(0)  # promoter's counted sales earlier this month
     points_before: int = 0  # promoter's points from earlier months
 
@@ -120,11 +119,9 @@ def decide(
     ruleset = ctx.book.at(order.ts)
     promoter = ctx.promoter(click.tracking_code, order.ts)
     ident = signup.ident
-    snap = state.signals or Signals()
-    signals = msgspec.structs.replace(snap, spam_signups=live.spam_signups, spam_long=live.spam_long)
     evidence = Evidence(promoter, signup, order, order_status,
                         ctx.exclusion(order.account_id, ident.email_domain if ident else None, order.ts),
-                        signals)
+                        state.signals or Signals())
     reason_codes = reasons(evidence, ruleset)
     status = status_of(reason_codes)
     pricing = payable(price(order.amount, promoter.level if promoter else 1, live.points_before,
@@ -223,7 +220,7 @@ def signals_close(s: AttributionRec) -> int:
     """Event time at which the attributed click's hour and the signup's day are over: from
     then on (watermark past it) their flood and farming counts can no longer grow."""
     assert s.click is not None
-    return max((s.click.ts // HOUR_MS + 1) * HOUR_MS, (s.signup_ts // DAY_MS + 1) * DAY_MS)
+    return windows.closes_at(s.click.ts, s.signup_ts)
 
 
 def needs_final_signals(state: AccountState, watermark: int) -> bool:

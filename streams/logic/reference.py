@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import logging
-import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from schemas.events import Exclusion, Promoter
-from schemas.validate import decode
-from streams.config import Settings
+from schemas.events import Exclusion, Promoter, millis
+from streams.logic.privacy import hash_pii
 from streams.logic.rules.checks import PromoterRef
-from streams.logic.privacy import Pseudonyms, hash_pii
 
-log = logging.getLogger(__name__)
+Version = tuple[int, str, Promoter]  # (ts, event_id, promoter)
+
+
+def _version_order(v: Version) -> tuple[int, str]:
+    return v[0], v[1]
 
 
 class PromoterDirectory:
@@ -35,9 +33,9 @@ class PromoterDirectory:
 
     def add(self, p: Promoter) -> None:
         versions = self._versions.setdefault(p.tracking_code, [])
-        item = (p.ts, p.event_id, p)
+        item = (millis(p.ts), p.event_id, p)
         if not any(v[1] == p.event_id for v in versions):
-            bisect.insort(versions, item, key=lambda v: (v[0], v[1]))
+            bisect.insort(versions, item, key=_version_order)
 
     def as_of(self, tracking_code: str, ts: int) -> PromoterRef | None:
         """The promoter owning `tracking_code` at event time `ts`, or None if nobody does.
@@ -57,7 +55,8 @@ class PromoterDirectory:
             promoter_id=p.promoter_id, level=p.level, account_type=p.account_type,
             is_employee=p.is_employee, is_partner_staff=p.is_partner_staff, account_id=p.account_id,
             realname_id_hash=p.realname_id_hash, email_hash=p.email_hash, device_id=p.device_id,
-            ip_hash=p.ip if self.salt is None else hash_pii(p.ip, self.salt), enterprise_since=later[0] if later else None,
+            ip_hash=p.ip if self.salt is None else hash_pii(p.ip, self.salt),
+            enterprise_since=later[0] if later else None,
         )
 
     def __len__(self) -> int:
@@ -71,7 +70,7 @@ class ExclusionDirectory:
         self._by_key: dict[str, list[tuple[int, str, str]]] = {}  # key -> [(since, event_id, owner)]
 
     def add(self, e: Exclusion) -> None:
-        since = e.since if isinstance(e.since, int) else e.ts
+        since = millis(e.since if e.since is not None else e.ts)
         for key in (f"a:{e.account_id}" if e.account_id else None,
                     f"d:{e.email_domain.lower()}" if e.email_domain else None):
             if key is None:
@@ -88,43 +87,3 @@ class ExclusionDirectory:
 
     def __len__(self) -> int:
         return len(self._by_key)
-
-
-async def follow_reference(settings: Settings, directory: PromoterDirectory,
-                           exclusions: ExclusionDirectory) -> None:
-    """Load the promoters and exclusions topics from the start, set `directory.ready`,
-    then keep following them."""
-    topics = (settings.topic("promoters"), settings.topic("exclusions"))
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
-    )
-    await consumer.start()
-    try:
-        await consumer.topics()  # loads metadata, so partitions_for_topic knows the topic
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps) if tps else {}
-        max_future = int(settings.max_future_s * 1000)
-        protect = Pseudonyms(settings.pii_salt.encode(), settings.id_fields_to_hash)
-        while True:
-            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-            now = int(time.time() * 1000)
-            for records in batches.values():
-                for rec in records:
-                    if rec.value is None:
-                        continue  # a compaction tombstone: nothing to add
-                    name = "promoters" if rec.topic == topics[0] else "exclusions"
-                    event = decode(name, rec.value, now, max_future, settings.max_message_bytes)
-                    if isinstance(event, Promoter):
-                        directory.add(protect(event))  # the directory is made with salt None
-                    elif isinstance(event, Exclusion):
-                        exclusions.add(protect(event))
-            if not directory.ready.is_set():
-                positions = {tp: await consumer.position(tp) for tp in tps}
-                if all(positions[tp] >= end[tp] for tp in tps):
-                    log.info("reference data loaded", extra={"tracking_codes": len(directory),
-                                                              "exclusions": len(exclusions)})
-                    directory.ready.set()
-    finally:
-        await consumer.stop()

@@ -37,8 +37,8 @@ from typing import NamedTuple
 
 import msgspec
 
-MINUTE_MS = 60_000
-HOUR_MS = 60 * MINUTE_MS
+from schemas.units import HOUR_MS, MINUTE_MS
+
 LN10 = math.log(10)
 
 
@@ -62,7 +62,7 @@ class SpikeRules:
     @property
     def alpha(self) -> float:
         """EWMA weight of the newest bucket."""
-        return 1 - 0.5 ** (1 / self.half_life_buckets)
+        return float(1.0 - 0.5 ** (1.0 / self.half_life_buckets))
 
 
 class Obs(NamedTuple):

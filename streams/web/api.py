@@ -19,19 +19,18 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from schemas.units import DAY_MS, HOUR_MS, MINUTE_MS
 from schemas.validate import MAX_ID_LEN, valid_id
+from sinks.clickhouse import rows_as_dicts
 
 T = TypeVar("T")
 Args = Mapping[str, Sequence[str]]  # query-string name -> every value given for it
 Runner = Callable[[Callable[[Any], T]], Awaitable[T]]  # runs fn(client), returns its result
 
-MINUTE_MS = 60_000
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
 BUCKETS: dict[str, int] = {"minute": MINUTE_MS, "hour": HOUR_MS, "day": DAY_MS}
 MAX_BUCKETS = 1500
 DEFAULT_SPAN_MS = DAY_MS
@@ -52,7 +51,7 @@ QUERY_SETTINGS: dict[str, Any] = {"max_execution_time": 10}
 # Numbers are ASCII digits only: str.isdigit() and int() also take '²', '④', '٣' or '1_0'.
 _DIGITS = re.compile(r"[0-9]{1,16}")
 _LIMIT = re.compile(r"[0-9]{1,6}")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class BadRequest(ValueError):
@@ -128,7 +127,7 @@ def parse_time(raw: str, name: str) -> int:
                 raise ValueError(text)
             when = datetime.fromisoformat(text)
             if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
+                when = when.replace(tzinfo=UTC)
             ms = (when - _EPOCH) // timedelta(milliseconds=1)
         except (ValueError, OverflowError):
             raise BadRequest(f"{name}='{shown(raw)}' is neither epoch milliseconds nor an ISO-8601 time "
@@ -338,8 +337,7 @@ def alerts_query(w: Window, limit: int) -> Query:
 
 def fetch(client: Any, query: Query) -> list[dict[str, Any]]:
     """Rows of `query` as dicts (runs in the runner's thread)."""
-    result = client.query(query.sql, parameters=dict(query.params), settings=QUERY_SETTINGS)
-    return [dict(zip(result.column_names, row)) for row in result.result_rows]
+    return rows_as_dicts(client.query(query.sql, parameters=dict(query.params), settings=QUERY_SETTINGS))
 
 
 # --- shaping -----------------------------------------------------------------------------

@@ -1,110 +1,138 @@
-"""Feeding the spike detector from ClickHouse counts (pure): increments, promoters, restarts."""
+"""The spike watch in the worker (`AlertWatch.poll`) on fakes of its sink, topic and Redis
+store: leader only, state loaded once, outputs before the save, a failed poll redone."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
+import msgspec
 import pytest
 
-from streams.logic.spike import Obs, SpikeRules
-from streams.agents.alerts import Row, Watcher, alert_row
+from sinks.alerts import CLICKS_SQL, NEWEST_SQL, OWNERS_SQL, SIGNUPS_SQL
+from streams.agents.alerts import AlertWatch
+from streams.logic.spike import Alert, SpikeRules
+from streams.logic.spike_feed import Watcher
+from streams.metrics import Metrics
 
 RULES = SpikeRules()
 B = RULES.bucket_ms
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z, a bucket boundary
-TC, PR = "tracking_code", "promoter"
+LATENESS = B
 
 
-def row(code: str, i: int, n: int, first: int = 1000, last: int = B - 1000) -> Row:
-    """`n` events of `code` in bucket `i`, the first and last at these offsets into it."""
-    return Row(code, T0 + i * B, n, T0 + i * B + first, T0 + i * B + last)
+class Result:
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self.result_rows = rows
 
 
-def steady(codes: list[str], buckets: int, n: int = 4) -> list[list[Row]]:
-    """One poll per bucket; each poll sees the bucket complete."""
-    return [[row(c, i, n) for c in codes] for i in range(buckets)]
+@dataclass
+class Client:
+    """ClickHouse as `sinks.alerts.read_counts` sees it: 3 h of 4 clicks per bucket on code A
+    (promoter P1), then `clicks` in the last bucket."""
+
+    clicks: int = 100
+
+    def query(self, sql: str, parameters: Any = None, settings: Any = None) -> Result:
+        n = [4] * 36 + [self.clicks]
+        rows = {NEWEST_SQL: [(T0 + len(n) * B - 1,)], SIGNUPS_SQL: [], OWNERS_SQL: [("A", "P1")],
+                CLICKS_SQL: [("A", T0 + i * B, c, T0 + i * B + 1, T0 + (i + 1) * B - 1) for i, c in enumerate(n)]}
+        return Result(rows[sql])
+
+
+@dataclass
+class Sink:
+    client: Client = field(default_factory=Client)
+    fail_write: bool = False
+    written: list[Alert] = field(default_factory=list)
+
+    async def read(self, fn: Any) -> Any:
+        return fn(self.client)
+
+    async def write_alerts(self, alerts: list[Alert]) -> None:
+        if self.fail_write:
+            raise ConnectionError("clickhouse down")
+        self.written += alerts
+
+
+@dataclass
+class Topic:
+    sent: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    async def send(self, key: bytes, value: bytes) -> asyncio.Future[None]:
+        self.sent.append((key, value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+@dataclass
+class Store:
+    saved: bytes | None = None
+    fail_load: bool = False
+    fail_save: bool = False
+    loads: int = 0
+
+    async def load(self) -> bytes | None:
+        self.loads += 1
+        if self.fail_load:
+            raise ConnectionError("redis down")
+        return self.saved
+
+    async def save(self, state: bytes) -> None:
+        if self.fail_save:
+            raise ConnectionError("redis down")
+        self.saved = state
 
 
 @dataclass
 class Case:
     name: str
-    polls: list[list[Row]]  # what ClickHouse returns at each poll (totals since the open bucket)
-    owners: dict[str, str] = field(default_factory=dict)
-    fed: list[list[Obs]] | None = None  # expected observations per poll (None: not checked)
-    alerts: list[tuple[str, str, int]] = field(default_factory=list)  # (kind, id, bucket index)
-    restart_after: int | None = None  # snapshot and restore after this poll
-    open_after: set[tuple[str, str, int]] | None = None  # `fed` keys left at the end (bucket index)
-    lateness: int = B
+    leader: bool = True
+    sink: Sink = field(default_factory=Sink)
+    store: Store = field(default_factory=Store)
+    alerts: set[tuple[str, str]] = field(default_factory=set)  # (kind, id) returned and published
+    saved: bool = False  # the state was saved
+    kept: bool = False  # the watcher stays in memory for the next poll
+    redis_failures: dict[str, float] = field(default_factory=dict)
 
 
+BURST = {("tracking_code", "A"), ("promoter", "P1")}
 CASES = [
-    Case("a new bucket: its first event at its time, the rest at the newest event's",
-         [[row("A", 0, 3, 10, 50), row("B", 0, 1, 20, 20)]],
-         fed=[[Obs(TC, "A", T0 + 10, 1), Obs(TC, "B", T0 + 20, 1), Obs(TC, "A", T0 + 50, 2)]]),
-    Case("the same totals again feed nothing (redelivered events are counted once)",
-         [[row("A", 0, 3)], [row("A", 0, 3)]],
-         fed=[[Obs(TC, "A", T0 + 1000, 1), Obs(TC, "A", T0 + B - 1000, 2)], []]),
-    Case("growth feeds the increment at the bucket's newest event",
-         [[row("A", 0, 3, 10, 50)], [row("A", 0, 5, 10, 90)]],
-         fed=[[Obs(TC, "A", T0 + 10, 1), Obs(TC, "A", T0 + 50, 2)], [Obs(TC, "A", T0 + 90, 2)]]),
-    Case("a drop is ignored and later growth counts from the highest total",
-         [[row("A", 0, 5)], [row("A", 0, 4)], [row("A", 0, 6)]],
-         fed=[[Obs(TC, "A", T0 + 1000, 1), Obs(TC, "A", T0 + B - 1000, 4)], [],
-              [Obs(TC, "A", T0 + B - 1000, 1)]]),
-    Case("clicks and signups of a code add up; a promoter sums its codes; unknown codes stay codes",
-         [[row("A", 0, 3, 500, 800), row("A", 0, 1, 200, 200), row("B", 0, 2, 900, 950), row("X", 0, 1, 100, 100)]],
-         owners={"A": "p1", "B": "p1"},
-         fed=[[Obs(TC, "X", T0 + 100, 1), Obs(PR, "p1", T0 + 200, 1), Obs(TC, "A", T0 + 200, 1),
-               Obs(TC, "A", T0 + 800, 3), Obs(TC, "B", T0 + 900, 1), Obs(PR, "p1", T0 + 950, 5),
-               Obs(TC, "B", T0 + 950, 1)]]),
-    Case("a backlog in one poll is fed bucket by bucket, in event-time order",
-         [[row("A", 2, 1), row("A", 0, 1), row("A", 1, 1)]],
-         fed=[[Obs(TC, "A", T0 + 1000, 1), Obs(TC, "A", T0 + B + 1000, 1), Obs(TC, "A", T0 + 2 * B + 1000, 1)]]),
-    Case("a restored watcher does not feed its open buckets again",
-         [[row("A", 0, 3)], [row("A", 0, 3)], [row("A", 0, 4)]], restart_after=0,
-         fed=[[Obs(TC, "A", T0 + 1000, 1), Obs(TC, "A", T0 + B - 1000, 2)], [],
-              [Obs(TC, "A", T0 + B - 1000, 1)]]),
-    Case("buckets behind the watermark are forgotten",
-         steady(["A"], 4), open_after={(TC, "A", 2), (TC, "A", 3)}),
-    Case("a burst alerts once for the code and once for its promoter",
-         steady(["A", "B", "C"], 36) + [[row("A", 36, 60), row("B", 36, 4), row("C", 36, 4)]]
-         + steady(["A", "B", "C"], 40)[37:],
-         owners={"A": "p1", "B": "p1", "C": "p2"},
-         alerts=[(PR, "p1", 36), (TC, "A", 36)]),
-    Case("the same traffic in one poll (a fresh start on a backlog) gives the same alerts",
-         [[r for poll in steady(["A", "B", "C"], 36) for r in poll]
-          + [row("A", 36, 60), row("B", 36, 4), row("C", 36, 4)]],
-         owners={"A": "p1", "B": "p1", "C": "p2"},
-         alerts=[(PR, "p1", 36), (TC, "A", 36)]),
-    Case("a burst inside the warm-up hour does not alert",
-         steady(["A"], 6) + [[row("A", 6, 60)]]),
-    Case("a restart in the middle of a burst still alerts once",
-         steady(["A"], 36) + [[row("A", 36, 12)], [row("A", 36, 60)], [row("A", 36, 80)]],
-         restart_after=36, alerts=[(TC, "A", 36)]),
+    Case("a follower does nothing and forgets its memory", leader=False),
+    Case("a burst is written, sent and then the state saved", alerts=BURST, saved=True, kept=True),
+    Case("no state loaded, no poll: a fresh detector would repeat alerts", store=Store(fail_load=True),
+         redis_failures={"spikes_load": 1}),
+    Case("a failed output drops the memory: the poll is redone from the last save",
+         sink=Sink(fail_write=True)),
+    Case("a failed save keeps the memory (the alerts are out): saved next time",
+         store=Store(fail_save=True), alerts=BURST, kept=True, redis_failures={"spikes_save": 1}),
+    Case("steady traffic: no alert, the state saved", sink=Sink(Client(clicks=4)), saved=True, kept=True),
 ]
 
 
-def spied(w: Watcher, log: list[list[Obs]]) -> Watcher:
-    """`w`, recording every batch its detector processes into the last list of `log`."""
-    process = w.detector.process
-    w.detector.process = lambda batch, wm=None: (log[-1].extend(batch), process(batch, wm))[1]  # type: ignore
-    return w
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_watcher(case: Case) -> None:
-    fed: list[list[Obs]] = []
-    w = spied(Watcher(RULES, case.lateness), fed)
-    alerts = []
-    for i, rows in enumerate(case.polls):
-        fed.append([])
-        alerts += w.step(rows, case.owners).alerts
-        if i == case.restart_after:
-            w = spied(Watcher.restore(RULES, case.lateness, w.snapshot()), fed)
-    if case.fed is not None:
-        assert fed == case.fed
-    assert [(a.kind, a.id, (a.bucket_start - T0) // B) for a in alerts] == case.alerts
-    for a in alerts:  # the `alerts` table row: id -> key, count -> observed, detected_ts -> detected_at
-        assert alert_row(a) == (a.kind, a.id, a.bucket_start, a.count, a.baseline, a.score, a.first_event_ts,
-                                a.detected_ts)
-    if case.open_after is not None:
-        assert {(k, i, (b - T0) // B) for k, i, b in w.fed} == case.open_after
+def test_poll(case: Case) -> None:
+    metrics, topic = Metrics(), Topic()
+    watch = AlertWatch(RULES, LATENESS, case.sink, metrics, topic, case.store)  # type: ignore[arg-type]
+    alerts = asyncio.run(watch.poll(case.leader))
+    assert {(a.kind, a.id) for a in alerts} == case.alerts
+    assert {(a.kind, a.id) for a in case.sink.written} == case.alerts
+    assert {(key.decode(), msgspec.json.decode(value)["id"]) for key, value in topic.sent} == {
+        (f"{k}:{i}", i) for k, i in case.alerts}
+    assert (case.store.saved is not None) == case.saved
+    assert (watch.watcher is not None) == case.kept
+    for op in ("spikes_load", "spikes_save"):
+        assert metrics.redis_failures.labels(op)._value.get() == case.redis_failures.get(op, 0)
+    assert sum(metrics.spikes.labels(k)._value.get() for k in ("promoter", "tracking_code")) == len(case.alerts)
+
+
+def test_a_new_leader_goes_on_from_the_saved_state() -> None:
+    """The saved state restores a watcher that feeds nothing twice: the same counts alert once."""
+    store = Store()
+    first = AlertWatch(RULES, LATENESS, Sink(), Metrics(), Topic(), store)  # type: ignore[arg-type]
+    assert asyncio.run(first.poll(True))
+    assert store.saved is not None and Watcher.restore(RULES, LATENESS, store.saved).fed
+    second = AlertWatch(RULES, LATENESS, Sink(), Metrics(), Topic(), store)  # type: ignore[arg-type]
+    assert asyncio.run(second.poll(True)) == [] and store.loads == 2
+    assert asyncio.run(second.poll(True)) == [] and store.loads == 2  # loaded once per leadership

@@ -19,12 +19,12 @@ import pytest
 
 from schemas.events import MODELS, Promoter
 from schemas.records import Batch, ClickRec, Conversion, DeadLetter, LateEvent, SignupRec, batch_encoder, json_encoder
-from sinks.clickhouse import connect
-from streams.agents.sink import MAX_DEAD_VALUE, REFUSED, SinkStep, record_json
+from sinks.clickhouse import rows_as_dicts
 from sinks.tables import TABLES, quote
+from streams.agents.router import Router
+from streams.agents.sink import MAX_DEAD_VALUE, REFUSED, SinkStep, record_json
 from streams.config import Settings
 from streams.metrics import Metrics
-from streams.agents.router import Router
 from tests.sinks import HUGE, NINETIES, T0
 
 TS_ERROR = "Unable to create native array for column `ts`: error (struct.error: argument out of range)"
@@ -103,7 +103,7 @@ def rejected(step: SinkStep, table: str) -> float:
 
 def letters(client: Any) -> dict[tuple[str, int, int], dict[str, Any]]:
     result = client.query("SELECT * FROM dead_letters FINAL ORDER BY topic, `partition`, `offset`")
-    return {(r["topic"], r["partition"], r["offset"]): r for r in result.named_results()}
+    return {(r["topic"], r["partition"], r["offset"]): r for r in rows_as_dicts(result)}
 
 
 def test_refused_rows_are_dead_lettered_and_the_rest_is_written(make_step, engine, caplog):

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests import ROOT
+
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 PROVISIONING = GRAFANA / "provisioning"

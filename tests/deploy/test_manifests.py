@@ -15,10 +15,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from schemas.units import DAY_MS
 from streams.config import PREFIX, Settings
-from streams.topology import INPUT_TOPICS, OUTPUT_TOPICS
-
+from streams.topology import INPUT_TOPICS, JOIN_TOPICS, OUTPUT_TOPICS
 from tests import ROOT
+
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 K8S_DIR = ROOT / "deploy" / "k8s"
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
@@ -355,9 +356,6 @@ def created_topics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[
     return topics
 
 
-DAY_MS = 86_400_000
-
-
 @pytest.mark.parametrize("topic, policy, min_retention_ms, join_partitions", [
     # Inputs are replayed for backfills: keep them far beyond the allowed lateness.
     ("clicks", "delete", 7 * DAY_MS, False),
@@ -383,7 +381,7 @@ def test_compose_creates_topics(created_topics: dict, topic: str, policy: str,
 
 
 def test_compose_creates_every_pipeline_topic(created_topics: dict) -> None:
-    assert set(created_topics) == {*INPUT_TOPICS, *OUTPUT_TOPICS, "visitor-join", "account-join"}
+    assert set(created_topics) == {*INPUT_TOPICS, *OUTPUT_TOPICS, *JOIN_TOPICS}
 
 
 # --- Image -------------------------------------------------------------------------------

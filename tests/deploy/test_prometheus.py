@@ -15,8 +15,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.metrics import Metrics
-
 from tests import ROOT
+
 PROM_DIR = ROOT / "deploy" / "prometheus"
 RULES = PROM_DIR / "rules" / "refstream.yml"
 RULE_TESTS = PROM_DIR / "tests" / "refstream_test.yml"

@@ -13,16 +13,23 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
 from schemas.events import Click, Exclusion, Order, Promoter, Signup
 from schemas.validate import Invalid, decode
-from streams.dev import generate as gen
 from streams.config import Settings
+from streams.dev import generate as gen
 from streams.dev.traffic import (
-    DAY_MS, FRAUD_COUNTS, HOUR_MS, PATTERNS, Traffic, TrafficSpec, generate, status_of,
+    DAY_MS,
+    FRAUD_COUNTS,
+    HOUR_MS,
+    PATTERNS,
+    Traffic,
+    TrafficSpec,
+    generate,
+    status_of,
 )
 
 MAX_FUTURE_MS = 3_600_000
@@ -54,12 +61,12 @@ CASES = [
 IDS = [c.name for c in CASES]
 
 
-@lru_cache(maxsize=None)
+@cache
 def traffic_of(name: str) -> Traffic:
     return generate(next(c for c in CASES if c.name == name).spec)
 
 
-@lru_cache(maxsize=None)
+@cache
 def decoded_of(name: str) -> list:
     t = traffic_of(name)
     return [decode(topic, value, t.spec.end_ms, MAX_FUTURE_MS) for topic, _, value in t.messages]

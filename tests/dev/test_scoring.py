@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
@@ -133,7 +133,7 @@ def test_format_report_of_nothing() -> None:
 # --- on generated traffic: a perfect pipeline, and one that checks nothing yet ---------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def traffic() -> Traffic:
     return generate(TrafficSpec(seed=5, visitors=1500, days=7))
 

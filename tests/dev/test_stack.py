@@ -1,17 +1,14 @@
 """The local stack: port helpers and topic checks (end to end: tests/integration/test_stack.py)."""
 from __future__ import annotations
 
-import asyncio
 import socket
-import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.dev import stack as local_stack
 from streams.config import Settings
-from streams.topology import INPUT_TOPICS, OUTPUT_TOPICS, ensure_topics, ensure_topics_sync
+from streams.dev import stack as local_stack
+from streams.topology import ensure_topics_sync
+
 
 def test_free_port_is_bindable() -> None:
     port = local_stack.free_port()

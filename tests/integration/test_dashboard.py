@@ -28,10 +28,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from streams.dev import generate
 from streams.config import Settings
-from streams.dev.demo import REFERENCE, TRAFFIC, only
+from streams.dev import generate
+from streams.dev.demo import only
 from streams.dev.traffic import TrafficSpec
+from streams.topology import RAW_TOPICS, REFERENCE_TOPICS
 from tests.support.pipeline import ROOT, Pipeline
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
@@ -153,9 +154,9 @@ def worker(stack: Any, topic_prefix: str, tmp_path: Path) -> Iterator[tuple[Pipe
                                             allowed_lateness_ms=settings.lateness_ms))
     p.start_worker()
     try:
-        asyncio.run(generate.produce(settings, only(traffic, REFERENCE), progress=False))
+        asyncio.run(generate.produce(settings, only(traffic, REFERENCE_TOPICS), progress=False))
         p.wait(lambda: (p.get("/health") or {}).get("promoters", 0) >= len(traffic.truth.promoters), 60, "promoters")
-        asyncio.run(generate.produce(settings, only(traffic, TRAFFIC), progress=False))
+        asyncio.run(generate.produce(settings, only(traffic, RAW_TOPICS), progress=False))
         expected = {t: traffic.counts.messages.get(t, 0) - traffic.counts.malformed.get(t, 0)
                     for t in ("clicks", "signups", "orders")}
         last = {"conversions": -1, "since": time.monotonic()}

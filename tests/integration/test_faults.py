@@ -24,13 +24,19 @@ import redis
 from streams.agents.sink import EXIT_UNDRAINED
 from streams.dev import stack as local_stack
 from streams.dev.traffic import Traffic, TrafficSpec, generate
+from streams.topology import SINK
 from tests.support.pipeline import (
-    Pipeline, assert_same_conversions, conversions, expected_counts, load_reference, raw_messages, settled_end_ms,
+    Pipeline,
+    assert_same_conversions,
+    conversions,
+    expected_counts,
+    load_reference,
+    raw_messages,
+    settled_end_ms,
     undisturbed,
 )
 
 pytestmark = pytest.mark.integration
-SINK_INPUTS = ["visitor-join", "account-join", "conversions", "late-events", "dead-letters", "promoters", "exclusions"]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +83,7 @@ def test_sigterm_drains_the_sink_and_commits_what_it_wrote(stack, topic_prefix, 
         p.wait(lambda: rows_written(p, sink) > 0, 120, "first rows")
         assert p.stop_worker(sink, signal.SIGTERM) == 0
         handled = log_records(worker_log(p, 0), "sink stopped")[0]["handled"]
-        committed = p.committed(f"{p.env['REFSTREAM_APP_ID']}-sink", SINK_INPUTS)
+        committed = p.committed(p.topology.group(SINK.name), SINK.reads)
         p.produce(raw[len(raw) // 2:])
         p.start_worker(role="sink")
         p.wait_done(expected_counts(traffic))

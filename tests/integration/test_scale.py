@@ -18,7 +18,13 @@ import pytest
 
 from streams.dev.traffic import Traffic, TrafficSpec, generate
 from tests.support.pipeline import (
-    Pipeline, assert_same_conversions, conversions, expected_counts, load_reference, raw_messages, settled_end_ms,
+    Pipeline,
+    assert_same_conversions,
+    conversions,
+    expected_counts,
+    load_reference,
+    raw_messages,
+    settled_end_ms,
     undisturbed,
 )
 

@@ -11,8 +11,10 @@ from decimal import Decimal
 import pytest
 import redis
 
-from schemas.records import AttributionRec, ClickRec, ClickRef, Conversion, SignupIdent, SignupRec
+from schemas.records import AttributionRec, ClickRec, ClickRef, Conversion
 from streams.adapters.signals import WINDOW_TTL_S, SignalStore, drop_namespace
+from streams.logic.rules import windows
+from tests.logic.rules.test_windows import CASES as WINDOW_CASES
 from tests.support.pipeline import NAMESPACES
 
 pytestmark = pytest.mark.integration
@@ -81,26 +83,18 @@ def test_ledger(stack, case: Case) -> None:
     assert asyncio.run(run()) == case.expected
 
 
-def test_counters_are_idempotent_and_windowed(stack) -> None:
+@pytest.mark.parametrize("case", WINDOW_CASES, ids=lambda c: c.name)
+def test_counters_count_the_windows_like_memory(stack, case) -> None:
+    """The cases of tests/logic/rules/test_windows.py (run there on `MemoryWindows`) on Redis."""
     async def run() -> list:
         s = store(stack)
         try:
-            clicks = [ClickRec(f"c{i}", JAN_31 + i * 60_000, f"v{i % 2}", "T1", ip_hash="ip1") for i in range(25)]
-            clicks.append(ClickRec("c-next-hour", JAN_31 + H, "v0", "T1", ip_hash="ip1"))
-            signups = [SignupRec(f"s{i}", JAN_31 + i, f"a{i}", f"v{i}", ip_hash="ip9", device_id="d1")
-                       for i in range(4)]
-            await s.record_events(clicks + signups)
-            await s.record_events(clicks + signups)  # redelivered
-            rec = AttributionRec("a0", "s0", JAN_31 + 30 * 60_000, "v0", ClickRef("c0", JAN_31, "T1", ip_hash="ip1"),
-                                 True, SignupIdent(ip_hash="ip9", device_id="d1"))
-            organic_ip = AttributionRec("a9", "s9", JAN_31, "v9", ClickRef("c9", JAN_31 + H, "T1", ip_hash="ip1"),
-                                        True, SignupIdent(ip_hash="other"))
-            return await s.snapshot([rec, organic_ip])
+            await s.record_events(case.events)
+            await s.record_events(case.events)  # redelivered
+            return await s.snapshot([case.read])
         finally:
             await s.close()
-    first, second = asyncio.run(run())
-    assert (first.flood_ip, first.flood_visitor, first.farm_ip, first.farm_device) == (25, 13, 4, 4)
-    assert (second.flood_ip, second.farm_ip, second.farm_device) == (1, 0, 0)
+    assert asyncio.run(run()) == [case.expected]
 
 
 def test_counters_take_large_batches_and_expire(stack) -> None:
@@ -111,7 +105,7 @@ def test_counters_take_large_batches_and_expire(stack) -> None:
             clicks = [ClickRec(f"c{i}", JAN_31 + i, "v0", "T1", ip_hash="ip1") for i in range(2_500)]
             await s.record_events(clicks)
             rec = AttributionRec("a0", "s0", JAN_31, "v0", ClickRef("c0", JAN_31, "T1", ip_hash="ip1"), True)
-            ttl = await s.redis.ttl(s.keys.flood_ip("T1", "ip1", JAN_31))
+            ttl = await s.redis.ttl(s.keys.window(windows.flood_ip("T1", "ip1", JAN_31)))
             return await s.snapshot([rec]), ttl
         finally:
             await s.close()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 
 import pytest
@@ -10,8 +9,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.dev import stack as local_stack
-from streams.config import Settings
 from streams.topology import INPUT_TOPICS, OUTPUT_TOPICS, ensure_topics, ensure_topics_sync
+
 
 @pytest.mark.integration
 def test_topics_produce_consume_and_status(stack, topic_prefix: str) -> None:

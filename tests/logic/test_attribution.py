@@ -1,51 +1,49 @@
-"""Click -> signup attribution, lateness and finalisation (pure logic)."""
+"""Click -> signup attribution, lateness and finalisation: the visitor join's engine
+(streams/logic/engine.py with VisitorLogic) run in-process over a dict store."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import pytest
 
-from schemas.records import ClickRef
+from schemas.records import AttributionRec, Batch, ClickRec, ClickRef, JoinRecord, SignupRec
 from streams.logic import attribution as attr
-from streams.logic.clock import EventClock
+from streams.logic.engine import JoinEngine, MemoryStore
+from streams.logic.joins import VisitorLogic
+from streams.logic.rules.ruleset import RuleBook
 
 WINDOW = 1_000
 LATENESS = 100
+SOURCES = ("clicks/0", "signups/0")
 
 
-def click(eid: str, ts: int, code: str) -> tuple:
-    return ("click", eid, ts, code)
+def click(eid: str, ts: int, code: str) -> ClickRec:
+    return ClickRec(eid, ts, "v", code, src="clicks/0/0")
 
 
-def signup(eid: str, ts: int, account: str = "acc") -> tuple:
-    return ("signup", eid, ts, account)
+def signup(eid: str, ts: int, account: str = "acc") -> SignupRec:
+    return SignupRec(eid, ts, account, "v", src="signups/0/0")
 
 
 @dataclass
 class Case:
     name: str
-    events: list[tuple]
+    events: list[JoinRecord]  # of one visitor, in arrival order
     expected: dict[str, str | None]  # account -> tracking code it is finally attributed to
     model: str = "last_click"
     late: list[str] = field(default_factory=list)  # event ids reported late
 
 
-def run(case: Case) -> tuple[dict[str, str | None], list[str], list]:
-    """Drive one visitor's join the way streams.agents.joins does: judge lateness, apply, finalise."""
-    rules = attr.AttributionRules(WINDOW, case.model, max_clicks=8)
-    clock = EventClock(("click", "signup"), LATENESS)
-    state = attr.VisitorState()
-    late, emitted = [], []
-    for kind, eid, ts, arg in case.events:
-        is_late = clock.is_late(ts)
-        clock.observe(kind, ts)
-        if is_late and not attr.knows(state, eid):
-            late.append(eid)
-        elif kind == "click":
-            emitted += attr.add_click(state, "v", ClickRef(eid, ts, arg), rules)
-        else:
-            emitted += attr.add_signup(state, arg, "v", eid, ts, rules)
-    emitted += attr.advance(state, "v", 10**9, rules, grace_ms=0)
+def run(case: Case) -> tuple[dict[str, str | None], list[str], list[AttributionRec]]:
+    """The events as one step of the visitor join, then a heartbeat that finalises everything."""
+    logic = VisitorLogic(attr.AttributionRules(WINDOW, case.model, max_clicks=8), RuleBook([]), LATENESS, 1)
+    engine = JoinEngine(logic, MemoryStore(), sources=SOURCES, lateness_ms=LATENESS, partitions=1,
+                        sweep_every_s=0)
+    steps = [Batch(list(case.events)), Batch([], {source: 10**9 for source in SOURCES})]
+    outs = [asyncio.run(engine.process(0, [batch])) for batch in steps]
+    emitted = [a for out in outs for part in out.attributions.values() for a in part]
+    late = [e.event_id for out in outs for e in out.late]
     final = {a.account_id: (a.click.tracking_code if a.click else None) for a in emitted if a.final}
     return final, late, emitted
 

@@ -129,7 +129,7 @@ def test_decode(case: Case) -> None:
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from schemas.records import ClickRec, MAX_BATCH_BYTES, batch_decoder, encode_batches  # noqa: E402
+from schemas.records import MAX_BATCH_BYTES, ClickRec, batch_decoder, encode_batches  # noqa: E402
 from schemas.validate import MAX_MESSAGE_BYTES  # noqa: E402
 
 TOPICS = ["clicks", "signups", "orders", "promoters", "exclusions"]
@@ -186,7 +186,7 @@ def test_a_valid_input_record_is_no_larger_than_its_message(event_id: str, visit
     larger than the message it came from plus its source offset and a hashed IP."""
     from schemas.records import batch_encoder
     from streams.logic.privacy import Pseudonyms
-    from streams.agents.router import to_record
+    from streams.logic.routing import to_record
 
     raw = json.dumps({"event_id": event_id, "ts": NOW, "tracking_code": "T", "visitor_id": visitor,
                       "url": url, "user_agent": ua, "ip": ip}).encode()

@@ -1,12 +1,12 @@
 """Shared values of the sink tests."""
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HUGE = 99_000_000_000_000_000_000_000  # the joined_at of defect 6 (fits JSON, not msgpack)
 
 
 def ms(year: int, month: int, day: int = 15) -> int:
-    return int(datetime(year, month, day, tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime(year, month, day, tzinfo=UTC).timestamp() * 1000)
 
 
 NINETIES = [ms(1990 + i // 12, i % 12 + 1) for i in range(120)]  # one click per month: defect 5

@@ -7,7 +7,6 @@ other test modules can open chdb on another directory.
 """
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -17,7 +16,7 @@ import msgspec
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from schemas.events import Promoter
+from schemas.events import Exclusion, Promoter
 from schemas.records import (
     AttributionRec,
     ClickRec,
@@ -28,24 +27,18 @@ from schemas.records import (
     OrderRec,
     SignupRec,
 )
-from sinks import queries
+from sinks import events, queries
 from sinks.clickhouse import ChdbOpenError, ClickHouseUnavailable, ClickHouseWriter, DsnError, connect
-from sinks.rows import rows_for
 from sinks.migrations import MIGRATIONS, Migration, migrate
+from sinks.rows import rows_for
 from sinks.tables import TABLES, VIEWS
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
 @pytest.fixture
-def client(engine, request):
-    dsn, admin = engine
-    name = "t_" + re.sub(r"\W", "_", request.node.name)[:60]
-    admin.command(f"DROP DATABASE IF EXISTS {name}")
-    admin.command(f"CREATE DATABASE {name}")
-    c = connect(dsn, database=name)
-    yield c
-    c.close()
+def client(empty_db):
+    return empty_db
 
 
 @pytest.fixture
@@ -444,40 +437,41 @@ def test_http_dsn_is_accepted_and_goes_to_the_server():
     assert not isinstance(info.value, DsnError) and "s3cret" not in str(info.value)
 
 
-# --- rules applied by conversions_current ---------------------------------------------
+# --- conversions_current before the sink agent installs the rules ----------------------------
 
 
-@dataclass
-class ViewCase:
-    name: str
-    records: list
-    expected: tuple  # status, reasons, commission of order o1
-
-
-VIEW_CASES = [
-    ViewCase("plain", [conversion("o1", commission=Decimal("15"))], ("approved", [], Decimal("15"))),
-    ViewCase("promoter turns enterprise after the order: reversed, nothing paid",
-             [conversion("o1", commission=Decimal("15")), promoter("P1", "T1", ts=T0 + 5_000, account_type="enterprise")],
-             ("reversed", ["promoter_became_enterprise"], Decimal(0))),
-    ViewCase("enterprise before the order: the join's decision stands",
-             [conversion("o1", status="rejected", reasons=["promoter_ineligible"]),
-              promoter("P1", "T1", ts=T0 + 1_000, account_type="enterprise")],
-             ("rejected", ["promoter_ineligible"], Decimal(0))),
-    ViewCase("20 signups of the code, most long after their click: held for click spamming",
-             [conversion("o1", commission=Decimal("15"))]
-             + [(1, AttributionRec(f"a{i}", f"s{i}", T0 + 2 * 86_400_000, f"v{i}",
-                                   ClickRef(f"c{i}", T0, "T1"), True)) for i in range(20)],
-             ("held", ["click_spamming"], Decimal("15"))),
-    ViewCase("19 such signups are not enough",
-             [conversion("o1", commission=Decimal("15"))]
-             + [(1, AttributionRec(f"a{i}", f"s{i}", T0 + 2 * 86_400_000, f"v{i}",
-                                   ClickRef(f"c{i}", T0, "T1"), True)) for i in range(19)],
-             ("approved", [], Decimal("15"))),
-]
-
-
-@pytest.mark.parametrize("case", VIEW_CASES, ids=lambda c: c.name)
-def test_conversions_current_applies_promoter_wide_rules(db, case: ViewCase) -> None:
-    ClickHouseWriter(db).write_records(case.records)
+def test_conversions_current_is_the_latest_decision_until_the_rules_are_installed(db):
+    """The migrations create placeholders: the rules ClickHouse applies over a whole code or
+    promoter come from `streams.logic.rules.views` (tests/logic/rules/test_program_rules.py)."""
+    ClickHouseWriter(db).write_records(
+        [conversion("o1", commission=Decimal("15")), promoter("P1", "T1", ts=T0 + 5_000, account_type="enterprise")]
+        + [(1, AttributionRec(f"a{i}", f"s{i}", T0 + 2 * 86_400_000, f"v{i}", ClickRef(f"c{i}", T0, "T1"), True))
+           for i in range(20)])
     row = db.query("SELECT status, reasons, commission FROM conversions_current WHERE order_id = 'o1'").result_rows
-    assert tuple(row[0]) == case.expected
+    assert tuple(row[0]) == ("approved", [], Decimal("15"))
+    assert scalar(db, "SELECT count() FROM spam_codes") == 0
+
+
+# --- stored events read back (replay) -----------------------------------------------------------
+
+
+def test_stored_events_read_back_as_the_records_written(db):
+    full = [ClickRec("c1", T0, "v1", "T1", "spring", "m1", "ip1", "ua", "https://x", "https://r", "HEAD"),
+            SignupRec("s1", T0 + 1, "a1", "v1", "ip2", "ua", "x.example", "em", "business", "rn", "dev"),
+            OrderRec("e1", T0 + 2, "o1", "a1", "pro", Decimal("12.5"), "USD", "paid", Decimal("1.25"), "k1", "sku",
+                     "saas", True),
+            promoter("P1", "T1", level=2, account_type="enterprise", account_id="acc", is_employee=True,
+                     realname_id_hash="rn", email_hash="em", device_id="d", ip="iphash"),
+            Exclusion(event_id="x1", ts=T0, account_id="a9", owner="direct_sales", since=T0 - 1)]
+    bare = [ClickRec("c2", T0 + 10, "v2", "T1"), SignupRec("s2", T0 + 11, "a2", "v2"),
+            OrderRec("e2", T0 + 12, "o2", "a2", "pro", Decimal(1), "USD", "paid"),
+            Exclusion(event_id="x2", ts=T0 + 13, email_domain="corp.example", owner="channel_partner", since=T0)]
+    ClickHouseWriter(db).write_records(full + bare + full)  # duplicates are read once
+    got = events.load(db)
+    assert sorted(got.clicks, key=lambda r: r.event_id) == [full[0], bare[0]]
+    assert sorted(got.signups, key=lambda r: r.event_id) == [full[1], bare[1]]
+    assert sorted(got.orders, key=lambda r: r.event_id) == [full[2], bare[2]]
+    assert got.promoters == [full[3]]
+    assert sorted(got.exclusions, key=lambda e: e.event_id) == [full[4], bare[3]]
+    until = events.load(db, until_ms=T0 + 10)
+    assert ([c.event_id for c in until.clicks], [s.event_id for s in until.signups]) == (["c1", "c2"], ["s1"])

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import decimal
 import errno
-import re
-import socket
 import struct
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -27,27 +25,12 @@ from sinks.clickhouse import (
     ClickHouseUnavailable,
     ClickHouseWriter,
     classify,
-    connect,
     describe,
     partition_chunks,
 )
 from sinks.rows import rows_for
-from sinks.migrations import migrate
 from sinks.tables import TABLES
 from tests.sinks import HUGE, NINETIES, T0
-
-
-
-@pytest.fixture
-def db(engine, request):
-    dsn, admin = engine
-    name = "w_" + re.sub(r"\W", "_", request.node.name)[:60]
-    admin.command(f"DROP DATABASE IF EXISTS {name}")
-    admin.command(f"CREATE DATABASE {name}")
-    client = connect(dsn, database=name)
-    migrate(client)
-    yield client
-    client.close()
 
 
 def chdb_error(engine: Any, sql: str) -> Exception:
@@ -112,7 +95,7 @@ CLASSIFIED: list[tuple[str, BaseException, str]] = [
         "Error HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded (Connection refused)"), "outage"),
     ("connection refused", ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), "outage"),
     ("connection reset", ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), "outage"),
-    ("socket timeout (Python)", socket.timeout("timed out"), "outage"),
+    ("socket timeout (Python)", TimeoutError("timed out"), "outage"),
     ("timeout (Python)", TimeoutError(), "outage"),
     ("disk full (Python)", OSError(errno.ENOSPC, "No space left on device"), "outage"),
     ("column count mismatch: a bug, not a row", ProgrammingError("Insert data column count does not match"), "outage"),
@@ -158,7 +141,7 @@ def test_partition_chunks_split_by_month_and_keep_each_month_whole():
     rows = click_rows(NINETIES + NINETIES[::-1])  # every month twice, far apart in the batch
     chunks = partition_chunks(TABLES["clicks"], rows, limit=50)
     assert sorted(i for c in chunks for i in c) == list(range(240))
-    months = [{datetime.fromtimestamp(rows[i][1] / 1000, timezone.utc).strftime("%Y%m") for i in c} for c in chunks]
+    months = [{datetime.fromtimestamp(rows[i][1] / 1000, UTC).strftime("%Y%m") for i in c} for c in chunks]
     assert [len(m) for m in months] == [50, 50, 20]
     assert not set.intersection(*months)  # a month is in one chunk only
     assert all(c == sorted(c) for c in chunks)  # rows keep their order within a chunk

@@ -10,16 +10,19 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from schemas.units import DAY_MS, HOUR_MS
 from streams.config import Settings
 from streams.logic.partitioning import partition_for
-
+from streams.topology import RAW_TOPICS, REFERENCE_TOPICS, Topology
 from tests import ROOT
+
 #: (redis_url, namespace) of every pipeline of this test session: conftest drops them at the end
 NAMESPACES: set[tuple[str, str]] = set()
 
@@ -37,7 +40,7 @@ class Pipeline:
 
     @classmethod
     def create(cls, stack: Any, prefix: str, workdir: Path, comparable: bool = False,
-               **overrides: Any) -> "Pipeline":
+               **overrides: Any) -> Pipeline:
         """`comparable`: price without volume tiers and point levels, so that runs whose
         messages arrive in another order must give identical conversions (those two follow
         arrival order across partitions: docs/architecture.md, Known limits)."""
@@ -65,6 +68,11 @@ class Pipeline:
     @property
     def dsn(self) -> str:
         return self.env["REFSTREAM_CLICKHOUSE_DSN"]
+
+    @property
+    def topology(self) -> Topology:
+        """The pipeline's topics, roles and consumer groups."""
+        return Topology(Settings.from_env(self.env))
 
     def topic(self, name: str) -> str:
         return self.env["REFSTREAM_TOPIC_PREFIX"] + name
@@ -183,7 +191,7 @@ class Pipeline:
 
         asyncio.run(send())
 
-    def offsets(self, group: str, topics: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    def offsets(self, group: str, topics: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
         """End offsets and the committed offsets of consumer group `group` on `topics` (without
         prefix), as {"topic/partition": offset}; partitions without a commit are left out of
         the latter. The reading consumer never subscribes, so it does not join the group."""
@@ -208,24 +216,13 @@ class Pipeline:
 
         return asyncio.run(read())
 
-    def committed(self, group: str, topics: list[str]) -> dict[str, int]:
+    def committed(self, group: str, topics: Sequence[str]) -> dict[str, int]:
         """Committed offsets of consumer group `group` on `topics` (see `offsets`)."""
         return self.offsets(group, topics)[1]
 
-    def groups(self) -> dict[str, list[str]]:
+    def groups(self) -> dict[str, tuple[str, ...]]:
         """Consumer group -> the topics it reads, for the roles of the workers started so far."""
-        app_id = self.env["REFSTREAM_APP_ID"]
-        stream = ["clicks", "signups", "orders", "visitor-join", "account-join"]
-        sink = ["visitor-join", "account-join", "conversions", "late-events", "dead-letters", "promoters",
-                "exclusions"]
-        out: dict[str, list[str]] = {}
-        if "all" in self.roles:
-            out[app_id] = sorted(set(stream + sink))
-        elif "stream" in self.roles:
-            out[app_id] = stream
-        if "sink" in self.roles:
-            out[f"{app_id}-sink"] = sink
-        return out
+        return self.topology.groups(self.roles)
 
     def wait_caught_up(self, timeout: float = 180) -> None:
         """Wait until every consumer group has committed the end offsets seen one check (>= 1 s)
@@ -257,9 +254,8 @@ class Pipeline:
     def query(self, sql: str) -> list[dict]:
         """Rows of a query on this pipeline's ClickHouse (in a subprocess: chdb allows one process
         per directory, so the test process never holds it open). Workers must be stopped."""
-        code = ("import json,sys; from sinks.clickhouse import connect; c=connect(sys.argv[1]); "
-                "r=c.query(sys.argv[2]); print(json.dumps([dict(zip(r.column_names,x)) for x in r.result_rows],"
-                "default=str))")
+        code = ("import json,sys; from sinks.clickhouse import connect, rows_as_dicts; c=connect(sys.argv[1]); "
+                "print(json.dumps(rows_as_dicts(c.query(sys.argv[2])), default=str))")
         out = subprocess.run([sys.executable, "-c", code, self.dsn, sql], cwd=ROOT, capture_output=True,
                              text=True, check=True)
         return json.loads(out.stdout)
@@ -295,13 +291,6 @@ def assert_same_conversions(result: dict[str, dict[str, str]], reference: dict[s
                                            f"unexpected {sorted(set(result) - set(reference))[:5]}")
     other = {o: (result[o], reference[o]) for o in reference if result[o] != reference[o]}
     assert not other, f"{len(other)} orders differ: {list(other.items())[:3]}"
-
-
-REFERENCE_TOPICS = ("promoters", "exclusions")
-
-
-HOUR_MS, DAY_MS = 3_600_000, 86_400_000
-RAW_TOPICS = ("clicks", "signups", "orders")
 
 
 def settled_end_ms(now_ms: int | None = None) -> int:

@@ -40,10 +40,22 @@ label is honest and must be approved. Scoring a pipeline run against it: streams
 Modules: `model` (spec, truth, patterns), `honest` (the honest population), `fraud` (the
 patterns), `oracle` (attribution and expected checks), `delivery` (`generate`).
 """
+from schemas.units import DAY_MS, HOUR_MS, MINUTE_MS  # re-exported: the traffic's tests and tools use them
 from streams.dev.traffic.delivery import generate
 from streams.dev.traffic.model import (
-    DAY_MS, DEFAULT_END_MS, FRAUD_COUNTS, HOUR_MS, MINUTE_MS, PATTERNS, REFERENCE_TOPICS, REVERSAL_CODES, TOPICS,
-    TRAFFIC_TOPICS, AccountTruth, Counts, Expected, Traffic, TrafficSpec, Truth,
+    DEFAULT_END_MS,
+    FRAUD_COUNTS,
+    PATTERNS,
+    REFERENCE_TOPICS,
+    REVERSAL_CODES,
+    TOPICS,
+    TRAFFIC_TOPICS,
+    AccountTruth,
+    Counts,
+    Expected,
+    Traffic,
+    TrafficSpec,
+    Truth,
 )
 from streams.dev.traffic.oracle import REASON_CODES, Rules, compute_truth, expected_conversions, status_of
 

@@ -2,14 +2,22 @@
 from __future__ import annotations
 
 import bisect
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 
+from schemas.units import DAY_MS
 from streams.dev.traffic.fraud import add_fraud, exclusion_after_orders
 from streams.dev.traffic.honest import Ev, Gen
 from streams.dev.traffic.model import (
-    DAY_MS, FRAUD_COUNTS, REFERENCE_TOPICS, TOPICS, TRAFFIC_TOPICS, AccountTruth, Counts, Traffic, TrafficSpec,
+    FRAUD_COUNTS,
+    REFERENCE_TOPICS,
+    TOPICS,
+    TRAFFIC_TOPICS,
+    AccountTruth,
+    Counts,
+    Traffic,
+    TrafficSpec,
     Truth,
 )
 from streams.dev.traffic.oracle import compute_truth, expected_conversions
@@ -43,7 +51,7 @@ def _malformed(g: Gen, i: int) -> tuple[str, str | None, bytes]:
     if kind == 4:  # far in the future (10 days after "now", so also at real produce time)
         return "clicks", vid, msgspec.json.encode(
             {"event_id": eid, "ts": g.end + 10 * DAY_MS, "tracking_code": code, "visitor_id": vid})
-    naive = datetime.fromtimestamp(ts / 1000, timezone.utc).replace(tzinfo=None).isoformat()
+    naive = datetime.fromtimestamp(ts / 1000, UTC).replace(tzinfo=None).isoformat()
     return "signups", vid, msgspec.json.encode(  # ISO-8601 without a timezone
         {"event_id": eid, "ts": naive, "account_id": f"acc-{g.hex(12)}", "visitor_id": vid})
 
@@ -134,8 +142,8 @@ def generate(spec: TrafficSpec) -> Traffic:
     promoters = {e.body["tracking_code"]: dict(e.body) for e in refs if e.topic == "promoters"}  # latest wins
     actors: dict[str, frozenset[str]] = {}
     for labels in (g.account_labels, g.code_labels, g.actors):
-        for key, patterns in labels.items():
-            actors[key] = actors.get(key, frozenset()) | patterns
+        for who, patterns in labels.items():
+            actors[who] = actors.get(who, frozenset()) | patterns
     truth = Truth(accounts, promoters, excluded, expected, actors)
     out = Traffic(spec, [], [], [], [], [], truth, Counts({}, {}, {}, {}, {}, n_ooo))
     first = ontime[0][0] if ontime else spec.start_ms

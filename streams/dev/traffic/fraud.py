@@ -20,8 +20,8 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from schemas.units import DAY_MS, HOUR_MS, MINUTE_MS
 from streams.dev.traffic.honest import Gen, Item, Promoter
-from streams.dev.traffic.model import DAY_MS, HOUR_MS, MINUTE_MS
 from streams.dev.traffic.vocab import BIG_DEAL, BOT_UAS, CATALOGUE, CHANNEL_DOMAINS, MARKETPLACE, PRODUCT_WEIGHTS
 
 

@@ -17,9 +17,20 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from streams.dev.traffic.model import DAY_MS, HOUR_MS, MINUTE_MS, TRAFFIC_TOPICS, AccountTruth, TrafficSpec
+from schemas.units import DAY_MS, HOUR_MS, MINUTE_MS
+from streams.dev.traffic.model import TRAFFIC_TOPICS, AccountTruth, TrafficSpec
 from streams.dev.traffic.vocab import (
-    CATALOGUE, CHANNELS, COMPANY_MAIL, HOURLY, IP_FIRST, ISO_ZONES, MAIL, PAGES, PRODUCT_WEIGHTS, SITE, UA_WEIGHTS,
+    CATALOGUE,
+    CHANNELS,
+    COMPANY_MAIL,
+    HOURLY,
+    IP_FIRST,
+    ISO_ZONES,
+    MAIL,
+    PAGES,
+    PRODUCT_WEIGHTS,
+    SITE,
+    UA_WEIGHTS,
     UAS,
 )
 
@@ -349,7 +360,7 @@ class Gen:
                 reversal = ("cancelled", ts + self.delay(self.logu(5 * MINUTE_MS, 2 * DAY_MS)), "refund")
             else:
                 reversal = None
-        if reversal is not None:
+        if isinstance(reversal, tuple):
             status, later, pattern = reversal
             if self.emit(later, "orders", account, {**body, "ts": later, "status": status}):
                 self.label(self.order_labels, oid, pattern)

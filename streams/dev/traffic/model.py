@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
-MINUTE_MS = 60_000
+from schemas.units import DAY_MS, HOUR_MS
+
 #: a fixed default "now" (2026-01-01T00:00:00Z) so that a bare TrafficSpec is reproducible
 DEFAULT_END_MS = 1_767_225_600_000
 REFERENCE_TOPICS = ("promoters", "exclusions")

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from schemas.units import DAY_MS, HOUR_MS
 from streams.dev.traffic.honest import Ev
-from streams.dev.traffic.model import DAY_MS, HOUR_MS, STATUS_RANK, AccountTruth, Expected, TrafficSpec
+from streams.dev.traffic.model import STATUS_RANK, AccountTruth, Expected, TrafficSpec
 
 #: docs/rules.md, in its order: what each reason code does to the status
 REJECTING = ("unknown_promoter", "promoter_ineligible", "customer_owned_by_channel",
@@ -184,7 +185,7 @@ def _order_reasons(order: Ev, a: AccountTruth, signup: dict[str, Any], versions:
             found.add("self_referral")
     domain = (signup.get("email_domain") or "").lower()
     for x in exclusions:
-        since = x.get("since") if x.get("since") is not None else x["ts"]
+        since: int = x["since"] if x.get("since") is not None else x["ts"]
         if since <= order.ts and (x.get("account_id") == a.account_id
                                   or (domain and (x.get("email_domain") or "").lower() == domain)):
             found.add("customer_owned_by_channel" if x["owner"] == "channel_partner"

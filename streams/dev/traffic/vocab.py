@@ -1,7 +1,7 @@
 """Realistic vocabulary of sample traffic: pages, user agents, referrers, mail domains, products."""
 from __future__ import annotations
 
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta, timezone
 
 SITE = "https://www.example-cloud.com"
 PAGES = ["/", "/pricing", "/products/cloud-server", "/products/object-storage",
@@ -40,7 +40,7 @@ CATALOGUE = [
     ("enterprise-support", "SUP-E", "support", "2999.00", False, 1),
 ]
 PRODUCT_WEIGHTS = [p[5] for p in CATALOGUE]
-ISO_ZONES = [timezone.utc, timezone(timedelta(hours=8)), timezone(timedelta(hours=-5)),
+ISO_ZONES = [UTC, timezone(timedelta(hours=8)), timezone(timedelta(hours=-5)),
              timezone(timedelta(hours=5, minutes=30))]
 # relative activity per UTC hour (a broad day/night cycle over the main markets)
 HOURLY = [0.5, 0.45, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.0, 0.95,

@@ -3,6 +3,8 @@
 Pure functions over plain data. The evidence is gathered by the account join: the
 attributed click and signup (from state), the order, the promoter and exclusions as of
 the order's time (reference data), and the cross-partition counters (`Signals`, Redis).
+Click spamming is not decided here: it is a statistic over a whole tracking code, applied
+by ClickHouse and by replay (`spamming`).
 """
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from dataclasses import dataclass
 import msgspec
 
 from schemas.records import AttributionRec, OrderRec
+from streams.logic.rules import enterprise
 from streams.logic.rules.ruleset import HOLD, REASON_KINDS, REJECT, REVERSE, RuleSet
 
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
+APPROVED, HELD, REJECTED, REVERSED = "approved", "held", "rejected", "reversed"
+#: the statuses that earn their commission (and count towards the promoter's volume)
+PAYABLE_STATUSES = (APPROVED, HELD)
 
 
 class PromoterRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,14 +39,13 @@ class PromoterRef(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Signals(msgspec.Struct, frozen=True, kw_only=True):
-    """Counters shared across partitions (see streams/adapters/signals.py), as of decision time."""
+    """Flood and farming windows shared across partitions (streams.logic.rules.windows), as
+    of decision time. Click spamming is no signal of one decision: see `spamming`."""
 
     flood_ip: int = 0  # clicks from the attributed click's IP on its code in its UTC hour
     flood_visitor: int = 0  # the same for its visitor
     farm_ip: int = 0  # accounts signed up from the signup's IP in its UTC day
     farm_device: int = 0  # the same for its device
-    spam_signups: int = 0  # attributed signups of the tracking code
-    spam_long: int = 0  # ... of which came long after their click
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +85,11 @@ def reasons(ev: Evidence, rules: RuleSet) -> list[str]:
     if p is None:
         found.add("unknown_promoter")
     else:
-        enterprise_then = p.enterprise_since is not None and p.enterprise_since <= order.ts
-        if p.is_employee or p.is_partner_staff or p.account_type == "enterprise" or enterprise_then:
+        if p.is_employee or p.is_partner_staff or enterprise.enterprise_at(p.account_type, p.enterprise_since,
+                                                                            order.ts):
             found.add("promoter_ineligible")
-        elif p.enterprise_since is not None and p.enterprise_since > order.ts:
-            found.add("promoter_became_enterprise")
+        elif enterprise.turned_enterprise(p.enterprise_since, order.ts):
+            found.add(enterprise.REASON)
         if _self_referral(p, ev):
             found.add("self_referral")
     if ev.exclusion_owner == "channel_partner":
@@ -103,8 +106,6 @@ def reasons(ev: Evidence, rules: RuleSet) -> list[str]:
         found.add("click_flooding")
     if max(sig.farm_ip, sig.farm_device) > rules.farm_signups_per_day:
         found.add("signup_farming")
-    if sig.spam_signups >= rules.spam_min_signups and sig.spam_long >= rules.spam_long_share * sig.spam_signups:
-        found.add("click_spamming")
     if order.amount >= rules.high_value_amount:
         found.add("high_value_review")
     if ev.order_status != "paid":
@@ -116,9 +117,9 @@ def status_of(reason_codes: list[str]) -> str:
     """rejected > reversed > held > approved (docs/rules.md)."""
     kinds = {REASON_KINDS[r] for r in reason_codes}
     if REJECT in kinds:
-        return "rejected"
+        return REJECTED
     if REVERSE in kinds:
-        return "reversed"
+        return REVERSED
     if HOLD in kinds:
-        return "held"
-    return "approved"
+        return HELD
+    return APPROVED

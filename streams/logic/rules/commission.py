@@ -7,6 +7,8 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 import msgspec
 
+from schemas.records import Conversion
+from streams.logic.rules.checks import PAYABLE_STATUSES
 from streams.logic.rules.ruleset import RuleSet
 
 _Q = Decimal("0.0001")
@@ -52,6 +54,12 @@ def price(
 
 def payable(p: Pricing, status: str) -> Pricing:
     """What the promoter is owed in `status`: nothing when rejected or reversed."""
-    if status in ("approved", "held"):
+    if status in PAYABLE_STATUSES:
         return p
     return msgspec.structs.replace(p, commission=ZERO, bonus=ZERO, points=0)
+
+
+def counted_amount(c: Conversion) -> Decimal:
+    """What an order adds to its promoter's monthly volume (the ledger's tiers): its amount
+    unless it earns nothing."""
+    return c.amount if c.status in PAYABLE_STATUSES else ZERO

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import tomllib
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -99,15 +100,19 @@ def _ms(value: object) -> int:
         return int(value.timestamp() * 1000)
     if isinstance(value, str):
         return _ms(datetime.fromisoformat(value.replace("Z", "+00:00")))
-    return int(value)  # type: ignore[arg-type]
+    if isinstance(value, int):
+        return value
+    raise ValueError(f"effective_from must be a time, not {value!r}")
 
 
-def parse_rules(doc: dict) -> RuleBook:
+def parse_rules(doc: Mapping[str, object]) -> RuleBook:
     """A rule book from a TOML document: `[[rule_set]]` tables, each a `RuleSet`."""
     items = doc.get("rule_set", [])
+    if not isinstance(items, list):
+        raise ValueError("rule_set must be an array of tables: [[rule_set]]")
     sets = []
-    for item in items:
-        item = dict(item)
+    for table in items:
+        item: dict[str, object] = dict(table)
         if "effective_from" in item:
             item["effective_from"] = _ms(item["effective_from"])
         sets.append(msgspec.convert(item, RuleSet, strict=False))

@@ -1,4 +1,5 @@
-"""Fraud and exclusion checks: one case per reason code of docs/rules.md, and the status."""
+"""Fraud and exclusion checks: one case per reason code of docs/rules.md decided per order,
+and the status. (Click spamming, decided over a whole code: test_program_rules.py.)"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -109,12 +110,6 @@ CASES = [
     Case("3 signups from one IP and device in the day: fine", [], "approved", signals={"farm_ip": 3, "farm_device": 3}),
     Case("4 signups from one device in the day: farming", ["signup_farming"], "rejected",
          signals={"farm_device": 4}),
-    Case("20 signups, half long after the click: spamming", ["click_spamming"], "held",
-         signals={"spam_signups": 20, "spam_long": 10}),
-    Case("19 signups, all long: too few to judge", [], "approved", signals={"spam_signups": 19, "spam_long": 19}),
-    Case("20 signups, 9 long: under the share", [], "approved", signals={"spam_signups": 20, "spam_long": 9}),
-    Case("spam share is a setting", [], "approved", signals={"spam_signups": 20, "spam_long": 10},
-         rules={"spam_long_share": 0.6}),
     # amount
     Case("50 000 is held for review", ["high_value_review"], "held", amount="50000"),
     Case("just under 50 000", [], "approved", amount="49999.9999"),
@@ -130,12 +125,8 @@ CASES = [
          ["customer_owned_by_channel", "self_referral", "click_injection", "signup_farming"], "rejected",
          ident={"email_hash": "em-p", "device_id": "dev-p"}, exclusion="channel_partner", delay_s=1,
          signals={"farm_device": 9}),
-    Case("reverse + hold: reversed", ["promoter_became_enterprise", "chargeback", "click_spamming",
-                                      "high_value_review"], "reversed",
-         promoter={"enterprise_since": ORDER_TS + DAY}, order_status="chargeback", amount="50000",
-         signals={"spam_signups": 30, "spam_long": 30}),
-    Case("two holds: held", ["click_spamming", "high_value_review"], "held", amount="1000000",
-         signals={"spam_signups": 20, "spam_long": 20}),
+    Case("reverse + hold: reversed", ["promoter_became_enterprise", "chargeback", "high_value_review"], "reversed",
+         promoter={"enterprise_since": ORDER_TS + DAY}, order_status="chargeback", amount="50000"),
 ]
 
 

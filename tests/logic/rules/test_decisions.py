@@ -9,8 +9,9 @@ import pytest
 
 from schemas.records import AttributionRec, ClickRef, Conversion, OrderRec, SignupIdent
 from streams.logic import conversions as conv
+from streams.logic.rules.commission import counted_amount
 from streams.logic.rules.ruleset import RuleBook, RuleSet
-from streams.adapters.signals import counted_amount, month_of
+from streams.logic.rules.windows import month_of
 
 D = Decimal
 DAY = 86_400_000
@@ -124,10 +125,6 @@ CASES = [
     Case("customer owned by direct sales via the signup's email domain",
          [attribution("A", domain="bigcorp.example"), order("o1", T0 + DAY)],
          {"o1": dict(status="rejected", reasons=["customer_owned_by_direct_sales"], commission=D(0))}),
-    Case("spam counters come from the live values",
-         [attribution("A"), order("o1", T0 + DAY)],
-         {"o1": dict(status="held", reasons=["click_spamming"], commission=D(15))},
-         live={"o1": conv.Live(spam_signups=40, spam_long=30)}),
     pytest.param(Case("an earlier signup arriving late keeps orders made between the two signups",
                       [attribution("A", signup_ts=T0 + 5 * DAY, eid="s2"), order("o1", T0 + 2 * DAY),
                        attribution("A", signup_ts=T0, eid="s1")],

@@ -75,8 +75,7 @@ step_lists = st.lists(st.one_of(attributions, orders), max_size=12)
 
 def live(oid: str) -> conv.Live:
     return conv.Live(volume_before=D({"o1": 0, "o2": 10_000, "o3": 60_000}[oid]),
-                     points_before={"o1": 0, "o2": 150_000, "o3": 0}[oid], spam_signups=25,
-                     spam_long=10 if oid != "o3" else 20)
+                     points_before={"o1": 0, "o2": 150_000, "o3": 0}[oid])
 
 
 def process(steps: list) -> list[Conversion]:

@@ -5,11 +5,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from tests import ROOT
-
 import pytest
 
 from streams.logic.rules.ruleset import Tier, load_rules, parse_rules
+from tests import ROOT
 
 D = Decimal
 JAN = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -105,7 +104,6 @@ def test_the_example_in_docs_rules_md_parses() -> None:
     """The documented example is what operators copy: it must stay valid."""
     import re
     import tomllib
-    from pathlib import Path
 
     doc = (ROOT / "docs" / "rules.md").read_text()
     book = parse_rules(tomllib.loads(re.search(r"```toml\n(.*?)```", doc, re.S).group(1)))

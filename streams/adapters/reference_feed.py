@@ -1,0 +1,57 @@
+"""Every worker's copy of the reference topics (`promoters`, `exclusions`), read from the
+beginning without a consumer group, like a global table. Invalid messages are skipped
+here; the sink's `reference` agent dead-letters them once for the whole group."""
+from __future__ import annotations
+
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas.events import Exclusion, Promoter
+from schemas.validate import decode
+from streams.config import Settings
+from streams.logic.privacy import Pseudonyms
+from streams.logic.reference import ExclusionDirectory, PromoterDirectory
+
+log = logging.getLogger(__name__)
+
+
+async def follow_reference(settings: Settings, directory: PromoterDirectory,
+                           exclusions: ExclusionDirectory) -> None:
+    """Load the promoters and exclusions topics from the start, set `directory.ready`,
+    then keep following them."""
+    topics = (settings.topic("promoters"), settings.topic("exclusions"))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # loads metadata, so partitions_for_topic knows the topic
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps) if tps else {}
+        max_future = int(settings.max_future_s * 1000)
+        protect = Pseudonyms(settings.pii_salt.encode(), settings.id_fields_to_hash)
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            now = int(time.time() * 1000)
+            for records in batches.values():
+                for rec in records:
+                    if rec.value is None:
+                        continue  # a compaction tombstone: nothing to add
+                    name = "promoters" if rec.topic == topics[0] else "exclusions"
+                    event = decode(name, rec.value, now, max_future, settings.max_message_bytes)
+                    if isinstance(event, Promoter):
+                        directory.add(protect(event))  # the directory is made with salt None
+                    elif isinstance(event, Exclusion):
+                        exclusions.add(protect(event))
+            if not directory.ready.is_set():
+                positions = {tp: await consumer.position(tp) for tp in tps}
+                if all(positions[tp] >= end[tp] for tp in tps):
+                    log.info("reference data loaded", extra={"tracking_codes": len(directory),
+                                                              "exclusions": len(exclusions)})
+                    directory.ready.set()
+    finally:
+        await consumer.stop()

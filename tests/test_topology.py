@@ -1,0 +1,55 @@
+"""The topology (`streams.topology`): which role reads and writes which topic, in which
+consumer group, and that the app's agents read exactly that."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.config import Settings
+from streams.topology import ROLES, Topology
+
+JOINS = {"visitor-join", "account-join"}
+RESULTS = {"conversions", "late-events", "dead-letters"}
+
+
+@pytest.mark.parametrize("role, reads, follows, writes", [
+    ("stream", {"clicks", "signups", "orders"} | JOINS, {"promoters", "exclusions"}, JOINS | RESULTS),
+    ("sink", {"promoters", "exclusions"} | JOINS | RESULTS, set(), {"dead-letters", "alerts"}),
+    ("all", {"clicks", "signups", "orders", "promoters", "exclusions"} | JOINS | RESULTS,
+     {"promoters", "exclusions"}, JOINS | RESULTS | {"alerts"}),
+])
+def test_roles(role: str, reads: set[str], follows: set[str], writes: set[str]) -> None:
+    r = ROLES[role]
+    assert (set(r.reads), set(r.follows), set(r.writes)) == (reads, follows, writes)
+    assert len(r.reads) == len(reads)  # no topic twice
+
+
+@pytest.mark.parametrize("roles, groups", [
+    ({"all"}, {"app": ROLES["all"].reads}),
+    ({"stream"}, {"app": ROLES["stream"].reads}),
+    ({"stream", "sink"}, {"app": ROLES["stream"].reads, "app-sink": ROLES["sink"].reads}),
+    ({"all", "stream"}, {"app": ROLES["all"].reads}),  # one group: the union, once each
+    ({"all", "sink"}, {"app": ROLES["all"].reads, "app-sink": ROLES["sink"].reads}),
+    (set(), {}),
+])
+def test_consumer_groups(roles: set[str], groups: dict[str, tuple[str, ...]]) -> None:
+    got = Topology(Settings(app_id="app", topic_prefix="p-")).groups(sorted(roles))
+    assert {g: set(t) for g, t in got.items()} == {g: set(t) for g, t in groups.items()}
+
+
+def test_names_carry_the_prefix() -> None:
+    t = Topology(Settings(topic_prefix="demo1-", role="sink", app_id="x"))
+    assert t.topics(["clicks", "alerts"]) == ("demo1-clicks", "demo1-alerts")
+    assert t.name_of("demo1-visitor-join") == "visitor-join"
+    assert t.group() == "x-sink" and t.group("stream") == "x" and t.role().name == "sink"
+
+
+@pytest.mark.parametrize("role", sorted(ROLES))
+def test_the_app_reads_what_the_topology_says(role: str, tmp_path: Path) -> None:
+    from streams.agents.app import create_app
+
+    s = Settings(role=role, data_dir=str(tmp_path), topic_prefix="p-")
+    app = create_app(s, {"clicks": 2, "signups": 2, "orders": 2})
+    assert set(app.ledger.readers) == set(Topology(s).topics(ROLES[role].reads))
+    assert app.conf.id == Topology(s).group()
