@@ -8,8 +8,11 @@ here (IPs) or reduced (emails to a domain / hash) by the router.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import NamedTuple
 
 import msgspec
+
+from schemas.events import Exclusion, Promoter
 
 
 class ClickRec(msgspec.Struct, tag="c", array_like=True):
@@ -181,6 +184,17 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     value_bytes: int = 0
     value_sha256: str = ""
     truncated: bool = False
+
+
+class StoredEvents(NamedTuple):
+    """Deduplicated stored events, as records: what `refstream replay` runs on
+    (`sinks.stored.load` reads them from ClickHouse)."""
+
+    clicks: list[ClickRec]
+    signups: list[SignupRec]
+    orders: list[OrderRec]
+    promoters: list[Promoter]
+    exclusions: list[Exclusion]
 
 
 batch_encoder = msgspec.msgpack.Encoder()

@@ -21,7 +21,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Literal
@@ -31,7 +31,6 @@ import clickhouse_connect
 from clickhouse_connect.driver.exceptions import DataError, Error, OperationalError, ProgrammingError
 
 from schemas.units import DAY_MS
-from sinks.rows import Record, Versioned, rows_for
 from sinks.tables import TABLES, Table
 
 log = logging.getLogger(__name__)
@@ -297,10 +296,6 @@ class ClickHouseWriter:
                 for chunk in partition_chunks(spec, rows, self.max_partitions):
                     self._isolate(spec, rows, chunk, refused)
         return refused
-
-    def write_records(self, records: Iterable[Record | Versioned]) -> list[Refused]:
-        """`write(rows_for(records))`."""
-        return self.write(rows_for(records))
 
     def _isolate(self, spec: Table, rows: list[tuple], indices: list[int], refused: list[Refused]) -> None:
         """Insert `rows[i] for i in indices`; on a data error halve and retry each half,

@@ -32,7 +32,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams import logs
     from streams.agents.app import create_app
     from streams.agents.sink import EXIT_UNDRAINED
-    from streams.topology import ensure_pipeline_topics_sync, partition_counts_sync
+    from streams.topology import RAW_TOPICS, ensure_pipeline_topics_sync, partition_counts_sync
 
     if args.role:
         settings = dataclasses.replace(settings, role=args.role)
@@ -40,7 +40,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     _use_uvloop()
     if args.create_topics:
         ensure_pipeline_topics_sync(settings)
-    app = create_app(settings, partition_counts_sync(settings, ["clicks", "signups", "orders"]))
+    app = create_app(settings, partition_counts_sync(settings, list(RAW_TOPICS)))
     worker = faust.Worker(app, loglevel=settings.log_level, logging_config=logs.logging_config(settings.log_level))
     code: Any = 0
     try:
@@ -124,8 +124,7 @@ def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Reprocess the stored events with a candidate rule book and report what would change,
     per promoter and per reason, without touching the live results."""
-    from sinks import events as stored
-    from sinks import queries
+    from sinks import queries, stored
     from sinks.clickhouse import connect
     from streams.logic import replay
     from streams.logic.rules.ruleset import load_rules
@@ -137,7 +136,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     current = load_rules(settings.rules_file)
     print("reading stored events from ClickHouse ...", file=sys.stderr)
-    events = replay.Events(*stored.load(connect(settings.clickhouse)))
+    events = stored.load(connect(settings.clickhouse))
     print(f"replaying {len(events.clicks):,} clicks, {len(events.signups):,} signups, "
           f"{len(events.orders):,} orders twice ...", file=sys.stderr)
     lo = _day_ms(args.from_) if args.from_ else None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -13,6 +14,9 @@ PREFIX = "REFSTREAM_"
 #: what a worker runs: everything, the router and joins only, or the ClickHouse sink only
 ROLES = ("all", "stream", "sink")
 MAX_INPUT_BYTES = 262_144  # highest REFSTREAM_MAX_MESSAGE_BYTES
+#: what an API token may look like: visible ASCII, as an HTTP header carries it reliably
+#: (RFC 6750's b64token is a subset), bounded
+TOKEN_CHARS = re.compile(r"[\x21-\x7e]{1,4096}")
 
 
 class ConfigError(ValueError):
@@ -89,6 +93,9 @@ class Settings:
             raise ConfigError(f"{PREFIX}ROLE must be one of {', '.join(ROLES)}, not {self.role!r}")
         if self.spike_bucket_s < 1 or self.spike_poll_s <= 0:
             raise ConfigError(f"{PREFIX}SPIKE_BUCKET_S must be at least 1 and {PREFIX}SPIKE_POLL_S above 0")
+        if self.api_token and not TOKEN_CHARS.fullmatch(self.api_token):
+            raise ConfigError(f"{PREFIX}API_TOKEN must be 1 to 4096 visible ASCII characters (no spaces): "
+                              "a client cannot send anything else in an Authorization header")
         if not 1024 <= self.max_message_bytes <= MAX_INPUT_BYTES:
             raise ConfigError(
                 f"{PREFIX}MAX_MESSAGE_BYTES must be between 1024 and {MAX_INPUT_BYTES} (the pipeline's own "

@@ -102,17 +102,17 @@ def partition_lag(assigned: Iterable[Any], read: Mapping[Any, int | None], commi
     so their "lag" is whatever was written since the start (never worked off).
 
     The next offset is the last one read + 1, else (nothing read since the start or a
-    rebalance) the committed offset, which in Kafka is already the next to read; a
-    partition with neither, or with no known end, is skipped rather than reported as
-    lagging from offset 0."""
+    rebalance) the committed offset, which in Kafka is already the next to read, else (a
+    group that never committed) the start: a stall before the first commit shows as lag.
+    A partition with no known end is skipped."""
     lags: dict[Partition, int] = {}
     for tp in assigned:
         if tp.topic not in wanted:
             continue
         end = highwaters.get(tp)
         last = read.get(tp)  # .get: Faust keeps both offsets in defaultdicts, [] would add keys
-        following = last + 1 if last is not None else committed.get(tp)
-        if end is None or following is None:
+        following = last + 1 if last is not None else committed.get(tp) or 0
+        if end is None:
             continue
         lags[(tp.topic, tp.partition)] = max(end - following, 0)
     return lags

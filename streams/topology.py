@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -98,6 +98,20 @@ class Topology:
             group = self.group(name)
             out[group] = _union(out.get(group, ()), ROLES[name].reads)
         return out
+
+    def join_sources(self, raw_partitions: Mapping[str, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The upstream partitions whose event-time progress each join's watermark waits for:
+        the raw partitions routed to it, and for the account join the visitor join's partitions."""
+        def raw(name: str) -> list[str]:
+            return [f"{self.topic(name)}/{i}" for i in range(raw_partitions[name])]
+        visitor = tuple(raw(CLICKS) + raw(SIGNUPS))
+        account = tuple(raw(ORDERS) + [visitor_source(p) for p in range(self.settings.partitions)])
+        return visitor, account
+
+
+def visitor_source(partition: int) -> str:
+    """The clock name under which visitor-join partition `partition` feeds the account join."""
+    return f"visitor/{partition}"
 
 
 async def ensure_topics(

@@ -15,6 +15,9 @@ CASES = [
     ({"HASH_ID_FIELDS": "visitor_id, account_id"}, {"id_fields_to_hash": ("visitor_id", "account_id")}),
     ({"HASH_ID_FIELDS": "order_id"}, "HASH_ID_FIELDS: cannot hash order_id"),
     ({"ROLE": "both"}, "ROLE must be one of"),
+    ({"API_TOKEN": "s3cret-Token_1"}, {"api_token": "s3cret-Token_1"}),
+    ({"API_TOKEN": "two words"}, "API_TOKEN must be 1 to 4096 visible ASCII"),
+    ({"API_TOKEN": "sécret"}, "API_TOKEN must be"),
 ]
 
 

@@ -40,7 +40,7 @@ CASES = [
     Case("restart: committed at the start of the partition", "clicks", None, 0, 5, 5),
     Case("read ahead of the last commit", "clicks", 79, 50, 100, 20),
     Case("read offset past a stale end", "clicks", 120, 100, 100, 0),
-    Case("neither read nor committed: unknown, not lag from 0", "clicks", None, None, 100, None),
+    Case("neither read nor committed (a new group): all of it waits", "clicks", None, None, 100, 100),
     Case("end unknown", "clicks", 10, 5, None, None),
     Case("changelog topic: never reported", CHANGELOG, None, None, 8, None),
     Case("changelog topic frozen after a restart", CHANGELOG, None, 0, 260_462, None),

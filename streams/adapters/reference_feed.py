@@ -9,19 +9,25 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.events import Exclusion, Promoter
-from schemas.validate import decode
 from streams.config import Settings
 from streams.logic.privacy import Pseudonyms
-from streams.logic.reference import ExclusionDirectory, PromoterDirectory
+from streams.logic.reference import ExclusionDirectory, PromoterDirectory, ReferenceReader
+from streams.topology import EXCLUSIONS, PROMOTERS
 
 log = logging.getLogger(__name__)
+
+
+def reference_reader(settings: Settings) -> ReferenceReader:
+    """The reference reader of a deployment (its salt, hashed ids and limits)."""
+    return ReferenceReader(Pseudonyms(settings.pii_salt.encode(), settings.id_fields_to_hash),
+                           int(settings.max_future_s * 1000), settings.max_message_bytes)
 
 
 async def follow_reference(settings: Settings, directory: PromoterDirectory,
                            exclusions: ExclusionDirectory) -> None:
     """Load the promoters and exclusions topics from the start, set `directory.ready`,
     then keep following them."""
-    topics = (settings.topic("promoters"), settings.topic("exclusions"))
+    topics = (settings.topic(PROMOTERS), settings.topic(EXCLUSIONS))
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
     )
@@ -32,21 +38,17 @@ async def follow_reference(settings: Settings, directory: PromoterDirectory,
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps) if tps else {}
-        max_future = int(settings.max_future_s * 1000)
-        protect = Pseudonyms(settings.pii_salt.encode(), settings.id_fields_to_hash)
+        reader = reference_reader(settings)
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=5000)
             now = int(time.time() * 1000)
             for records in batches.values():
                 for rec in records:
-                    if rec.value is None:
-                        continue  # a compaction tombstone: nothing to add
-                    name = "promoters" if rec.topic == topics[0] else "exclusions"
-                    event = decode(name, rec.value, now, max_future, settings.max_message_bytes)
+                    event = reader.read(PROMOTERS if rec.topic == topics[0] else EXCLUSIONS, rec.value, now)
                     if isinstance(event, Promoter):
-                        directory.add(protect(event))  # the directory is made with salt None
+                        directory.add(event)  # the directory is made with salt None: hashed here
                     elif isinstance(event, Exclusion):
-                        exclusions.add(protect(event))
+                        exclusions.add(event)
             if not directory.ready.is_set():
                 positions = {tp: await consumer.position(tp) for tp in tps}
                 if all(positions[tp] >= end[tp] for tp in tps):

@@ -21,6 +21,7 @@ from streams.adapters.reference_feed import follow_reference
 from streams.adapters.signals import SignalStore
 from streams.agents.alerts import register_alerts
 from streams.agents.joins import AccountJoin, JoinAgent, VisitorJoin, by_partition
+from streams.agents.outputs import DeadLetters
 from streams.agents.router import Router
 from streams.agents.sink import SinkStep
 from streams.config import Settings
@@ -75,15 +76,6 @@ def make_topics(app: RefstreamApp, s: Settings) -> Topics:
         dead_letters=app.topic(t.topic(DEAD_LETTERS), **RAW),
         sink_inputs=app.topic(*t.topics(SINK_INPUTS), **RAW),
     )
-
-
-def join_sources(s: Settings, raw_partitions: dict[str, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The upstream partitions whose event-time progress each join's watermark waits for."""
-    def raw(name: str) -> list[str]:
-        return [f"{s.topic(name)}/{i}" for i in range(raw_partitions[name])]
-    visitor = tuple(raw("clicks") + raw("signups"))
-    account = tuple(raw("orders") + [f"visitor/{p}" for p in range(s.partitions)])
-    return visitor, account
 
 
 class RefstreamApp(GuardedApp):
@@ -157,8 +149,8 @@ def _stream_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metr
     signals = SignalStore(s.redis_url, s.redis_namespace,
                           on_failure=lambda op: metrics.redis_failures.labels(op).inc())
 
-    router = Router(s, topics, metrics, signals)
-    visitor_sources, account_sources = join_sources(s, raw_partitions)
+    router = Router(s, topics, metrics, DeadLetters(topics.dead_letters, metrics, s.pii_salt.encode()), signals)
+    visitor_sources, account_sources = Topology(s).join_sources(raw_partitions)
     visitor_join = VisitorJoin(s, visitors, topics, metrics, visitor_sources)
     account_join = AccountJoin(s, accounts, topics, metrics, account_sources, directory.as_of,
                                exclusions.owner, signals)
@@ -204,7 +196,7 @@ def _stream_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metr
 def _sink_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metrics) -> SinkStep:
     """The ClickHouse sink, the reference writer, spike alerts and the pages that read ClickHouse."""
     sink = SinkStep(s, metrics, stopping=lambda: app.should_stop)
-    router = Router(s, topics, metrics)  # for the reference writer: IP hashing and dead letters
+    dead_letters = DeadLetters(topics.dead_letters, metrics, s.pii_salt.encode())
 
     @app.task
     async def connect_clickhouse() -> None:
@@ -219,7 +211,7 @@ def _sink_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metric
     @app.agent(topics.reference)
     async def reference(stream: Any) -> None:
         async for events in stream.take_events(1000, within=1.0):
-            if await sink.write_reference(events, router):
+            if await sink.write_reference(events, dead_letters):
                 done(events)
             del events
 

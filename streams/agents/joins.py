@@ -2,27 +2,28 @@
 
 A step is the messages of one partition that arrived together (up to `JOIN_BATCH`):
 decode them (one not written by a router is dead-lettered), run the engine
-(streams/logic/engine.py, with the join's logic from streams/logic/joins.py), send what
+(streams/logic/engine.py, with the join's logic from streams/logic/join_logics.py), send what
 it returned, then hand the step's state writes to the changelog as record batches
 (`BatchedTable`, streams/delivery/changelog.py).
 """
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from typing import Any
 
-from schemas.records import AttributionRec, Batch, DeadLetter, batch_decoder, encode_batches, json_encoder
+from schemas.records import AttributionRec, Batch, DeadLetter, batch_decoder, json_encoder
 from streams.adapters.signals import SignalStore
+from streams.agents.outputs import DeadLetters, Every, feed_join
 from streams.config import Settings
 from streams.delivery.changelog import BatchedTable
 from streams.logic import attribution as attr
 from streams.logic import conversions as conv
 from streams.logic.engine import SWEEP_EVERY_S, JoinEngine, JoinLogic, Outputs
-from streams.logic.joins import AccountLogic, VisitorLogic
+from streams.logic.join_logics import AccountLogic, VisitorLogic
 from streams.logic.privacy import dead_letter
 from streams.logic.rules.ruleset import load_rules
 from streams.metrics import Metrics
+from streams.topology import visitor_source
 
 
 class JoinAgent:
@@ -36,6 +37,7 @@ class JoinAgent:
         self.topics = topics
         self.metrics = metrics
         self._salt = settings.pii_salt.encode()
+        self.dead_letters = DeadLetters(topics.dead_letters, metrics, self._salt)
         self.engine = JoinEngine(logic, table, sources=sources, lateness_ms=settings.lateness_ms,
                                  partitions=settings.partitions, salt=self._salt)
 
@@ -64,7 +66,6 @@ class JoinAgent:
         """Only the visitor join feeds another join."""
 
     def _undecodable(self, message: Any, exc: Exception) -> DeadLetter:
-        self.metrics.dead_letters.labels(message.topic).inc()
         reason = f"not a join batch ({type(exc).__name__}: {exc}); only refstream routers write {message.topic}"
         return dead_letter(reason, message, self._salt)
 
@@ -72,8 +73,7 @@ class JoinAgent:
         m = self.metrics
         for late in out.late:
             m.late_events.labels(self.name, late.kind).inc()
-        for letter in out.dead_letters:
-            m.dead_letters.labels(letter.topic).inc()
+        for _ in out.dead_letters:
             m.state_refused.labels(self.name).inc()
         if out.hits:
             m.join_results.labels(self.name, "hit").inc(out.hits)
@@ -95,7 +95,7 @@ class JoinAgent:
         for c in out.conversions:
             await t.conversions.send(key=c.order_id.encode(), value=json_encoder.encode(c))
         for letter in undecodable + out.dead_letters:
-            await t.dead_letters.send(key=(letter.key or "").encode() or None, value=json_encoder.encode(letter))
+            await self.dead_letters.send(letter)
 
 
 class VisitorJoin(JoinAgent):
@@ -107,20 +107,15 @@ class VisitorJoin(JoinAgent):
         rules = attr.AttributionRules(s.window_ms, s.attribution_model, s.max_clicks_per_visitor)
         logic = VisitorLogic(rules, load_rules(s.rules_file), s.lateness_ms, s.partitions)
         super().__init__(settings, logic, table, topics, metrics, sources)
-        self._heard: dict[int, float] = defaultdict(float)
+        self._heard = Every(SWEEP_EVERY_S)
 
     async def send_downstream(self, p: int, watermark: int | None,
                               batches: dict[int, list[AttributionRec]]) -> None:
         """Attributions to the account join, with this partition's watermark as its clock;
         every account partition hears that clock at least every SWEEP_EVERY_S."""
-        clocks = {f"visitor/{p}": watermark} if watermark is not None else {}
-        heartbeat = bool(clocks) and time.monotonic() - self._heard[p] >= SWEEP_EVERY_S
-        if heartbeat:
-            self._heard[p] = time.monotonic()
-        for q in range(self.settings.partitions):
-            if q in batches or heartbeat:
-                for value in encode_batches(list(batches.get(q, [])), clocks):
-                    await self.topics.account_join.send(value=value, partition=q)
+        clocks = {visitor_source(p): watermark} if watermark is not None else {}
+        heartbeat = bool(clocks) and self._heard.due(p)
+        await feed_join(self.topics.account_join, self.settings.partitions, batches, clocks, heartbeat)
 
 
 class AccountJoin(JoinAgent):

@@ -20,7 +20,6 @@ next run writes them, and the worker exits with EXIT_UNDRAINED.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import Counter
@@ -29,16 +28,17 @@ from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
-from schemas.events import Exclusion, Promoter
 from schemas.records import AttributionRec, DeadLetter, LateEvent, batch_decoder, conversion_decoder
-from schemas.validate import Invalid, decode
+from schemas.validate import Invalid
 from sinks.alerts import AlertFields, write_alerts
 from sinks.clickhouse import ClickHouseWriter, Refused, connect, describe, redact
 from sinks.migrations import migrate
 from sinks.rows import Row, dead_letter_row, table_of, table_row
 from sinks.tables import TABLES, quote
+from streams.adapters.reference_feed import reference_reader
+from streams.agents.outputs import DeadLetters
 from streams.config import Settings
-from streams.logic.privacy import dead_letter
+from streams.logic.privacy import dead_letter, letter
 from streams.logic.rules.ruleset import load_rules
 from streams.logic.rules.views import rule_views
 from streams.metrics import Metrics
@@ -51,7 +51,6 @@ _dead = msgspec.json.Decoder(DeadLetter)
 #: waits between tries while ClickHouse is unavailable (opening it, writing a batch)
 BACKOFF = Backoff(initial=0.5, factor=2.0, maximum=30.0)
 EXIT_UNDRAINED = 75  # EX_TEMPFAIL: stopped during a ClickHouse outage, without draining
-MAX_DEAD_VALUE = 4096  # characters of a refused record's JSON kept in its dead letter
 REFUSED = "clickhouse refused the row for table"  # dead-letter reasons start so (docs, alert)
 T = TypeVar("T")
 
@@ -104,13 +103,13 @@ def record_json(record: Any) -> bytes:
         return msgspec.json.encode(repr(record))
 
 
-def refused_letter(source: Source, refusals: list[tuple[str, str, Any]], at: int) -> DeadLetter:
+def refused_letter(source: Source, refusals: list[tuple[str, str, Any]], at: int, salt: bytes) -> DeadLetter:
     """The dead letter of a message's refused rows, `(table, error, record)` each.
 
     One per message: `dead_letters` keeps one row per (topic, partition, offset), so two
     letters of one join batch would collapse. Its value is the record's JSON, or a JSON
     array of {table, error, record} when several rows of the message were refused; cut to
-    MAX_DEAD_VALUE characters, with the size and digest of the whole.
+    to its head and scrubbed of personal data like every dead letter (`privacy.letter`).
     """
     table, error, record = refusals[0]
     reason = f"{REFUSED} {table}: {error}"
@@ -120,16 +119,10 @@ def refused_letter(source: Source, refusals: list[tuple[str, str, Any]], at: int
         reason += f" (and {len(refusals) - 1} more refused rows of this message)"
         full = msgspec.json.encode([{"table": t, "error": e, "record": msgspec.Raw(record_json(r))}
                                     for t, e, r in refusals])
-    text = full.decode("utf-8", "replace")
-    return DeadLetter(
-        reason=reason, topic=source.topic, partition=source.partition, offset=source.offset,
-        key=source.key.decode("utf-8", "replace") if source.key is not None else None,
-        value=text[:MAX_DEAD_VALUE], at=at, value_bytes=len(full),
-        value_sha256=hashlib.sha256(full).hexdigest(), truncated=len(text) > MAX_DEAD_VALUE,
-    )
+    return letter(reason, source.topic, source.partition, source.offset, source.key, full, salt, at)
 
 
-class Rows(NamedTuple):
+class BuiltRows(NamedTuple):
     """The rows of a buffer per table, and for each row the index of its record."""
 
     rows: dict[str, list[Row]]
@@ -137,7 +130,7 @@ class Rows(NamedTuple):
     unbuilt: list[tuple[int, str, str]]  # (record index, table, error): no row could be built
 
 
-def build_rows(items: list[Sourced]) -> Rows:
+def build_rows(items: list[Sourced]) -> BuiltRows:
     rows: dict[str, list[Row]] = {}
     origin: dict[str, list[int]] = {}
     unbuilt: list[tuple[int, str, str]] = []
@@ -149,7 +142,7 @@ def build_rows(items: list[Sourced]) -> Rows:
             continue
         rows.setdefault(table, []).append(row)
         origin.setdefault(table, []).append(n)
-    return Rows(rows, origin, unbuilt)
+    return BuiltRows(rows, origin, unbuilt)
 
 
 class SinkStep:
@@ -165,6 +158,7 @@ class SinkStep:
         self.handled: dict[str, int] = {}  # "topic/partition" -> next offset; written (or empty) and acked
         self._opening = asyncio.Lock()  # concurrent first readers open one client
         self.topology = Topology(settings)
+        self.reference = reference_reader(settings)
         for table in TABLES:  # exported at 0, so increase() in the alert sees the first refusal
             metrics.sink_rejected_rows.labels(table)
 
@@ -241,22 +235,19 @@ class SinkStep:
                         "writes them", extra={"messages": len(events), "exit_code": EXIT_UNDRAINED})
         return written
 
-    async def write_reference(self, events: list[Any], router: Any) -> bool:
-        """Validate reference data (dead-lettering bad messages) and store promoters and exclusions."""
+    async def write_reference(self, events: list[Any], dead_letters: DeadLetters) -> bool:
+        """Validate reference data (dead-lettering bad messages) and store promoters and
+        exclusions, their personal fields hashed."""
         now = int(time.time() * 1000)
-        max_future = int(self.settings.max_future_s * 1000)
         records: list[Sourced] = []
         for ev in events:
             msg = ev.message
             self.metrics.events_in.labels(msg.topic).inc()
-            if msg.value is None:
-                continue  # a compaction tombstone on a reference topic is not an error
-            name = self.topology.name_of(msg.topic)
-            event = decode(name, msg.value, now, max_future, self.settings.max_message_bytes)
+            event = self.reference.read(self.topology.name_of(msg.topic), msg.value, now)
             if isinstance(event, Invalid):
-                await router.dead_letter(event.reason, msg)
-            elif isinstance(event, (Promoter, Exclusion)):  # IPs (and chosen ids) never in clear
-                records.append((router.pseudonyms(event), source_of(msg)))
+                await dead_letters.invalid(event.reason, msg)
+            elif event is not None:
+                records.append((event, source_of(msg)))
         return self._finish(events, await self._write(records))
 
     async def _write(self, items: list[Sourced]) -> bool:
@@ -294,7 +285,7 @@ class SinkStep:
             return False
         return True
 
-    def _letters(self, items: list[Sourced], built: Rows, refused: list[Refused]) -> list[DeadLetter]:
+    def _letters(self, items: list[Sourced], built: BuiltRows, refused: list[Refused]) -> list[DeadLetter]:
         """One dead letter per message with refused rows (see `refused_letter`)."""
         failed = [(built.origin[r.table][r.index], r.table, r.error) for r in refused] + built.unbuilt
         by_source: dict[Source, list[tuple[str, str, Any]]] = {}
@@ -302,9 +293,10 @@ class SinkStep:
             record, source = items[n]
             by_source.setdefault(source, []).append((table, error, record))
         at = int(time.time() * 1000)
-        return [refused_letter(source, refusals, at) for source, refusals in by_source.items()]
+        salt = self.settings.pii_salt.encode()
+        return [refused_letter(source, refusals, at, salt) for source, refusals in by_source.items()]
 
-    def _report(self, built: Rows, refused: list[Refused], letters: list[DeadLetter], lost: list[Refused]) -> None:
+    def _report(self, built: BuiltRows, refused: list[Refused], letters: list[DeadLetter], lost: list[Refused]) -> None:
         """Count and log (once per batch) the rows ClickHouse refused, and any dead letter it
         refused too: that one is only logged, with its digest, never retried."""
         tables = Counter(r.table for r in refused) + Counter(t for _, t, _ in built.unbuilt)

@@ -79,7 +79,7 @@ class OrderState(msgspec.Struct, array_like=True):
 
     @property
     def status(self) -> str:
-        return max(self.events, key=lambda e: (e.ts, STATUS_RANK[e.status], e.event_id)).status
+        return max(self.events, key=_latest).status
 
 
 class AccountState(msgspec.Struct, array_like=True):
@@ -193,7 +193,23 @@ def add_order(state: AccountState, order: OrderRec) -> set[str]:
         o.events.append(StatusEvent(order.event_id, order.ts, order.status))
         if order.status == "paid" and o.order.status != "paid":
             o.order = order
+        o.events = deciding_events(o.events)
     return {order.order_id}
+
+
+def _latest(e: StatusEvent) -> tuple[int, int, str]:
+    return e.ts, STATUS_RANK[e.status], e.event_id
+
+
+def deciding_events(events: list[StatusEvent]) -> list[StatusEvent]:
+    """The events that decide an order: the latest (its status) and the earliest payment
+    (that it was paid). Others change neither and are dropped, so an order's state stays
+    small however many events it gets; a redelivered dropped event is dropped again."""
+    keep = {max(events, key=_latest).event_id}
+    paid = [e for e in events if e.status == "paid"]
+    if paid:
+        keep.add(min(paid, key=lambda e: (e.ts, e.event_id)).event_id)
+    return [e for e in events if e.event_id in keep]
 
 
 def add_attribution(state: AccountState, rec: AttributionRec) -> set[str]:

@@ -17,7 +17,6 @@ recovered with the state.
 """
 from __future__ import annotations
 
-import hashlib
 import heapq
 import logging
 import time
@@ -40,7 +39,7 @@ from schemas.records import (
 )
 from streams.logic.clock import EventClock
 from streams.logic.partitioning import partition_for
-from streams.logic.privacy import scrub
+from streams.logic.privacy import letter, scrub
 
 log = logging.getLogger(__name__)
 #: the store key of partition p's event clock; user keys never start with a NUL byte
@@ -293,10 +292,10 @@ class JoinEngine(Generic[S, A]):
 
         No state may encode to more than `max_state_bytes`. A state already past
         `full_state_bytes` takes no new raw events (refused, dead-lettered) but still
-        updates of what it holds (a refund of a known order, a redelivery). A step that
-        would cross the bound is redone one record at a time, refusing those that would
-        overflow; that costs an encode per record, but only once per key: afterwards the
-        key is full."""
+        updates of what it holds (a refund of a known order, a redelivery) while they fit.
+        A step that would cross the bound is redone one record at a time, refusing the raw
+        events that would overflow it; that costs an encode per record taken, so only for
+        keys at their bound."""
         raw = self.store.get(key)
         full = raw is not None and len(raw) >= self.full_state_bytes
         state = self._load(raw)
@@ -308,12 +307,12 @@ class JoinEngine(Generic[S, A]):
         state, results, reports = self._load(raw), [], _Reports()  # redo, one record at a time
         before = raw or self._encode(state)
         for item in items:
-            if full:
-                results += self._apply_items(state, key, [item], clock, len(before), reports)
+            trial = _Reports()  # a full state refuses new raw events here without an encode
+            one = self._apply_items(state, key, [item], clock, len(before) if full else None, trial)
+            if trial.refused or not one:
+                reports.extend(trial)
                 continue
-            trial = _Reports()
-            one = self._apply_items(state, key, [item], clock, None, trial)
-            after = self._encode(state)
+            after = self._encode(state)  # what it takes (updates too) must still fit
             # derived records (attributions) replace what they update and are always taken
             if len(after) > self.max_state_bytes and self.logic.source_of(item[0]) is not None:
                 state = self._state_decoder.decode(before)
@@ -323,7 +322,7 @@ class JoinEngine(Generic[S, A]):
                 results += one
                 reports.extend(trial)
                 before = after
-                full = len(after) >= self.full_state_bytes
+                full = full or len(after) >= self.full_state_bytes
         self._report(reports, out)
         return state, results
 
@@ -357,15 +356,11 @@ class JoinEngine(Generic[S, A]):
         """A dead letter for a raw event the key's state has no room for."""
         assert not isinstance(rec, AttributionRec)  # derived records are never refused
         topic, partition, offset = rec.src.rsplit("/", 2)
-        value = json_encoder.encode(rec)
-        shown_key = key.decode(errors="replace")[:128]
-        return DeadLetter(
-            reason=(f"{self.logic.name} join state of {shown_key!r} is full ({size:,} bytes, at most "
-                    f"{self.max_state_bytes:,}): not joined; the event stays in its raw table"),
-            topic=topic, partition=int(partition), offset=int(offset), key=scrub(shown_key, self.salt),
-            value=scrub(value.decode(errors="replace"), self.salt), at=self._now_ms(),
-            value_bytes=len(value), value_sha256=hashlib.sha256(value).hexdigest(),
-        )
+        shown_key = scrub(key.decode(errors="replace")[:128], self.salt)
+        reason = (f"{self.logic.name} join state of {shown_key!r} is full ({size:,} bytes, at most "
+                  f"{self.max_state_bytes:,}): not joined; the event stays in its raw table")
+        return letter(reason, topic, int(partition), int(offset), key, json_encoder.encode(rec), self.salt,
+                      self._now_ms())
 
     @staticmethod
     def _ts(rec: JoinRecord) -> int:

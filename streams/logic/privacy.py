@@ -5,10 +5,11 @@ a keyed hash before anything is stored: still comparable for the fraud checks, n
 reversible. A dead letter keeps the original message's head, minus e-mail and IP
 addresses, and the size and SHA-256 of the whole.
 
-The scrub runs in time linear in its input: every alternative of `_PII` is anchored by
-a lookbehind that fails at once inside a run of the characters it consumes, and matches
-at most a few hundred characters from a run's start, so no position is rescanned more
-than a bounded number of times.
+The scrub runs in time linear in its input: an e-mail is found from its "@" (the local
+part by walking left, never past the previous match), and every alternative of `_IP` is
+anchored by a lookbehind that fails at once inside a run of the characters it consumes
+and matches a bounded number of characters, so no position is looked at more than a
+bounded number of times.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import hmac
 import ipaddress
 import re
 import time
+from collections.abc import Callable
 from typing import TypeVar
 
 from schemas.events import Click, Event, Exclusion, Order, Promoter, Signup
@@ -44,13 +46,16 @@ def hash_pii(value: str | None, salt: bytes) -> str | None:
     return hmac.new(salt, value.encode(), hashlib.sha256).hexdigest()[:24]
 
 
-_PII = re.compile(
-    # e-mail, also URL-encoded (alice%40example.net); the local part at most 64 characters
-    r"(?<![\w.+-])(?P<email>[\w.+-]{1,64}(?:@|%40)(?:[\w-]{1,63}\.){1,8}[\w-]{2,63})"
+#: an e-mail's "@" (also URL-encoded: alice%40example.net) and domain; the local part is
+#: found by walking left from the "@", so its length does not matter
+_EMAIL_AT = re.compile(r"(?:@|%40)(?:[\w-]{1,63}\.){1,8}[\w-]{2,63}")
+_LOCAL = re.compile(r"[\w.+-]")
+_IP = re.compile(
     # IPv6 candidates, checked below: two colons within the first groups; a %zone may follow
-    r"|(?<![\w:.])(?P<ipv6>(?=[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:)[0-9A-Fa-f:.]{2,45}(?:%[\w.-]{1,32})?)"
-    # IPv4, also inside words (x1.2.3.4y), not inside longer dotted numbers
-    r"|(?<![\d.])(?P<ipv4>(?:\d{1,3}\.){3}\d{1,3})(?!\.?\d)"
+    r"(?<![\w:.])(?P<ipv6>(?=[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:)[0-9A-Fa-f:.]{2,45}(?:%[\w.-]{1,32})?)"
+    # IPv4, also inside words (x1.2.3.4y) or after a dot (host.10.0.0.1), not inside longer
+    # dotted numbers (1.2.3.4.5)
+    r"|(?<!\d)(?<!\d\.)(?P<ipv4>(?:\d{1,3}\.){3}\d{1,3})(?!\.?\d)"
 )
 
 
@@ -64,12 +69,32 @@ def _is_ipv6(text: str) -> bool:
 
 def scrub(text: str, salt: bytes) -> str:
     """Replace e-mail and IP addresses in free text by their keyed hashes."""
-    def replace(m: re.Match[str]) -> str:
+    def hashed(found: str) -> str:
+        return f"<pii:{hash_pii(found, salt)}>"
+
+    def ip(m: re.Match[str]) -> str:
         found = m.group(0)
         if m.lastgroup == "ipv6" and not _is_ipv6(found):
             return found  # a time like 12:30:45, a MAC-like id, ...
-        return f"<pii:{hash_pii(found, salt)}>"
-    return _PII.sub(replace, text)
+        return hashed(found)
+
+    return _IP.sub(ip, _scrub_emails(text, hashed))
+
+
+def _scrub_emails(text: str, hashed: Callable[[str], str]) -> str:
+    """Each "@domain" with the local part before it (however long) replaced; every
+    character is looked at a bounded number of times."""
+    out: list[str] = []
+    done = 0  # text[:done] is in `out`
+    for m in _EMAIL_AT.finditer(text):
+        start = m.start()
+        while start > done and _LOCAL.match(text, start - 1):
+            start -= 1
+        if start == m.start():
+            continue  # no local part: "@handle.example" alone is no address
+        out += [text[done:start], hashed(text[start:m.end()])]
+        done = m.end()
+    return "".join(out) + text[done:] if out else text
 
 
 def _head(data: bytes, limit: int) -> tuple[str, bool]:
@@ -82,17 +107,20 @@ def _head(data: bytes, limit: int) -> tuple[str, bool]:
 
 
 def dead_letter(reason: str, message: Message, salt: bytes, at_ms: int | None = None) -> DeadLetter:
-    """A dead letter for Kafka `message`: the reason, where it came from, and the value's head
-    (personal data hashed) with the size and SHA-256 of the whole value."""
+    """A dead letter for Kafka `message` (see `letter`)."""
     value = message.value if isinstance(message.value, bytes) else b""
+    return letter(reason, message.topic, message.partition, message.offset, message.key, value, salt, at_ms)
+
+
+def letter(reason: str, topic: str, partition: int, offset: int, key: bytes | None, value: bytes,
+           salt: bytes, at_ms: int | None = None) -> DeadLetter:
+    """The one way a dead letter is made: the reason, where the content came from, and the
+    head of `value` (personal data hashed) with the size and SHA-256 of the whole."""
     text, truncated = _head(value, DEAD_LETTER_HEAD)
-    key = None
-    if isinstance(message.key, bytes):
-        key = scrub(_head(message.key, DEAD_LETTER_KEY_HEAD)[0], salt)
+    shown_key = scrub(_head(key, DEAD_LETTER_KEY_HEAD)[0], salt) if isinstance(key, bytes) else None
     return DeadLetter(
-        reason=reason[:MAX_REASON], topic=message.topic, partition=message.partition,
-        offset=message.offset, key=key, value=scrub(text, salt),
-        at=int(time.time() * 1000) if at_ms is None else at_ms,
+        reason=reason[:MAX_REASON], topic=topic, partition=partition, offset=offset, key=shown_key,
+        value=scrub(text, salt), at=int(time.time() * 1000) if at_ms is None else at_ms,
         value_bytes=len(value), value_sha256=hashlib.sha256(value).hexdigest(), truncated=truncated,
     )
 
@@ -121,6 +149,3 @@ class Pseudonyms:
             if value:
                 setattr(event, field, hash_pii(value, self.salt))
         return event
-
-    def __call__(self, event: E) -> E:
-        return self.apply(event)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+from dataclasses import dataclass
 
 from schemas.events import Exclusion, Promoter, millis
-from streams.logic.privacy import hash_pii
+from schemas.validate import Invalid, decode
+from streams.logic.privacy import Pseudonyms, hash_pii
 from streams.logic.rules.checks import PromoterRef
 
 Version = tuple[int, str, Promoter]  # (ts, event_id, promoter)
@@ -87,3 +89,23 @@ class ExclusionDirectory:
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+
+@dataclass(frozen=True)
+class ReferenceReader:
+    """Reads a message of a reference topic: the promoter or exclusion with its personal
+    fields hashed, `Invalid(reason)`, or None for a compaction tombstone (not an error).
+    Every worker's directories and the sink's reference writer read through it."""
+
+    pseudonyms: Pseudonyms
+    max_future_ms: int
+    max_message_bytes: int
+
+    def read(self, topic: str, value: bytes | None, now_ms: int) -> Promoter | Exclusion | Invalid | None:
+        """`topic`: the name without the prefix (`promoters` or `exclusions`)."""
+        if value is None:
+            return None
+        event = decode(topic, value, now_ms, self.max_future_ms, self.max_message_bytes)
+        if isinstance(event, (Promoter, Exclusion)):
+            return self.pseudonyms.apply(event)
+        return event if isinstance(event, Invalid) else Invalid(f"{topic} is not a reference topic")

@@ -1,7 +1,7 @@
 """Replay / backtest: reprocess stored events with another rule book, compare, touch nothing.
 
 `refstream replay --rules candidate.toml` reads the raw clicks, signups, orders, promoters
-and exclusions that the sink stored in ClickHouse (`sinks.events.load`), runs them through
+and exclusions that the sink stored in ClickHouse (`sinks.stored.load`), runs them through
 the same pure attribution, check and pricing functions as the live pipeline, once with the
 rule book in force (`REFSTREAM_RULES_FILE`) and once with the candidate, and reports per
 promoter and per reason what would change. It only reads: live results are never written.
@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from schemas.events import Exclusion, Promoter
-from schemas.records import AttributionRec, ClickRec, ClickRef, Conversion, OrderRec, SignupRec
+from schemas.records import AttributionRec, ClickRef, Conversion, StoredEvents
 from streams.logic import attribution as attr
 from streams.logic import conversions as conv
 from streams.logic.reference import ExclusionDirectory, PromoterDirectory
@@ -31,18 +30,7 @@ from streams.logic.rules.commission import counted_amount
 from streams.logic.rules.ruleset import RuleBook
 
 
-@dataclass
-class Events:
-    """Deduplicated stored events, as records (see `sinks.events.load`)."""
-
-    clicks: list[ClickRec]
-    signups: list[SignupRec]
-    orders: list[OrderRec]
-    promoters: list[Promoter] = field(default_factory=list)
-    exclusions: list[Exclusion] = field(default_factory=list)
-
-
-def run(events: Events, book: RuleBook, window_ms: int, binding_ms: int, refund_window_ms: int,
+def run(events: StoredEvents, book: RuleBook, window_ms: int, binding_ms: int, refund_window_ms: int,
         model: str = "last_click") -> list[Conversion]:
     """Every conversion the events imply under `book`, decided in event-time order."""
     promoters = PromoterDirectory(salt=None)  # stored promoter IPs are already hashed

@@ -2,7 +2,7 @@
 
 **What is counted.** Referrals per event-time bucket: distinct clicks plus distinct
 attributed signups, per tracking code and per promoter (the code's current owner), read
-from ClickHouse by `sinks.alerts.read_counts` as one `CodeCount` per code and bucket.
+from ClickHouse by `sinks.alerts.read_counts` as one `BucketCount` per code and bucket.
 Counting distinct ids there makes the counts exact under Kafka redelivery and retried
 inserts.
 
@@ -35,7 +35,7 @@ BACKFILL_MS = 6 * HOUR_MS
 Key = tuple[str, str, int]  # (kind, id, bucket start)
 
 
-class CodeCount(Protocol):
+class BucketCount(Protocol):
     """Distinct events of one tracking code in one bucket (a row of `sinks.alerts.read_counts`)."""
 
     @property
@@ -68,7 +68,7 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(WatchState).decode
 
 
-def totals(rows: Iterable[CodeCount], owners: Mapping[str, str]) -> dict[Key, Count]:
+def totals(rows: Iterable[BucketCount], owners: Mapping[str, str]) -> dict[Key, Count]:
     """Sum rows (clicks and signups of a code may come as separate rows) per tracking code and
     per promoter; codes without a known promoter count for the code only."""
     out: dict[Key, Count] = {}
@@ -131,7 +131,7 @@ class Watcher:
         wm = self.detector.watermark
         return None if wm is None else wm - wm % self.rules.bucket_ms
 
-    def step(self, rows: Iterable[CodeCount], owners: Mapping[str, str]) -> Output:
+    def step(self, rows: Iterable[BucketCount], owners: Mapping[str, str]) -> Output:
         obs, self.fed = increments(totals(rows, owners), self.fed)
         out, self.clock = feed(self.detector, obs, self.clock, self.lateness_ms)
         if self.detector.watermark is not None:

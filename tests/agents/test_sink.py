@@ -21,9 +21,10 @@ from schemas.events import MODELS, Promoter
 from schemas.records import Batch, ClickRec, Conversion, DeadLetter, LateEvent, SignupRec, batch_encoder, json_encoder
 from sinks.clickhouse import rows_as_dicts
 from sinks.tables import TABLES, quote
-from streams.agents.router import Router
-from streams.agents.sink import MAX_DEAD_VALUE, REFUSED, SinkStep, record_json
+from streams.agents.outputs import DeadLetters
+from streams.agents.sink import REFUSED, SinkStep, record_json
 from streams.config import Settings
+from streams.logic.privacy import DEAD_LETTER_HEAD
 from streams.metrics import Metrics
 from tests.sinks import HUGE, NINETIES, T0
 
@@ -141,7 +142,7 @@ def test_refused_rows_are_dead_lettered_and_the_rest_is_written(make_step, engin
 
     two = got["visitor-join", 1, 3]  # two refused rows of one message: one letter, nothing collapses
     assert two["reason"] == f"{REFUSED} clicks: {TS_ERROR} (and 1 more refused rows of this message)"
-    assert two["truncated"] and len(two["value"]) == MAX_DEAD_VALUE and two["value_bytes"] > 10_000
+    assert two["truncated"] and len(two["value"]) <= DEAD_LETTER_HEAD and two["value_bytes"] > 10_000
     assert two["value"].startswith('[{"table":"clicks","error":"Unable to create native array')
 
     assert got["conversions", 2, 11]["reason"].startswith(f"{REFUSED} conversions: ")
@@ -177,16 +178,16 @@ def test_a_refused_dead_letter_is_logged_with_its_digest_and_dropped(make_step, 
 def test_reference_rows_clickhouse_refuses_are_dead_lettered(make_step, engine, monkeypatch):
     """Defect 6 in the reference writer: even a promoter that validation let through
     (here: a validator that checks nothing) cannot wedge it."""
-    monkeypatch.setattr("streams.agents.sink.decode", lambda kind, raw, now, future, *limit: msgspec.json.decode(raw, type=MODELS[kind]))
+    monkeypatch.setattr("streams.logic.reference.decode", lambda kind, raw, now, future, *limit: msgspec.json.decode(raw, type=MODELS[kind]))
     step = make_step()
     sent: list = []
     topics = SimpleNamespace(dead_letters=SimpleNamespace(send=lambda **kw: sent.append(kw)))
-    router = Router(step.settings, topics, step.metrics)
+    dead_letters = DeadLetters(topics.dead_letters, step.metrics, b"salt")
     promoters = [Promoter(event_id="p1", ts=T0, promoter_id="P1", tracking_code="T1"),
                  Promoter(event_id="p2", ts=T0, promoter_id="P2", tracking_code="T2", joined_at=HUGE)]
     events = [event("promoters", 0, 40 + i, json_encoder.encode(p), key=p.tracking_code.encode())
               for i, p in enumerate(promoters)]
-    assert asyncio.run(step.write_reference(events, router)) is True
+    assert asyncio.run(step.write_reference(events, dead_letters)) is True
     admin = engine[1]
     assert admin.query("SELECT promoter_id FROM promoters").result_rows == [("P1",)]
     [letter] = letters(admin).values()

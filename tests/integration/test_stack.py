@@ -48,7 +48,7 @@ def test_topics_produce_consume_and_status(stack, topic_prefix: str) -> None:
         return topics, [msg.value]
 
     topics, values = asyncio.run(roundtrip())
-    assert {settings.topic(n) for n in names + ["race"]} <= topics
+    assert {settings.topic(n) for n in [*names, "race"]} <= topics
     assert values == [b"hello"]
 
     report = local_stack.status(settings)

@@ -10,7 +10,7 @@ import pytest
 from schemas.records import AttributionRec, Batch, ClickRec, ClickRef, JoinRecord, SignupRec
 from streams.logic import attribution as attr
 from streams.logic.engine import JoinEngine, MemoryStore
-from streams.logic.joins import VisitorLogic
+from streams.logic.join_logics import VisitorLogic
 from streams.logic.rules.ruleset import RuleBook
 
 WINDOW = 1_000

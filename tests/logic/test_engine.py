@@ -18,7 +18,7 @@ from schemas.records import AttributionRec, Batch, ClickRec, ClickRef, Conversio
 from streams.logic import attribution as attr
 from streams.logic import conversions as conv
 from streams.logic.engine import CLOCK_KEY, FULL_STATE_BYTES, MAX_STATE_BYTES, JoinEngine, MemoryStore, Outputs
-from streams.logic.joins import AccountLogic, VisitorLogic
+from streams.logic.join_logics import AccountLogic, VisitorLogic
 from streams.logic.rules.checks import PromoterRef, Signals
 from streams.logic.rules.ruleset import RuleBook
 
@@ -311,6 +311,29 @@ def test_states_never_outgrow_the_bound() -> None:
     r = run("visitor", [signups(0, 30)[i:i + 7] for i in range(0, 30, 7)], **SMALL)
     assert max(len(v) for v in r.store.data.values()) <= SMALL["max_state"]
     assert r.views()["refused"] == [f"s{i:02}" for i in range(8, 30)]
+
+
+def test_an_order_with_thousands_of_events_stays_small() -> None:
+    """Every new event of a known order is an update the bound does not refuse: the order
+    keeps only the events that decide it, so no order can outgrow a Kafka message."""
+    storm = [order("o1", 1_000, "paid")] + [order("o1", 2_000 + i, "refunded") for i in range(1_000)]
+    for i, rec in enumerate(storm):
+        rec.event_id = f"o1-{i}"
+    r = run("account", [[attribution("A", signup_ts=0, final=True)], storm[:500], storm[500:]])
+    assert max(len(v) for v in r.store.data.values()) < 2_000
+    assert r.views()["refused"] == [] and r.views()["conversions"]["o1"][1] == "reversed"
+
+
+def test_a_full_account_refuses_new_orders_but_takes_refunds_of_known_ones() -> None:
+    orders = [order(f"o{i}", 1_000 + i) for i in range(40)]
+    sizes = [len(v) for v in run("account", [[attribution("A", final=True)], orders[:10]]).store.data.values()]
+    bound = {"full_state": max(sizes), "max_state": max(sizes) + 2_000}  # full at 10 orders
+    refund = order("o3", 5_000, "refunded")
+    refund.event_id = "o3-refund"
+    r = run("account", [[attribution("A", final=True)], orders[:10], orders[10:20], [refund]], **bound)
+    assert r.views()["refused"] == [f"o{i}-paid" for i in range(10, 20)]
+    assert r.views()["conversions"]["o3"][1] == "reversed"
+    assert max(len(v) for v in r.store.data.values()) <= bound["max_state"]
 
 
 # -- properties ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from schemas.events import Promoter
-from schemas.records import ClickRec, OrderRec, SignupRec
+from schemas.records import ClickRec, OrderRec, SignupRec, StoredEvents
 from streams.logic import replay
 from streams.logic.rules.ruleset import RuleBook, RuleSet
 
@@ -33,12 +33,12 @@ class Case:
     rules: dict = field(default_factory=dict)
 
 
-def events(case: Case) -> replay.Events:
+def events(case: Case) -> StoredEvents:
     click = ClickRec("c0", T0, "v0", "T1", **({"ip_hash": "ip0", "user_agent": CHROME} | case.click))
     signup = SignupRec("s0", T0 + case.delay_ms, "a0", "v0", **({"ip_hash": "ip-s0"} | case.signup))
     order = OrderRec("e0", T0 + case.delay_ms + DAY, "o0", "a0", "pro", Decimal(100), "USD", "paid")
-    ev = replay.Events([click], [signup], [order], [Promoter(event_id="p1", ts=T0 - DAY, promoter_id="P1",
-                                                            tracking_code="T1")])
+    ev = StoredEvents([click], [signup], [order], [Promoter(event_id="p1", ts=T0 - DAY, promoter_id="P1",
+                                                           tracking_code="T1")], [])
     for x in case.extra:
         {ClickRec: ev.clicks, SignupRec: ev.signups, Promoter: ev.promoters}[type(x)].append(x)
     return ev

@@ -16,7 +16,7 @@ TC, PR = "tracking_code", "promoter"
 
 
 class Row(NamedTuple):
-    """A `CodeCount`, as `sinks.alerts.read_counts` returns them."""
+    """A `BucketCount`, as `sinks.alerts.read_counts` returns them."""
 
     code: str
     bucket: int

@@ -14,6 +14,7 @@ from sinks.alerts import BucketCount, alert_row, read_counts, write_alerts
 from sinks.clickhouse import ClickHouseWriter, connect, rows_as_dicts
 from sinks.migrations import migrate
 from streams.logic.spike import Alert
+from tests.sinks import write_records
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 B = 5 * MINUTE_MS
@@ -26,7 +27,7 @@ def db(engine: tuple[str, Any]) -> Iterator[Any]:
     admin.command("CREATE DATABASE spikes")
     client = connect(dsn, database="spikes")
     migrate(client)
-    ClickHouseWriter(client).write_records([
+    write_records(ClickHouseWriter(client), [
         Promoter(event_id="p1", ts=T0 - 1, promoter_id="P1", tracking_code="A"),
         ClickRec("c1", T0 + 10, "v1", "A"), ClickRec("c1", T0 + 10, "v1", "A"),  # a redelivered click
         ClickRec("c2", T0 + 20, "v2", "A"), ClickRec("c3", T0 + B + 5, "v3", "B"),

@@ -27,11 +27,12 @@ from schemas.records import (
     OrderRec,
     SignupRec,
 )
-from sinks import events, queries
+from sinks import queries, stored
 from sinks.clickhouse import ChdbOpenError, ClickHouseUnavailable, ClickHouseWriter, DsnError, connect
 from sinks.migrations import MIGRATIONS, Migration, migrate
 from sinks.rows import rows_for
 from sinks.tables import TABLES, VIEWS
+from tests.sinks import write_records
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -187,7 +188,7 @@ def test_redelivered_batch_leaves_one_row_per_id(db, case):
     batch = rows_for(case.records)
     writer.write(batch)
     writer.write(batch)  # the retry / the redelivery
-    writer.write_records(case.records)  # and once more, through the records API
+    write_records(writer, case.records)  # and once more, through the records API
     keys = [r[0] for r in db.query(f"SELECT {case.key} FROM {case.relation} ORDER BY 1").result_rows]
     assert keys == case.expected_keys
     raw = scalar(db, f"SELECT count() FROM {case.relation.split()[0]}")
@@ -201,9 +202,9 @@ def test_conversions_current_has_the_highest_revision_once_per_order(db):
     writer = ClickHouseWriter(db)
     # revisions arrive out of order, in separate inserts, and some twice
     for rev in (1, 3, 2, 3, 1):
-        writer.write_records([conversion("o1", rev, status="reversed" if rev == 3 else "approved",
+        write_records(writer, [conversion("o1", rev, status="reversed" if rev == 3 else "approved",
                                          reasons=[f"r{rev}"], amount=Decimal(f"{rev}.25"))])
-    writer.write_records([conversion("o2", 1)])
+    write_records(writer, [conversion("o2", 1)])
     rows = queries.conversions_for(db)
     assert [(r["order_id"], r["revision"], r["status"], r["reasons"]) for r in rows] == [
         ("o1", 3, "reversed", ["r3"]),
@@ -221,8 +222,8 @@ def test_conversions_current_has_the_highest_revision_once_per_order(db):
 
 def test_attributions_current_keeps_the_highest_version(db):
     writer = ClickHouseWriter(db)
-    writer.write_records([attribution("a1", "T2", 300, final=True), attribution("a1", "T1", 200)])
-    writer.write_records([attribution("a1", None, 100), attribution("a2", None, 101)])
+    write_records(writer, [attribution("a1", "T2", 300, final=True), attribution("a1", "T1", 200)])
+    write_records(writer, [attribution("a1", None, 100), attribution("a2", None, 101)])
     rows = db.query(
         "SELECT account_id, tracking_code, campaign, click_event_id, toUnixTimestamp64Milli(click_ts),"
         " final, version FROM attributions_current ORDER BY account_id"
@@ -237,7 +238,7 @@ def test_decimal_amounts_round_trip_exactly(db):
     amounts = [Decimal("0.0001"), Decimal("19.99"), Decimal("12345678901234.5678"), Decimal("0"),
                Decimal("-5.5")]
     writer = ClickHouseWriter(db)
-    writer.write_records(
+    write_records(writer,
         [OrderRec(f"e{i}", T0, f"o{i}", "a1", "pro", a, "EUR", "paid", discount=a) for i, a in enumerate(amounts)]
         + [conversion(f"o{i}", amount=a, discount=a) for i, a in enumerate(amounts)]
     )
@@ -249,7 +250,7 @@ def test_decimal_amounts_round_trip_exactly(db):
 
 
 def test_null_optional_fields_become_empty_strings(db):
-    ClickHouseWriter(db).write_records([
+    write_records(ClickHouseWriter(db), [
         ClickRec("c1", T0, "v1", "T1"),
         SignupRec("s1", T0, "a1", "v1"),
         OrderRec("e1", T0, "o1", "a1", "pro", Decimal("1"), "USD", "paid"),
@@ -308,8 +309,8 @@ def small_dataset() -> list:
 def test_queries_on_a_small_dataset(db):
     writer = ClickHouseWriter(db)
     data = small_dataset()
-    writer.write_records(data)
-    writer.write_records(data)  # redelivered: nothing changes
+    write_records(writer, data)
+    write_records(writer, data)  # redelivered: nothing changes
     summary = queries.promoter_summary(db)
     got = {(r["promoter_id"], r["tracking_code"]): (r["clicks"], r["signups"], r["orders"], r["gmv"])
            for r in summary}
@@ -381,7 +382,7 @@ def test_writer_returns_bad_rows_instead_of_raising(db):
 def test_writer_serialises_concurrent_writes(db):
     writer = ClickHouseWriter(db)
     threads = [
-        threading.Thread(target=writer.write_records, args=([click(f"c{t}-{i}") for i in range(200)],))
+        threading.Thread(target=write_records, args=(writer, [click(f"c{t}-{i}") for i in range(200)]))
         for t in range(4)
     ]
     for t in threads:
@@ -443,7 +444,7 @@ def test_http_dsn_is_accepted_and_goes_to_the_server():
 def test_conversions_current_is_the_latest_decision_until_the_rules_are_installed(db):
     """The migrations create placeholders: the rules ClickHouse applies over a whole code or
     promoter come from `streams.logic.rules.views` (tests/logic/rules/test_program_rules.py)."""
-    ClickHouseWriter(db).write_records(
+    write_records(ClickHouseWriter(db),
         [conversion("o1", commission=Decimal("15")), promoter("P1", "T1", ts=T0 + 5_000, account_type="enterprise")]
         + [(1, AttributionRec(f"a{i}", f"s{i}", T0 + 2 * 86_400_000, f"v{i}", ClickRef(f"c{i}", T0, "T1"), True))
            for i in range(20)])
@@ -466,12 +467,12 @@ def test_stored_events_read_back_as_the_records_written(db):
     bare = [ClickRec("c2", T0 + 10, "v2", "T1"), SignupRec("s2", T0 + 11, "a2", "v2"),
             OrderRec("e2", T0 + 12, "o2", "a2", "pro", Decimal(1), "USD", "paid"),
             Exclusion(event_id="x2", ts=T0 + 13, email_domain="corp.example", owner="channel_partner", since=T0)]
-    ClickHouseWriter(db).write_records(full + bare + full)  # duplicates are read once
-    got = events.load(db)
+    write_records(ClickHouseWriter(db), full + bare + full)  # duplicates are read once
+    got = stored.load(db)
     assert sorted(got.clicks, key=lambda r: r.event_id) == [full[0], bare[0]]
     assert sorted(got.signups, key=lambda r: r.event_id) == [full[1], bare[1]]
     assert sorted(got.orders, key=lambda r: r.event_id) == [full[2], bare[2]]
     assert got.promoters == [full[3]]
     assert sorted(got.exclusions, key=lambda e: e.event_id) == [full[4], bare[3]]
-    until = events.load(db, until_ms=T0 + 10)
+    until = stored.load(db, until_ms=T0 + 10)
     assert ([c.event_id for c in until.clicks], [s.event_id for s in until.signups]) == (["c1", "c2"], ["s1"])

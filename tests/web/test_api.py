@@ -3,7 +3,7 @@ parameters, auth, and the HTTP routes on a real Faust app's web server (no broke
 
 chdb hosts one engine (one data directory) per process: this module opens one directory,
 gives each dataset its own database, and closes every client at the end (like
-tests/test_sinks.py), so other modules can open chdb elsewhere.
+tests/sinks/test_sinks.py), so other modules can open chdb elsewhere.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from streams.config import Settings
 from streams.metrics import Metrics
 from streams.web import api as stats
 from streams.web.routes import authorized, register
+from tests.sinks import write_records
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 S, M, H, D = 1_000, 60_000, 3_600_000, 86_400_000
@@ -125,7 +126,7 @@ ALERT_ROWS = [  # kind, key, bucket_start, observed, baseline, score, first_even
 def load(client: Any) -> None:
     writer = ClickHouseWriter(client)
     for record in dataset():  # one insert per record: the views see every duplicate
-        writer.write_records([record])
+        write_records(writer, [record])
     client.insert("alerts", ALERT_ROWS, column_names=list(ALERTS.insert_columns),
                   column_type_names=list(ALERTS.insert_types))
 

@@ -8,7 +8,7 @@ a few delivered beyond it, a few duplicated, optionally a few malformed. It neve
 wall clock nor the global `random`: `spec.end_ms` is the simulated "now" and everything
 follows from `spec.seed`.
 
-Lateness contract (checked by tests/test_generate.py), with L = `spec.allowed_lateness_ms`
+Lateness contract (checked by tests/dev/test_generate.py), with L = `spec.allowed_lateness_ms`
 and D = `spec.max_delay` (< L; 90 % of L by default):
 - reference data (promoters, exclusions) comes first. Its event times are before all
   traffic, except promoter versions and exclusions that take effect inside the traffic
@@ -35,7 +35,7 @@ refunded / cancelled / charged back is listed in `reversed`. Late events are lef
 definition, and including them gives the same truth (they are chosen so; tests check both).
 `Truth.expected` adds, per attributed order, the status and reason codes of docs/rules.md
 (default thresholds) and the generator's pattern labels (`PATTERNS`): an order with no
-label is honest and must be approved. Scoring a pipeline run against it: streams/scoring.py.
+label is honest and must be approved. Scoring a pipeline run against it: streams/dev/scoring.py.
 
 Modules: `model` (spec, truth, patterns), `honest` (the honest population), `fraud` (the
 patterns), `oracle` (attribution and expected checks), `delivery` (`generate`).

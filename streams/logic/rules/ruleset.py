@@ -15,6 +15,8 @@ from pathlib import Path
 
 import msgspec
 
+from schemas.units import HOUR_MS
+
 #: reason code -> what it does to the status (precedence: reject > reverse > hold)
 REJECT, REVERSE, HOLD = "reject", "reverse", "hold"
 REASON_KINDS: dict[str, str] = {
@@ -72,7 +74,7 @@ class RuleSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
     @property
     def spam_long_delay_ms(self) -> int:
-        return int(self.spam_long_delay_h * 3_600_000)
+        return int(self.spam_long_delay_h * HOUR_MS)
 
 
 class RuleBook:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import msgspec
 
 from schemas.records import Conversion
+from streams.logic.rules.checks import APPROVED, HELD
 from streams.logic.rules.ruleset import RuleSet
 
 REASON = "click_spamming"
@@ -34,7 +35,7 @@ def hold(c: Conversion) -> Conversion:
     approved, the reason listed after the join's."""
     if REASON in c.reasons:
         return c
-    return msgspec.structs.replace(c, status="held" if c.status == "approved" else c.status,
+    return msgspec.structs.replace(c, status=HELD if c.status == APPROVED else c.status,
                                    reasons=[*c.reasons, REASON])
 
 

@@ -20,6 +20,7 @@ from streams.logic.reference import PromoterDirectory
 from streams.logic.rules import spamming
 from streams.logic.rules.ruleset import RuleBook, RuleSet
 from streams.logic.rules.views import rule_views
+from tests.sinks import write_records
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 H = 3_600_000
@@ -101,7 +102,7 @@ def test_click_spamming_python_and_sql_agree(db, case: SpamCase) -> None:
     c = case.conversion
     py = spamming.hold(c) if c.tracking_code in in_python else c
     # SQL, as conversions_current applies it
-    ClickHouseWriter(db).write_records([c, *((1, a) for a in signups)])
+    write_records(ClickHouseWriter(db), [c, *((1, a) for a in signups)])
     install(db, rules)
     in_sql = {r[0] for r in db.query("SELECT tracking_code FROM spam_codes").result_rows}
     status, reasons, *_ = current(db, "o1")
@@ -170,7 +171,7 @@ def test_enterprise_reversal_python_and_sql_agree(db, case: EnterpriseCase) -> N
     earned nothing to reverse.)"""
     now = decide(case, known_at=max(ts for ts, _ in case.versions))
     py = (now.status, sorted(now.reasons), now.commission + now.bonus, now.points)
-    ClickHouseWriter(db).write_records(
+    write_records(ClickHouseWriter(db),
         [decide(case, case.known_at)]
         + [Promoter(event_id=f"p-{ts}", ts=ts, promoter_id="P1", tracking_code="T1", account_type=account_type)
            for ts, account_type in case.versions])

@@ -5,23 +5,16 @@ store for missing optional fields, come back as None.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any
 
 from schemas.events import Exclusion, Promoter
-from schemas.records import ClickRec, OrderRec, SignupRec
+from schemas.records import ClickRec, OrderRec, SignupRec, StoredEvents
+from sinks.clickhouse import rows_as_dicts
 
-Row = dict[str, Any]  # a ClickHouse row by column name
+Row = dict[str, Any]  # a stored row by column name (the insert side's rows are tuples: `sinks.rows`)
 
 #: DateTime64 columns are read as their raw ticks (epoch ms for DateTime64(3))
 _INT_TIMES = {"DateTime64": "int"}
-
-
-class StoredEvents(NamedTuple):
-    clicks: list[ClickRec]
-    signups: list[SignupRec]
-    orders: list[OrderRec]
-    promoters: list[Promoter]
-    exclusions: list[Exclusion]
 
 
 def _opt(value: str) -> str | None:
@@ -67,8 +60,8 @@ def load(client: Any, until_ms: int | None = None) -> StoredEvents:
                      if until_ms is not None else ("", {}))
 
     def rows(table: str) -> list[Row]:
-        r = client.query(f"SELECT * FROM {table} FINAL {where}", parameters=params, query_formats=_INT_TIMES)
-        return [dict(zip(r.column_names, row)) for row in r.result_rows]
+        return rows_as_dicts(client.query(f"SELECT * FROM {table} FINAL {where}", parameters=params,
+                                          query_formats=_INT_TIMES))
 
     return StoredEvents([click(r) for r in rows("clicks")], [signup(r) for r in rows("signups")],
                         [order(r) for r in rows("orders")], [promoter(r) for r in rows("promoters")],
