@@ -9,6 +9,7 @@ size limit, checked before anything is parsed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -132,31 +133,27 @@ def _check_time(event: Any, field: str, now_ms: int, max_future_ms: int) -> str 
     return None
 
 
+#: optional fields: (fields per model, the check, what the field must be); '' counts as absent
+_OPTIONAL: list[tuple[dict[type, tuple[str, ...]], Callable[[str], object], str]] = [
+    (_OPTIONAL_IDS, valid_id, f"1 to {MAX_ID_LEN} printable characters, or null"),
+    (_HASHES, _HASH.fullmatch, "a hash in hex (32 to 128 hex digits, e.g. SHA-256), never the value in clear"),
+    (_DOMAINS, _DOMAIN.fullmatch, "a domain name like example.com (never an e-mail address)"),
+]
+
+
 def _check_fields(event: Event) -> str | None:
     """Ids, hashes, domains and codes of `event` against the contract; '' optionals to None."""
     kind = type(event)
     for field in _IDS[kind]:
         if not valid_id(getattr(event, field)):
             return f"{field} must be 1 to {MAX_ID_LEN} printable characters"
-    for field in _OPTIONAL_IDS.get(kind, ()):
-        value = getattr(event, field)
-        if value == "":
-            setattr(event, field, None)
-        elif value is not None and not valid_id(value):
-            return f"{field} must be 1 to {MAX_ID_LEN} printable characters, or null"
-    for field in _HASHES.get(kind, ()):
-        value = getattr(event, field)
-        if value == "":
-            setattr(event, field, None)
-        elif value is not None and not _HASH.fullmatch(value):
-            return (f"{field} must be a hash in hex (32 to 128 hex digits, e.g. SHA-256), never the "
-                    f"value in clear")
-    for field in _DOMAINS.get(kind, ()):
-        value = getattr(event, field)
-        if value == "":
-            setattr(event, field, None)
-        elif value is not None and not _DOMAIN.fullmatch(value):
-            return f"{field} must be a domain name like example.com (never an e-mail address)"
+    for fields, valid, must in _OPTIONAL:
+        for field in fields.get(kind, ()):
+            value = getattr(event, field)
+            if value == "":
+                setattr(event, field, None)
+            elif value is not None and not valid(value):
+                return f"{field} must be {must}"
     return None
 
 
