@@ -1,4 +1,4 @@
-"""Input event models: the public contract of the five input topics (see docs/events.md).
+"""Input event models: the public contract of the six input topics (see docs/events.md).
 
 Decoding is done with msgspec: it validates types and required fields while parsing,
 which is both stricter and much faster than `json.loads` plus hand-written checks.
@@ -91,7 +91,21 @@ class Exclusion(_Event, kw_only=True):
     since: Timestamp | None = None
 
 
-Event = Click | Signup | Order | Promoter | Exclusion
+ReviewDecision = Literal["approve", "reject", "hold"]
+
+
+class Review(_Event, kw_only=True):
+    """A partner manager's decision on one order's conversion, or (`promoter_id` instead of
+    `order_id`) on all that promoter's open conversions (docs/payouts.md)."""
+
+    order_id: str | None = None
+    promoter_id: str | None = None
+    decision: ReviewDecision
+    reason: str = ""
+    actor: str
+
+
+Event = Click | Signup | Order | Promoter | Exclusion | Review
 
 #: input topic name (before the prefix) -> model
 MODELS: dict[str, type[Event]] = {
@@ -100,4 +114,5 @@ MODELS: dict[str, type[Event]] = {
     "orders": Order,
     "promoters": Promoter,
     "exclusions": Exclusion,
+    "reviews": Review,
 }

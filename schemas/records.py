@@ -155,6 +155,11 @@ class Conversion(msgspec.Struct, kw_only=True):
     cap_applied: bool = False
     first_order: bool = False
     rule_version: str = ""
+    # the evidence behind the reasons (the review queue shows it)
+    flood_clicks: int = 0  # clicks of the click's IP or visitor on its code in its UTC hour (the larger)
+    farm_signups: int = 0  # accounts signed up from the signup's IP or device in its UTC day (the larger)
+    exclusion_owner: str = ""  # direct_sales | channel_partner owning the customer at the order
+    identity_match: str = ""  # the promoter's identity the customer shares, '' for none
 
 
 class LateEvent(msgspec.Struct, kw_only=True):

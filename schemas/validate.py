@@ -9,6 +9,7 @@ size limit, checked before anything is parsed.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,13 +18,15 @@ from typing import Any
 
 import msgspec
 
-from schemas.events import MODELS, Click, Event, Exclusion, Order, Promoter, Signup
+from schemas.events import MODELS, Click, Event, Exclusion, Order, Promoter, Review, Signup
 
 _decoders: dict[str, msgspec.json.Decoder[Event]] = {
     topic: msgspec.json.Decoder(model) for topic, model in MODELS.items()}
 
 #: ids (event_id, visitor_id, promoter_id, tracking_code, ...): 1 to MAX_ID_LEN characters
 MAX_ID_LEN = 128
+#: a review's free-text reason: at most this many characters
+MAX_REASON_LEN = 500
 #: a larger input message is dead-lettered unread (REFSTREAM_MAX_MESSAGE_BYTES overrides it)
 MAX_MESSAGE_BYTES = 65_536
 #: money is stored as Decimal(18, 4): 14 integer digits, 4 decimals
@@ -77,6 +80,7 @@ _IDS: dict[type, tuple[str, ...]] = {
     Order: ("event_id", "order_id", "account_id", "product"),
     Promoter: ("event_id", "promoter_id", "tracking_code"),
     Exclusion: ("event_id",),
+    Review: ("event_id", "actor"),
 }
 _OPTIONAL_IDS: dict[type, tuple[str, ...]] = {
     Click: ("campaign", "material_id"),
@@ -84,6 +88,7 @@ _OPTIONAL_IDS: dict[type, tuple[str, ...]] = {
     Order: ("cart_id", "sku", "category"),
     Promoter: ("account_id", "device_id"),
     Exclusion: ("account_id",),
+    Review: ("order_id", "promoter_id"),
 }
 _HASHES: dict[type, tuple[str, ...]] = {
     Signup: ("email_hash", "realname_id_hash"),
@@ -91,6 +96,16 @@ _HASHES: dict[type, tuple[str, ...]] = {
 }
 _DOMAINS: dict[type, tuple[str, ...]] = {Signup: ("email_domain",), Exclusion: ("email_domain",)}
 _TIMES: dict[type, tuple[str, ...]] = {Promoter: ("ts", "joined_at"), Exclusion: ("ts", "since")}
+
+
+#: characters a reason may not hold: control (newlines, tabs), format (bidi overrides, zero
+#: width), surrogates and line / paragraph separators; they garble or spoof the review queue
+_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def valid_reason(value: str) -> bool:
+    """A review's reason as the contract allows it: up to 500 characters of visible text and spaces."""
+    return len(value) <= MAX_REASON_LEN and not any(unicodedata.category(c) in _HIDDEN for c in value)
 
 
 def parse_ts(value: int | str | None, field: str = "ts") -> int:
@@ -180,6 +195,18 @@ def _check(event: Event, raw: bytes) -> str | None:
         return "level must be between 1 and 99"
     if isinstance(event, Exclusion) and not (event.account_id or event.email_domain):
         return "an exclusion needs account_id or email_domain"
+    if isinstance(event, Review):
+        return _check_review(event)
+    return None
+
+
+def _check_review(event: Review) -> str | None:
+    if (event.order_id is None) == (event.promoter_id is None):
+        return ("a review needs exactly one of order_id (one order's conversion) or promoter_id "
+                "(all that promoter's open conversions)")
+    if not valid_reason(event.reason):
+        return (f"reason must be at most {MAX_REASON_LEN} characters, without control characters "
+                f"(no newlines, tabs or bidi overrides)")
     return None
 
 

@@ -9,6 +9,7 @@ Never edit a released migration: append a new one (see `sinks.tables` for adding
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from sinks.stats import STATS_STATEMENTS
@@ -35,6 +36,7 @@ ORDER BY version"""
 
 
 def _views() -> list[str]:
+    """Every view, re-created: a view expands `SELECT *` when it is created (sinks.tables)."""
     return [f"CREATE OR REPLACE VIEW {quote(name)} AS {sql}" for name, sql in VIEWS.items()]
 
 
@@ -47,7 +49,9 @@ MIGRATIONS: list[Migration] = [
     Migration(
         1,
         "raw events, attributions, conversions, promoters, late events, dead letters; *_current views",
-        [t.create_sql() for t in TABLES.values()] + _views(),
+        # every table as it is today (the ALTERs below are then no-ops); the views come with the
+        # last migration that changes them, once every table they read exists
+        [t.create_sql() for t in TABLES.values()],
     ),
     Migration(
         2,
@@ -55,7 +59,7 @@ MIGRATIONS: list[Migration] = [
         _add_columns("conversions", ["level", "rate", "tier", "commission", "bonus", "points", "cap_applied",
                                      "first_order", "rule_version"])
         + _add_columns("promoters", ["realname_id_hash", "email_hash", "device_id", "ip_hash"])
-        + [TABLES["exclusions"].create_sql()] + _views(),
+        + [TABLES["exclusions"].create_sql()],
     ),
     Migration(
         3,
@@ -66,6 +70,13 @@ MIGRATIONS: list[Migration] = [
         4,
         "bounded dead letters: size and digest of the original value, truncated flag",
         _add_columns("dead_letters", ["value_bytes", "value_sha256", "truncated"]),
+    ),
+    Migration(
+        5,
+        "after the decision: review decisions, conversion evidence, payout batches, lines and payouts",
+        _add_columns("conversions", ["flood_clicks", "farm_signups", "exclusion_owner", "identity_match"])
+        + [TABLES[t].create_sql() for t in ("reviews", "payout_batches", "payout_lines", "payouts")]
+        + _views(),
     ),
 ]
 
@@ -96,3 +107,11 @@ def migrate(client: Any, migrations: list[Migration] | None = None) -> list[int]
         )
         applied.append(m.version)
     return applied
+
+
+def install_views(client: Any, views: Mapping[str, str]) -> None:
+    """Create or replace `views` (name -> SELECT), in the order given: the rule-applying views
+    that replace the migrations' placeholders (`streams.logic.rules.views.rule_views`), installed
+    by the sink agent and by the batch jobs that read them."""
+    for name, sql in views.items():
+        client.command(f"CREATE OR REPLACE VIEW {quote(name)} AS {sql}")

@@ -6,6 +6,7 @@ Timestamps come back as epoch-millisecond ints, like in the records.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -91,7 +92,8 @@ SELECT
     (SELECT count() FROM conversions_current WHERE NOT attribution_final) AS conversions_open,
     (SELECT count() FROM attributions_current) AS attributions_current,
     (SELECT count() FROM dead_letters FINAL) AS dead_letters,
-    (SELECT count() FROM late_events FINAL) AS late_events
+    (SELECT count() FROM late_events FINAL) AS late_events,
+    (SELECT count() FROM reviews FINAL) AS reviews
 """
 
 
@@ -119,10 +121,13 @@ def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     return format_table(SUMMARY_COLUMNS, rows, frozenset(COUNT_COLUMNS + MONEY_COLUMNS), footer=totals)
 
 
+# The month's orders per status (the statement before payouts; `statement_v2` is the money view).
 STATEMENT_SQL = """
-SELECT status, orders, amount, commission, bonus, points, arraySort(order_ids) AS order_ids
-FROM promoter_statement
-WHERE promoter_id = {promoter:String} AND month = toDate({month:String})
+SELECT status, count() AS orders, sum(amount) AS amount, sum(commission) AS commission, sum(bonus) AS bonus,
+       sum(points) AS points, arraySort(groupArray(order_id)) AS order_ids
+FROM conversions_current
+WHERE promoter_id = {promoter:String} AND toStartOfMonth(order_ts) = toDate({month:String})
+GROUP BY status
 ORDER BY status
 """
 
@@ -142,6 +147,64 @@ def statement(client: Any, promoter: str, month: str) -> tuple[list[dict], list[
     lines = client.query(STATEMENT_SQL, parameters=params)
     orders = client.query(STATEMENT_ORDERS_SQL, parameters=params, query_formats=_INT_TIMES)
     return rows_as_dicts(lines), rows_as_dicts(orders)
+
+
+STATEMENT_V2_SQL = """
+SELECT * FROM promoter_statement
+WHERE promoter_id = {promoter:String} AND month <= toDate({month:String})
+ORDER BY currency, month
+"""
+
+#: the figures of a month without movements (the balance carries: opening = closing)
+_QUIET_MONTH = {"earned": Decimal(0), "held": Decimal(0), "clawed_back": Decimal(0), "paid": Decimal(0),
+                "points_earned": 0, "points_cashed": 0, "earned_orders": [], "held_orders": [],
+                "clawed_back_orders": []}
+
+
+def statement_v2(client: Any, promoter: str, month: str) -> list[dict]:
+    """A promoter's statement for `month` (YYYY-MM), one row per currency he ever had money in
+    up to that month (view `promoter_statement`): promoter_id, currency, month (a date),
+    opening, earned (matured that month), held (orders of the month held now), clawed_back,
+    paid (net lines of that month's batches), closing (= opening + earned - paid),
+    points_earned, points_cashed and the order ids behind earned, held and clawed back. A
+    month without movements shows the balance carried from the month before."""
+    rows = rows_as_dicts(client.query(STATEMENT_V2_SQL, parameters={"promoter": promoter, "month": f"{month}-01"}))
+    last: dict[str, dict] = {}
+    for row in rows:  # by currency, months ascending: the last one is this month or the latest before
+        last[row["currency"]] = row
+    first_day = date.fromisoformat(f"{month}-01")
+    return [row if row["month"] == first_day else
+            {**row, **_QUIET_MONTH, "month": first_day, "opening": row["closing"]}
+            for row in last.values()]
+
+
+BALANCES_SQL = """
+SELECT * FROM promoter_balances
+WHERE {promoter:String} = '' OR promoter_id = {promoter:String}
+ORDER BY promoter_id, currency
+"""
+
+
+def balances(client: Any, promoter: str | None = None) -> list[dict]:
+    """View `promoter_balances`, all promoters or one: per promoter and currency, earned
+    (approved, matured by event time now), pending (approved, maturing), held, clawed_back,
+    paid (net lines of pending and paid batches), balance (= earned - paid), points_earned and
+    points_cashed."""
+    return rows_as_dicts(client.query(BALANCES_SQL, parameters={"promoter": promoter or ""}))
+
+
+REVIEW_AUDIT_SQL = """
+SELECT * FROM review_audit
+WHERE ({order:String} = '' OR order_id = {order:String}) AND ({promoter:String} = '' OR promoter_id = {promoter:String})
+ORDER BY ts, event_id, order_id
+"""
+
+
+def review_audit(client: Any, *, order_id: str = "", promoter: str = "") -> list[dict]:
+    """View `review_audit` (every decision and the conversions it applies to, before and
+    after), oldest first, all or one order's or one promoter's. Times as epoch ms."""
+    params = {"order": order_id, "promoter": promoter}
+    return rows_as_dicts(client.query(REVIEW_AUDIT_SQL, parameters=params, query_formats=_INT_TIMES))
 
 
 def format_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]],

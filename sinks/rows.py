@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from schemas.events import Exclusion, Promoter
+from schemas.events import Exclusion, Promoter, Review
 from schemas.records import (
     AttributionRec,
     ClickRec,
@@ -31,7 +31,7 @@ from schemas.records import (
 
 Row = tuple
 Rows = dict[str, list[Row]]
-Record = ClickRec | SignupRec | OrderRec | Conversion | LateEvent | DeadLetter | Promoter | Exclusion
+Record = ClickRec | SignupRec | OrderRec | Conversion | LateEvent | DeadLetter | Promoter | Exclusion | Review
 Versioned = tuple[int, AttributionRec]
 
 
@@ -73,7 +73,8 @@ def conversion_row(r: Conversion) -> Row:
         r.signup_ts, r.order_event_id, r.order_ts, r.cart_id, r.product, r.category, r.amount,
         r.discount, r.currency, r.order_status, r.renewal, r.attribution_model,
         r.attribution_final, r.decided_at, r.level, r.rate, r.tier, r.commission, r.bonus,
-        r.points, r.cap_applied, r.first_order, r.rule_version,
+        r.points, r.cap_applied, r.first_order, r.rule_version, r.flood_clicks, r.farm_signups,
+        r.exclusion_owner, r.identity_match,
     )
 
 
@@ -103,6 +104,12 @@ def exclusion_row(r: Exclusion) -> Row:
     return (r.account_id or "", (r.email_domain or "").lower(), r.owner, since, r.ts, r.event_id)
 
 
+def review_row(r: Review) -> Row:
+    if not isinstance(r.ts, int):
+        raise TypeError(f"review {r.event_id!r}: ts must be epoch-millis int (run schemas.validate first)")
+    return (r.event_id, r.ts, r.order_id or "", r.promoter_id or "", r.decision, r.reason, r.actor)
+
+
 #: record type -> (table, row builder); AttributionRec is handled apart (it needs a version)
 ROW_BUILDERS: dict[type, tuple[str, Callable[[Any], Row]]] = {
     ClickRec: ("clicks", click_row),
@@ -113,6 +120,7 @@ ROW_BUILDERS: dict[type, tuple[str, Callable[[Any], Row]]] = {
     DeadLetter: ("dead_letters", dead_letter_row),
     Promoter: ("promoters", promoter_row),
     Exclusion: ("exclusions", exclusion_row),
+    Review: ("reviews", review_row),
 }
 
 

@@ -137,9 +137,68 @@ CONVERSIONS = Table(
         ("level", "UInt8"), ("rate", "Decimal(9, 6)"), ("tier", "UInt8"), ("commission", MONEY),
         ("bonus", MONEY), ("points", "Int64"), ("cap_applied", BOOL), ("first_order", BOOL),
         ("rule_version", ENUM),
+        # the evidence behind the reasons, for the review queue (migration 5): the larger of
+        # the IP / visitor click counts and of the IP / device signup counts, the exclusion's
+        # owner, and which of the promoter's identities the customer shares ('' = none)
+        ("flood_clicks", "UInt32"), ("farm_signups", "UInt32"), ("exclusion_owner", ENUM),
+        ("identity_match", ENUM),
     ),
     engine="ReplacingMergeTree(revision)",
     order_by="order_id",
+)
+
+# Review decisions (the `reviews` topic): the audit log of who decided what and why.
+# Immutable, deduplicated by event_id; `conversions_current` applies them (docs/payouts.md).
+REVIEWS = Table(
+    "reviews",
+    _cols(
+        ("event_id", STR), ("ts", TS), ("order_id", STR), ("promoter_id", STR), ("decision", ENUM),
+        ("reason", STR), ("actor", STR),
+    ),
+    engine="ReplacingMergeTree",
+    order_by="event_id",
+    comment="one of order_id / promoter_id is set; promoter_id: all his open conversions",
+)
+
+# Payout runs (docs/payouts.md). A batch's lines and per-promoter payouts are written first,
+# under the run's `attempt`; the batch row is written last and names that attempt, so the
+# rows of a run killed half-way (no batch row, or another attempt) are never read.
+# Status changes (pending -> paid | failed) insert the batch row again with a higher version.
+PAYOUT_BATCHES = Table(
+    "payout_batches",
+    _cols(
+        ("batch_id", STR), ("attempt", STR), ("through", TS), ("cutoff", TS), ("status", ENUM),
+        ("version", "UInt64"), ("created_at", TS), ("updated_at", TS), ("actor", STR), ("note", STR),
+        ("promoters", "UInt32"), ("lines", "UInt32"),
+    ),
+    engine="ReplacingMergeTree(version)",
+    order_by="batch_id",
+    comment="status: pending (to be paid) | paid (confirmed) | failed (lines released)",
+)
+
+PAYOUT_LINES = Table(
+    "payout_lines",
+    _cols(
+        ("batch_id", STR), ("attempt", STR), ("promoter_id", STR), ("currency", ENUM),
+        ("order_id", STR), ("revision", "UInt32"), ("kind", ENUM), ("part", "UInt16"),
+        ("parts", "UInt16"), ("amount", MONEY), ("points", "Int64"), ("payable_at", TS),
+        ("order_ts", TS),
+    ),
+    engine="ReplacingMergeTree",
+    order_by="(batch_id, attempt, promoter_id, currency, kind, order_id)",
+    comment="kind: commission | clawback (negative) | points (order_id empty)",
+)
+
+PAYOUTS = Table(
+    "payouts",
+    _cols(
+        ("batch_id", STR), ("attempt", STR), ("promoter_id", STR), ("currency", ENUM),
+        ("lines_total", MONEY), ("carried_in", MONEY), ("amount", MONEY), ("carried_out", MONEY),
+        ("points_cashed", "Int64"), ("lines", "UInt32"),
+    ),
+    engine="ReplacingMergeTree",
+    order_by="(batch_id, attempt, promoter_id, currency)",
+    comment="amount = lines_total + carried_in rounded down to the currency minor unit",
 )
 
 PROMOTERS = Table(
@@ -195,32 +254,64 @@ DEAD_LETTERS = Table(
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (CLICKS, SIGNUPS, ORDERS, ATTRIBUTIONS, CONVERSIONS, PROMOTERS, EXCLUSIONS, LATE_EVENTS,
-              DEAD_LETTERS)
+              DEAD_LETTERS, REVIEWS, PAYOUT_BATCHES, PAYOUT_LINES, PAYOUTS)
+}
+
+#: the views over the payout tables: a batch's rows are those of the attempt its batch row names
+PAYOUT_VIEWS: dict[str, str] = {
+    "payout_batches_current": "SELECT * FROM payout_batches FINAL",
+    "payout_lines_current": (
+        "SELECT l.*, b.status AS batch_status, b.through AS through FROM payout_lines AS l FINAL "
+        "INNER JOIN payout_batches_current AS b ON l.batch_id = b.batch_id AND l.attempt = b.attempt"
+    ),
+    "payouts_current": (
+        "SELECT p.*, b.status AS batch_status, b.through AS through, b.created_at AS created_at "
+        "FROM payouts AS p FINAL "
+        "INNER JOIN payout_batches_current AS b ON p.batch_id = b.batch_id AND p.attempt = b.attempt"
+    ),
 }
 
 #: view name -> SELECT. `*_current` views are the deduplicated, latest-state contract
 #: that dashboards and `sinks.queries` read.
 #:
-#: `spam_codes` and `conversions_current` are placeholders here: the latter shows the join's
-#: latest decision per order, without the two rules ClickHouse applies over a whole code or
-#: promoter (click spamming, the retroactive enterprise reversal). Those rules live with
-#: their Python definitions (`streams/logic/rules/views.py`, which sinks may not import),
-#: and the sink agent replaces both views with their rule-applying versions, thresholds from
-#: the newest rule set, every time it opens ClickHouse (`streams.agents.sink`).
+#: `spam_codes`, `conversions_current`, `review_audit`, `promoter_balances` and
+#: `promoter_statement` are placeholders here, with the columns of the real views: the program
+#: rules ClickHouse applies (click spamming, the retroactive enterprise reversal, review
+#: decisions, each rule version's holding period) live with their Python definitions
+#: (`streams/logic/rules/views.py`, which sinks may not import), and the sink agent and the
+#: payout jobs replace these views with the rule-applying ones, from the rule book, every time
+#: they open ClickHouse. Until then: conversions as the join decided them, payable after the
+#: default 30 days, no decision applied, and no balances or statements.
+_NO_TIME = "toDateTime64(0, 3, 'UTC')"
+_ZERO = "toDecimal128(0, 4)"
 VIEWS: dict[str, str] = {
     "attributions_current": "SELECT * FROM attributions FINAL",
     "spam_codes": "SELECT tracking_code, count() AS signups, count() AS long FROM attributions_current "
                   "WHERE 0 GROUP BY tracking_code",
-    "conversions_current": "SELECT * FROM conversions FINAL",
-    # One line per promoter, month and status, traceable to its orders.
-    "promoter_statement": """SELECT promoter_id, toStartOfMonth(order_ts) AS month, status,
-        count() AS orders, sum(amount) AS amount, sum(commission) AS commission,
-        sum(bonus) AS bonus, sum(points) AS points, groupArray(order_id) AS order_ids
-    FROM conversions_current WHERE promoter_id != ''
-    GROUP BY promoter_id, month, status""",
+    "conversions_current": f"""SELECT *,
+        if(status = 'approved', order_ts + toIntervalDay(30), {_NO_TIME}) AS payable_at, '' AS review,
+        '' AS review_actor, '' AS review_reason, {_NO_TIME} AS review_ts, toUInt64(0) AS reviews,
+        status AS auto_status
+    FROM conversions FINAL""",
+    "review_audit": f"""SELECT event_id, ts, actor, reason, decision,
+        if(order_id != '', 'order', 'promoter') AS scope, order_id, promoter_id, '' AS status_before,
+        '' AS status_after, toDecimal64(0, 4) AS commission_before, toDecimal64(0, 4) AS commission_after,
+        {_NO_TIME} AS payable_before, {_NO_TIME} AS payable_after, 'not applied: rules not installed' AS note
+    FROM reviews FINAL""",
+    "promoter_balances": f"""SELECT '' AS promoter_id, toLowCardinality('') AS currency, {_ZERO} AS earned,
+        {_ZERO} AS pending, {_ZERO} AS held, {_ZERO} AS clawed_back, {_ZERO} AS paid, {_ZERO} AS balance,
+        toInt64(0) AS points_earned, toInt64(0) AS points_cashed
+    WHERE 0""",
+    "promoter_statement": f"""SELECT '' AS promoter_id, toLowCardinality('') AS currency, toDate(0) AS month,
+        {_ZERO} AS opening, {_ZERO} AS earned, {_ZERO} AS held, {_ZERO} AS clawed_back, {_ZERO} AS paid,
+        {_ZERO} AS closing, toInt64(0) AS points_earned, toInt64(0) AS points_cashed,
+        CAST([], 'Array(String)') AS earned_orders, CAST([], 'Array(String)') AS held_orders,
+        CAST([], 'Array(String)') AS clawed_back_orders
+    WHERE 0""",
     "exclusions_current": "SELECT * FROM exclusions FINAL",
     "promoters_current": (
         "SELECT * FROM promoters FINAL "
         "ORDER BY tracking_code, ts DESC, event_id DESC LIMIT 1 BY tracking_code"
     ),
+    **PAYOUT_VIEWS,
 }

@@ -9,8 +9,10 @@ import asyncio
 import dataclasses
 import json
 import sys
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from streams.config import ROLES, ConfigError, Settings
@@ -95,30 +97,180 @@ def _iso(ms: int) -> str:
 
 
 def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
-    """Print a promoter's monthly statement: approved, held, rejected and reversed lines
-    with counts, amounts, commission and points, and the orders behind each line."""
+    """Print a promoter's statement for a month: per currency the opening balance, earned
+    (conversions that became payable that month), held, clawed back, paid (net lines of that
+    month's batches), closing balance and points; then the month's orders by status. With
+    --orders, every order behind those figures."""
     from sinks import queries
     from sinks.clickhouse import connect
     from streams.logic.rules.checks import PAYABLE_STATUSES
 
-    lines, orders = queries.statement(connect(settings.clickhouse), args.promoter, args.month)
-    print(f"statement of {args.promoter} for {args.month}\n")
+    promoter = args.promoter or args.promoter_opt
+    if not promoter or (args.promoter and args.promoter_opt and args.promoter != args.promoter_opt):
+        print("refstream statement: give one promoter: refstream statement PROMOTER --month YYYY-MM", file=sys.stderr)
+        return 2
+    client = connect(settings.clickhouse)
+    try:
+        money = queries.statement_v2(client, promoter, args.month)
+        lines, orders = queries.statement(client, promoter, args.month)
+        behind = _orders_behind(client, money) if args.orders else []
+    finally:
+        client.close()
+    print(f"statement of {promoter} for {args.month}\n")
+    if money:
+        totals = ("currency", "opening", "earned", "held", "clawed_back", "paid", "closing", "points_earned",
+                  "points_cashed")
+        print(queries.format_table(totals, money, frozenset(totals[1:])))
+    else:
+        print("(no money movements up to this month)")
+    print(f"\norders of {args.month} by status:")
     if not lines:
         print("(no conversions)")
-        return 0
-    money = frozenset({"orders", "amount", "commission", "bonus", "points"})
-    print(queries.format_table(("status", "orders", "amount", "commission", "bonus", "points"), lines, money))
-    payable = [ln for ln in lines if ln["status"] in PAYABLE_STATUSES]
-    total = sum((ln["commission"] + ln["bonus"] for ln in payable), Decimal(0))
-    print(f"\ncommission + bonus on approved and held orders: {total:,.2f}")
+    else:
+        num = frozenset({"orders", "amount", "commission", "bonus", "points"})
+        print(queries.format_table(("status", "orders", "amount", "commission", "bonus", "points"), lines, num))
+        payable = [ln for ln in lines if ln["status"] in PAYABLE_STATUSES]
+        total = sum((ln["commission"] + ln["bonus"] for ln in payable), Decimal(0))
+        print(f"\ncommission + bonus on approved and held orders: {total:,.2f}")
     if args.orders:
-        for o in orders:
-            o["order_ts"] = _iso(o["order_ts"])
-        cols = ("order_id", "order_ts", "status", "reasons", "amount", "rate", "tier", "cap_applied",
-                "commission", "bonus", "points", "rule_version")
-        print("\n" + queries.format_table(cols, orders, frozenset({"amount", "rate", "tier", "commission",
-                                                                    "bonus", "points"})))
+        if behind:
+            print("\norders behind the figures:")
+            figures = ("figure", "currency", "order_id", "order_ts", "status", "reasons", "commission", "bonus",
+                       "payable_at")
+            print(queries.format_table(figures, behind, frozenset({"commission", "bonus"})))
+        if orders:
+            for o in orders:
+                o["order_ts"] = _iso(o["order_ts"])
+            cols = ("order_id", "order_ts", "status", "reasons", "amount", "rate", "tier", "cap_applied",
+                    "commission", "bonus", "points", "rule_version")
+            print(f"\norders of {args.month}:")
+            print(queries.format_table(cols, orders, frozenset({"amount", "rate", "tier", "commission",
+                                                                "bonus", "points"})))
     return 0
+
+
+#: statement figure -> the column of `statement_v2` naming its orders
+_FIGURE_ORDERS = {"earned": "earned_orders", "held": "held_orders", "clawed back": "clawed_back_orders"}
+
+
+def _orders_behind(client: Any, money: list[dict]) -> list[dict]:
+    """One row per (figure, currency, order) of a v2 statement, with the order's conversion."""
+    from sinks import queries
+
+    wanted = [(figure, row["currency"], oid) for row in money
+              for figure, col in _FIGURE_ORDERS.items() for oid in row.get(col, [])]
+    found = {c["order_id"]: c for c in queries.conversions_for(client, sorted({oid for *_, oid in wanted}))}
+    out = []
+    for figure, currency, oid in wanted:
+        c = found.get(oid, {})
+        out.append({"figure": figure, "currency": currency, "order_id": oid,
+                    "order_ts": _iso(c["order_ts"]) if c else "", "status": c.get("status", ""),
+                    "reasons": ",".join(c.get("reasons", [])), "commission": c.get("commission", Decimal(0)),
+                    "bonus": c.get("bonus", Decimal(0)),
+                    "payable_at": _iso(c["payable_at"]) if c.get("payable_at") else ""})
+    return out
+
+
+def _through(value: str) -> date:
+    from streams.jobs.payouts import parse_through
+
+    try:
+        return parse_through(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _payout_job(fn: Callable[[], Any]) -> int:
+    """Run a payout job: its expected failures print what to do and exit 1."""
+    from streams.adapters.payout_lock import LockError
+    from streams.jobs.payouts import PayoutError
+
+    try:
+        fn()
+    except (PayoutError, LockError) as exc:
+        print(f"refstream: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_payouts_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Pay every promoter's payable balance through a day (or a month's last day): plan a
+    batch against what earlier pending and paid batches booked, write it (status pending),
+    print the summary and write the finance CSV. Nothing new to pay writes nothing.
+    Two runs never plan at once (a Redis lock per deployment); re-running pays nothing twice."""
+    from streams import logs
+    from streams.jobs import payouts
+
+    logs.setup(settings.log_level)
+    return _payout_job(lambda: payouts.run(settings, args.through, wait_s=args.wait, csv_path=args.csv,
+                                           lines_csv=args.lines_csv, actor=args.actor))
+
+
+def cmd_payouts_confirm(args: argparse.Namespace, settings: Settings) -> int:
+    """Mark a pending batch paid, once the bank transfer went out."""
+    from streams import logs
+    from streams.jobs import payouts
+
+    logs.setup(settings.log_level)
+    return _payout_job(lambda: payouts.confirm(settings, args.batch, actor=args.actor, wait_s=args.wait))
+
+
+def cmd_payouts_fail(args: argparse.Namespace, settings: Settings) -> int:
+    """Mark a pending batch failed (the transfer did not go out): its lines are released and
+    the next run pays them. A paid batch cannot fail: a later refund becomes a clawback line."""
+    from streams import logs
+    from streams.jobs import payouts
+
+    logs.setup(settings.log_level)
+    return _payout_job(lambda: payouts.fail(settings, args.batch, args.reason, actor=args.actor,
+                                            wait_s=args.wait))
+
+
+def cmd_payouts_list(args: argparse.Namespace, settings: Settings) -> int:
+    """List the payout batches, oldest first: status, through day, cut-off, promoters, lines and
+    totals per currency."""
+    from streams import logs
+    from streams.jobs import payouts
+
+    logs.setup(settings.log_level)
+    return _payout_job(lambda: payouts.list_batches(settings, wait_s=args.wait))
+
+
+def add_payouts_parser(sub: Any) -> None:
+    p = sub.add_parser("payouts", help="payout runs: run | confirm | fail | list",
+                       description="Payout runs (docs/payouts.md): pay the promoters' payable balances in batches, "
+                                   "then confirm or fail each batch.")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
+                       help="how long to wait for another payout job holding the lock (default 120)")
+        q.add_argument("--actor", default="", help="who does this, for the batch row (default: the OS user)")
+
+    q = verbs.add_parser("run", help="plan and write a payout batch", description=cmd_payouts_run.__doc__)
+    q.add_argument("--through", required=True, type=_through, metavar="YYYY-MM-DD|YYYY-MM",
+                   help="pay what is payable by the end of this day (UTC); a month means its last day")
+    q.add_argument("--csv", type=Path, default=None, metavar="PATH",
+                   help="finance CSV, one row per promoter payout (default: payout-<batch>.csv here)")
+    q.add_argument("--lines-csv", type=Path, default=None, metavar="PATH", help="also write every line to this CSV")
+    common(q)
+    q.set_defaults(func=cmd_payouts_run)
+
+    q = verbs.add_parser("confirm", help="mark a pending batch paid", description=cmd_payouts_confirm.__doc__)
+    q.add_argument("batch", help="batch id, e.g. PO-20261130-01")
+    common(q)
+    q.set_defaults(func=cmd_payouts_confirm)
+
+    q = verbs.add_parser("fail", help="mark a pending batch failed", description=cmd_payouts_fail.__doc__)
+    q.add_argument("batch", help="batch id, e.g. PO-20261130-01")
+    q.add_argument("--reason", required=True, help="why the transfer did not go out")
+    common(q)
+    q.set_defaults(func=cmd_payouts_fail)
+
+    q = verbs.add_parser("list", help="list the payout batches", description=cmd_payouts_list.__doc__)
+    q.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
+                   help="how long to wait for another payout job holding the lock (default 120)")
+    q.set_defaults(func=cmd_payouts_list)
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
@@ -207,10 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("statement", help="a promoter's monthly statement", description=cmd_statement.__doc__)
-    p.add_argument("--promoter", required=True, help="promoter_id")
-    p.add_argument("--month", required=True, type=_month, help="YYYY-MM (UTC, by order time)")
-    p.add_argument("--orders", action="store_true", help="also list every order behind the lines")
+    p.add_argument("promoter", nargs="?", default=None, help="promoter_id")
+    p.add_argument("--promoter", dest="promoter_opt", default=None, metavar="PROMOTER",
+                   help="promoter_id (the older form of the argument)")
+    p.add_argument("--month", required=True, type=_month, help="YYYY-MM (UTC)")
+    p.add_argument("--orders", action="store_true", help="also list every order behind the figures")
     p.set_defaults(func=cmd_statement)
+
+    add_payouts_parser(sub)
 
     p = sub.add_parser("replay", help="backtest another rule book on the stored events",
                        description=cmd_replay.__doc__)

@@ -24,16 +24,20 @@ from streams.config import Settings
 
 CLICKS, SIGNUPS, ORDERS = "clicks", "signups", "orders"
 PROMOTERS, EXCLUSIONS = "promoters", "exclusions"
+REVIEWS = "reviews"
 VISITOR_JOIN, ACCOUNT_JOIN = "visitor-join", "account-join"
 CONVERSIONS, LATE_EVENTS, DEAD_LETTERS, ALERTS = "conversions", "late-events", "dead-letters", "alerts"
 
 RAW_TOPICS = (CLICKS, SIGNUPS, ORDERS)  # raw events, routed to the joins
 REFERENCE_TOPICS = (PROMOTERS, EXCLUSIONS)  # compacted reference data
+#: inputs the sink's `reference` agent validates and writes straight to ClickHouse: the
+#: reference data, and review decisions (not compacted, not read by the joins)
+STORED_INPUTS = REFERENCE_TOPICS + (REVIEWS,)
 #: internal msgpack batches between router and joins; Faust creates them (`Settings.partitions`)
 JOIN_TOPICS = (VISITOR_JOIN, ACCOUNT_JOIN)
 RESULT_TOPICS = (CONVERSIONS, LATE_EVENTS, DEAD_LETTERS)  # what the joins (and router) output
 SINK_INPUTS = JOIN_TOPICS + RESULT_TOPICS  # what `sink_to_clickhouse` stores
-INPUT_TOPICS = RAW_TOPICS + REFERENCE_TOPICS
+INPUT_TOPICS = RAW_TOPICS + STORED_INPUTS
 OUTPUT_TOPICS = RESULT_TOPICS + (ALERTS,)
 # Kafka's rule for topic names.
 _LEGAL = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -56,8 +60,8 @@ class Role:
 #: router and joins; the joins' reference directories follow promoters and exclusions
 STREAM = Role("stream", reads=RAW_TOPICS + JOIN_TOPICS, follows=REFERENCE_TOPICS,
               writes=JOIN_TOPICS + RESULT_TOPICS)
-#: ClickHouse sink and reference writer (bad reference messages are dead-lettered), spike alerts
-SINK = Role("sink", reads=REFERENCE_TOPICS + SINK_INPUTS, follows=(), writes=(DEAD_LETTERS, ALERTS))
+#: ClickHouse sink and the writer of the stored inputs (bad messages are dead-lettered), spike alerts
+SINK = Role("sink", reads=STORED_INPUTS + SINK_INPUTS, follows=(), writes=(DEAD_LETTERS, ALERTS))
 ALL = Role("all", reads=_union(STREAM.reads, SINK.reads), follows=STREAM.follows,
            writes=_union(STREAM.writes, SINK.writes))
 ROLES: dict[str, Role] = {r.name: r for r in (ALL, STREAM, SINK)}

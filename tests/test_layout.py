@@ -5,6 +5,7 @@
 - only the agents and the delivery layer import Faust (and the CLI, which starts it);
 - `sinks/` is ClickHouse only and imports nothing from `streams/`;
 - the worker never imports the dev tooling (`streams/dev`);
+- the CLI's batch jobs (`streams/jobs`) import no Faust, agents or dev tooling;
 - no circles between modules.
 """
 from __future__ import annotations
@@ -63,11 +64,13 @@ def local(name: str) -> str | None:
 RULES = [
     # (who, may not import, why)
     ("streams.logic", CLIENTS + ("streams.agents", "streams.adapters", "streams.delivery", "streams.dev",
-                                  "streams.web", "streams.config", "streams.metrics", "sinks"),
+                                  "streams.web", "streams.config", "streams.metrics", "streams.jobs", "sinks"),
      "pure logic: plain data in, plain data out"),
     ("schemas", CLIENTS + ("streams", "sinks"), "the contract depends on nothing"),
     ("sinks", ("streams", "faust", "mode", "aiokafka", "redis"), "ClickHouse only; settings are passed in"),
-    ("streams.adapters", ("faust", "mode", "streams.agents", "streams.dev"), "adapters are not agents"),
+    ("streams.adapters", ("faust", "mode", "streams.agents", "streams.dev", "streams.jobs"), "adapters are not agents"),
+    ("streams.jobs", ("faust", "mode", "streams.agents", "streams.dev"),
+     "the CLI's batch jobs drive logic, adapters and sinks once, outside the worker"),
     ("streams.web", ("faust", "mode", "streams.dev"), "the stats API runs on any aiohttp app"),
     ("streams.agents", ("streams.dev",), "the worker never needs the dev tooling"),
     ("streams.delivery", ("streams.dev", "streams.agents", "sinks"), "delivery knows no agent"),

@@ -15,8 +15,9 @@ RESULTS = {"conversions", "late-events", "dead-letters"}
 
 @pytest.mark.parametrize("role, reads, follows, writes", [
     ("stream", {"clicks", "signups", "orders"} | JOINS, {"promoters", "exclusions"}, JOINS | RESULTS),
-    ("sink", {"promoters", "exclusions"} | JOINS | RESULTS, set(), {"dead-letters", "alerts"}),
-    ("all", {"clicks", "signups", "orders", "promoters", "exclusions"} | JOINS | RESULTS,
+    # reviews are stored as they come: read by the sink, never followed by the joins' directories
+    ("sink", {"promoters", "exclusions", "reviews"} | JOINS | RESULTS, set(), {"dead-letters", "alerts"}),
+    ("all", {"clicks", "signups", "orders", "promoters", "exclusions", "reviews"} | JOINS | RESULTS,
      {"promoters", "exclusions"}, JOINS | RESULTS | {"alerts"}),
 ])
 def test_roles(role: str, reads: set[str], follows: set[str], writes: set[str]) -> None:
@@ -53,3 +54,11 @@ def test_the_app_reads_what_the_topology_says(role: str, tmp_path: Path) -> None
     app = create_app(s, {"clicks": 2, "signups": 2, "orders": 2})
     assert set(app.ledger.readers) == set(Topology(s).topics(ROLES[role].reads))
     assert app.conf.id == Topology(s).group()
+
+
+def test_every_input_topic_is_read_by_the_sink_or_the_router() -> None:
+    """An input nobody reads would be accepted by the topic creation and silently ignored."""
+    from streams.topology import INPUT_TOPICS, RAW_TOPICS
+
+    assert set(INPUT_TOPICS) == set(RAW_TOPICS) | {"promoters", "exclusions", "reviews"}
+    assert set(INPUT_TOPICS) <= set(ROLES["stream"].reads) | set(ROLES["sink"].reads)

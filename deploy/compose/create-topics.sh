@@ -26,6 +26,9 @@ done
 for t in promoters exclusions; do
   create "$t" 1 cleanup.policy=compact
 done
+# Review decisions: every decision counts (latest wins), so never compacted; kept for good,
+# as they are people's decisions nothing can recompute, and few.
+create reviews 1 cleanup.policy=delete retention.ms=-1
 # Internal join topics: partitions must equal REFSTREAM_PARTITIONS (keys are placed by it).
 # Only the sink reads them late, so they need to cover a ClickHouse outage, not history.
 for t in visitor-join account-join; do

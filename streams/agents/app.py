@@ -3,9 +3,10 @@
 raw clicks, signups ──route──> visitor-join ──join_visitors──> account-join ─┐
 raw orders ───────────route──────────────────────────────────> account-join ─┴─join_accounts──> conversions
 visitor-join, account-join, conversions, late-events, dead-letters ──sink──> ClickHouse
-promoters, exclusions ──reference──> ClickHouse (+ every worker's in-memory directory)
+promoters, exclusions, reviews ──reference──> ClickHouse (+ promoters and exclusions in every
+worker's in-memory directory; reviews are applied in ClickHouse, in conversions_current)
 
-Roles (REFSTREAM_ROLE): `stream` runs route and the joins, `sink` the two ClickHouse agents,
+Roles (REFSTREAM_ROLE): `stream` runs route and the joins, `sink` the ClickHouse agents,
 `all` both (docs/operations.md, "Roles").
 """
 from __future__ import annotations
@@ -34,8 +35,9 @@ from streams.topology import (
     DEAD_LETTERS,
     LATE_EVENTS,
     RAW_TOPICS,
-    REFERENCE_TOPICS,
+    REVIEWS,
     SINK_INPUTS,
+    STORED_INPUTS,
     VISITOR_JOIN,
     Topology,
 )
@@ -54,7 +56,8 @@ class Topics:
     """The app's Faust topics, named as `streams.topology` says."""
 
     raw_events: TopicT  # clicks, signups, orders
-    reference: TopicT  # promoters, exclusions
+    stored_inputs: TopicT  # promoters, exclusions, reviews: validated, then straight to ClickHouse
+    reviews: TopicT  # where the review queue publishes decisions (read through `stored_inputs`)
     visitor_join: TopicT
     account_join: TopicT
     conversions: TopicT
@@ -68,7 +71,8 @@ def make_topics(app: RefstreamApp, s: Settings) -> Topics:
     t = Topology(s)
     return Topics(
         raw_events=app.topic(*t.topics(RAW_TOPICS), **RAW),
-        reference=app.topic(*t.topics(REFERENCE_TOPICS), **RAW),
+        stored_inputs=app.topic(*t.topics(STORED_INPUTS), **RAW),
+        reviews=app.topic(t.topic(REVIEWS), **RAW),
         visitor_join=app.topic(t.topic(VISITOR_JOIN), **internal),
         account_join=app.topic(t.topic(ACCOUNT_JOIN), **internal),
         conversions=app.topic(t.topic(CONVERSIONS), **RAW),
@@ -90,7 +94,7 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> RefstreamApp:
     """Build the app of role `s.role` for settings `s` and the partition counts of the raw input topics.
 
     `all` runs everything; `stream` the router, the joins and the reference directories (no
-    ClickHouse); `sink` the ClickHouse sink, the reference writer, spike alerts, `/counts`,
+    ClickHouse); `sink` the ClickHouse sink, the reference and review writer, spike alerts, `/counts`,
     the stats API and dashboard, in a consumer group of its own (`Settings.group_id`).
     """
     Path(s.data_dir).mkdir(parents=True, exist_ok=True)
@@ -194,7 +198,8 @@ def _stream_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metr
 
 
 def _sink_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metrics) -> SinkStep:
-    """The ClickHouse sink, the reference writer, spike alerts and the pages that read ClickHouse."""
+    """The ClickHouse sink, the writer of reference data and reviews, spike alerts and the
+    pages that read ClickHouse."""
     sink = SinkStep(s, metrics, stopping=lambda: app.should_stop)
     dead_letters = DeadLetters(topics.dead_letters, metrics, s.pii_salt.encode())
 
@@ -208,7 +213,7 @@ def _sink_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metric
 
     done = finished(app)
 
-    @app.agent(topics.reference)
+    @app.agent(topics.stored_inputs)
     async def reference(stream: Any) -> None:
         async for events in stream.take_events(1000, within=1.0):
             if await sink.write_reference(events, dead_letters):
@@ -226,7 +231,8 @@ def _sink_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metric
     async def counts(web: Any, request: Any) -> Any:
         return web.json(await sink.counts())
 
-    register_web(app, sink, s)  # stats API (/api/*) and dashboard (/dashboard)
+    # stats API (/api/*), review queue and dashboard (/dashboard); decisions go to the reviews topic
+    register_web(app, sink, s, publish=lambda key, value: topics.reviews.send(key=key, value=value))
     register_alerts(app, sink, s, metrics)  # spike alerts: leader-only poll of ClickHouse counts
     return sink
 

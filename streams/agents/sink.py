@@ -32,9 +32,9 @@ from schemas.records import AttributionRec, DeadLetter, LateEvent, batch_decoder
 from schemas.validate import Invalid
 from sinks.alerts import AlertFields, write_alerts
 from sinks.clickhouse import ClickHouseWriter, Refused, connect, describe, redact
-from sinks.migrations import migrate
+from sinks.migrations import install_views, migrate
 from sinks.rows import Row, dead_letter_row, table_of, table_row
-from sinks.tables import TABLES, quote
+from sinks.tables import TABLES
 from streams.adapters.reference_feed import reference_reader
 from streams.agents.outputs import DeadLetters
 from streams.config import Settings
@@ -176,10 +176,9 @@ class SinkStep:
     def _open(self) -> ClickHouseWriter:
         client = connect(self.settings.clickhouse)
         applied = migrate(client)
-        # the rules ClickHouse applies (spamming, enterprise reversal) replace the placeholder
-        # views of the migrations, with the newest rule set's thresholds
-        for name, sql in rule_views(load_rules(self.settings.rules_file).rule_sets[-1]).items():
-            client.command(f"CREATE OR REPLACE VIEW {quote(name)} AS {sql}")
+        # the rules ClickHouse applies (spamming, enterprise reversal, reviews, holding periods)
+        # replace the placeholder views of the migrations, from the rule book
+        install_views(client, rule_views(load_rules(self.settings.rules_file)))
         log.info("clickhouse ready", extra={"dsn": redact(self.settings.clickhouse), "migrated": applied})
         return ClickHouseWriter(client, on_batch=self._on_batch, on_failure=self._on_failure)
 
@@ -236,8 +235,8 @@ class SinkStep:
         return written
 
     async def write_reference(self, events: list[Any], dead_letters: DeadLetters) -> bool:
-        """Validate reference data (dead-lettering bad messages) and store promoters and
-        exclusions, their personal fields hashed."""
+        """Validate the inputs stored as they come (dead-lettering bad messages) and store
+        promoters, exclusions and review decisions, their personal data hashed."""
         now = int(time.time() * 1000)
         records: list[Sourced] = []
         for ev in events:

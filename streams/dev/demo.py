@@ -29,7 +29,9 @@ from streams.topology import RAW_TOPICS, REFERENCE_TOPICS
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--visitors", type=int, default=5000, help="visitors to simulate (default 5000)")
     p.add_argument("--promoters", type=int, default=20, help="promoters (default 20)")
-    p.add_argument("--days", type=float, default=14, help="days of traffic, ending now (default 14)")
+    p.add_argument("--days", type=float, default=45,
+                   help="days of traffic, ending now (default 45: older orders outlive the 30-day holding "
+                        "period, so the closing payout run pays them)")
     p.add_argument("--seed", type=int, default=7, help="traffic seed (default 7)")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for processing")
     p.add_argument("--keep-stack", action="store_true", help="leave the local stack running")
@@ -119,8 +121,12 @@ def run(args: argparse.Namespace, base: Settings) -> int:
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
-        if not args.keep_stack:
-            stack.down(settings)
+        try:
+            if worker.returncode in (0, -signal.SIGTERM):
+                payout_run(settings, data)  # needs Redis (its lock): before the stack goes down
+        finally:
+            if not args.keep_stack:
+                stack.down(settings)
 
     client = connect(settings.clickhouse)
     print()
@@ -131,6 +137,19 @@ def run(args: argparse.Namespace, base: Settings) -> int:
     say(f"done in {time.monotonic() - started:.0f}s; query the results yourself with "
         f"clickhouse-connect at {settings.clickhouse} (view conversions_current)")
     return 0 if ok else 1
+
+
+def payout_run(settings: Settings, data: Path) -> None:
+    """The month's close: a payout run through today over what the demo produced (its
+    summary on stdout, the CSV for finance under the data directory; docs/payouts.md)."""
+    from datetime import UTC, datetime
+
+    from streams.jobs import payouts
+
+    today = datetime.now(UTC).date()
+    say(f"payout run through {today} (refstream payouts run --through {today})")
+    print()
+    payouts.run(settings, today, csv_path=data / f"demo-payout-{today:%Y%m%d}.csv")
 
 
 def wait_processed(settings: Settings, traffic, worker, log: Path, timeout: float) -> None:

@@ -18,7 +18,7 @@ import msgspec
 
 from schemas.records import AttributionRec, Conversion, OrderRec
 from streams.logic.rules import windows
-from streams.logic.rules.checks import Evidence, PromoterRef, Signals, reasons, status_of
+from streams.logic.rules.checks import Evidence, PromoterRef, Signals, identity_match, reasons, status_of
 from streams.logic.rules.commission import payable, price
 from streams.logic.rules.ruleset import RuleBook
 
@@ -112,7 +112,8 @@ def first_order(state: AccountState, rules: ConversionRules) -> str | None:
 def decide(
     o: OrderState, state: AccountState, ctx: Context, live: Live, is_first: bool, now_ms: int,
 ) -> Conversion:
-    """The conversion for one candidate order: checks, status, reasons and price."""
+    """The conversion for one candidate order: checks, status, reasons, price, and the
+    evidence behind the reasons (for the review queue)."""
     signup = state.signup
     assert signup is not None and signup.click is not None
     click, order, order_status = signup.click, o.order, o.status
@@ -141,6 +142,8 @@ def decide(
         level=pricing.level, rate=pricing.rate, tier=pricing.tier, commission=pricing.commission,
         bonus=pricing.bonus, points=pricing.points, cap_applied=pricing.cap_applied,
         first_order=is_first, rule_version=ruleset.version,
+        flood_clicks=evidence.signals.flood_clicks, farm_signups=evidence.signals.farm_signups,
+        exclusion_owner=evidence.exclusion_owner or "", identity_match=identity_match(promoter, evidence),
     )
     content = msgspec.msgpack.encode(msgspec.structs.replace(conv, revision=0, decided_at=0))
     digest = int.from_bytes(hashlib.blake2b(content, digest_size=8).digest(), "big")

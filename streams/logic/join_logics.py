@@ -149,7 +149,7 @@ class AccountLogic(JoinLogic[conv.AccountState, Touched]):
 
     async def on_due(self, states: dict[bytes, conv.AccountState], watermark: int, out: Outputs) -> None:
         """The counters' windows closed: read them for good and re-decide (new revisions
-        only where a reason appears or goes)."""
+        only where a reason or the evidence counts change)."""
         closing = {k: st for k, st in states.items() if conv.needs_final_signals(st, watermark)}
         if not closing:
             return

@@ -5,6 +5,9 @@ Each worker reads the whole (compacted) `promoters` and `exclusions` topics from
 it in memory, like a global table: lookups are keyed by tracking code, not by the join
 keys, and reference data is small. Invalid messages are skipped here; the `reference`
 agent dead-letters them once for the whole group.
+
+`ReferenceReader` also reads the `reviews` topic for the sink, which stores decisions as
+they come; no directory holds them (ClickHouse applies them, in `conversions_current`).
 """
 from __future__ import annotations
 
@@ -12,9 +15,9 @@ import asyncio
 import bisect
 from dataclasses import dataclass
 
-from schemas.events import Exclusion, Promoter, millis
+from schemas.events import Exclusion, Promoter, Review, millis
 from schemas.validate import Invalid, decode
-from streams.logic.privacy import Pseudonyms, hash_pii
+from streams.logic.privacy import Pseudonyms, hash_pii, scrub
 from streams.logic.rules.checks import PromoterRef
 
 Version = tuple[int, str, Promoter]  # (ts, event_id, promoter)
@@ -91,21 +94,31 @@ class ExclusionDirectory:
         return len(self._by_key)
 
 
+Stored = Promoter | Exclusion | Review
+#: topics whose null values are compaction tombstones; on others a null value is a bad message
+COMPACTED = ("promoters", "exclusions")
+
+
 @dataclass(frozen=True)
 class ReferenceReader:
-    """Reads a message of a reference topic: the promoter or exclusion with its personal
-    fields hashed, `Invalid(reason)`, or None for a compaction tombstone (not an error).
-    Every worker's directories and the sink's reference writer read through it."""
+    """Reads a message of an input the sink stores as it comes (`streams.topology.STORED_INPUTS`):
+    the promoter, exclusion or review with its personal data hashed, `Invalid(reason)`, or
+    None for a compaction tombstone (not an error). Every worker's directories and the
+    sink's reference writer read through it."""
 
     pseudonyms: Pseudonyms
     max_future_ms: int
     max_message_bytes: int
 
-    def read(self, topic: str, value: bytes | None, now_ms: int) -> Promoter | Exclusion | Invalid | None:
-        """`topic`: the name without the prefix (`promoters` or `exclusions`)."""
-        if value is None:
+    def read(self, topic: str, value: bytes | None, now_ms: int) -> Stored | Invalid | None:
+        """`topic`: the name without the prefix (`promoters`, `exclusions` or `reviews`)."""
+        if value is None and topic in COMPACTED:
             return None
         event = decode(topic, value, now_ms, self.max_future_ms, self.max_message_bytes)
         if isinstance(event, (Promoter, Exclusion)):
             return self.pseudonyms.apply(event)
-        return event if isinstance(event, Invalid) else Invalid(f"{topic} is not a reference topic")
+        if isinstance(event, Review):
+            # typed by a person: an e-mail or IP address in it is hashed like a dead letter's
+            event.reason = scrub(event.reason, self.pseudonyms.salt)
+            return event
+        return event if isinstance(event, Invalid) else Invalid(f"{topic} is not a stored input topic")

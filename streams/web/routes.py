@@ -5,10 +5,12 @@ through the sink's own ClickHouse client: in a thread (the client is synchronous
 holding the writer's lock (the client is not shared concurrently). Against a ClickHouse
 server the same code works unchanged.
 
-Routes (all GET):
+Routes (GET unless said):
 
 - `/api` (index), `/api/funnel`, `/api/timeseries`, `/api/top`, `/api/rejections`,
-  `/api/alerts`: JSON, see docs/api.md;
+  `/api/alerts`, `/api/reviews` (the review queue), `/api/payouts/summary`: JSON, see docs/api.md;
+- `POST /api/reviews`: a review decision, published to the `reviews` topic. It moves money,
+  so it always needs the token: 403 while no token is configured;
 - `/dashboard`: the live dashboard page; `/dashboard/static/...`: its script, style and
   the vendored Chart.js (public code, no data: served without a token).
 
@@ -26,8 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aiohttp import web as aioweb
+
 from streams.config import TOKEN_CHARS
 from streams.web.api import Args, BadRequest, StatsApi
+from streams.web.review_api import Publish, PublishFailed, ReviewApi
+from streams.web.reviews import MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,6 +98,8 @@ def json_reply(status: int, value: Any, headers: Mapping[str, str] | None = None
 
 UNAUTHORIZED = json_reply(401, {"error": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"},
                           {"WWW-Authenticate": 'Bearer realm="refstream"'})
+NO_TOKEN_CONFIGURED = json_reply(403, {"error": "review decisions move money and need auth: set "
+                                                "REFSTREAM_API_TOKEN on the worker and send it as a bearer token"})
 
 
 def query_args(request: Any) -> dict[str, list[str]]:
@@ -114,9 +122,41 @@ async def api_reply(handler: Callable[[Args], Awaitable[dict[str, Any]]], args: 
         return json_reply(503, {"error": f"stats query failed ({type(exc).__name__}); see the worker log"})
 
 
-def register(app: Any, sink: Any, settings: Any) -> StatsApi:
-    """Add the API, dashboard and static routes to the Faust `app`; returns the API."""
+async def decision_reply(decide: Callable[[bytes], Awaitable[dict[str, Any]]], body: Callable[[], Awaitable[bytes]],
+                         token: str, auth_header: str | None) -> Reply:
+    """`POST /api/reviews`: a token must be configured (403) and sent (401); then the body is
+    read and decided: 202 with the event, 400 for a bad body, 503 when publishing failed."""
+    if not token:
+        return NO_TOKEN_CONFIGURED
+    if not authorized(token, auth_header):
+        return UNAUTHORIZED
+    try:
+        return json_reply(202, await decide(await body()))
+    except BadRequest as exc:
+        return json_reply(400, {"error": str(exc)})
+    except PublishFailed as exc:
+        log.warning("review not published", extra={"error": repr(exc.__cause__ or exc)})
+        return json_reply(503, {"error": f"{exc}; retry with the same request_id"})
+
+
+async def bounded_body(request: Any) -> bytes:
+    """The request body, refused (BadRequest) above MAX_BODY_BYTES before it is read."""
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise BadRequest(f"the body has {length:,} bytes; at most {MAX_BODY_BYTES:,}")
+    try:
+        body: bytes = await request.read()
+    except aioweb.HTTPRequestEntityTooLarge:  # chunked and above aiohttp's client_max_size
+        raise BadRequest(f"the body is too large; at most {MAX_BODY_BYTES:,} bytes") from None
+    return body
+
+
+def register(app: Any, sink: Any, settings: Any, publish: Publish | None = None) -> StatsApi:
+    """Add the API, dashboard and static routes to the Faust `app`; returns the API.
+    `publish(key, value)` sends a review decision to the `reviews` topic."""
     api = StatsApi(sink.read)  # the sink's ClickHouse client: chdb allows one process per directory
+    review_api = ReviewApi(sink.read, publish, lateness_ms=settings.lateness_ms,
+                           max_future_ms=int(settings.max_future_s * 1000))
     token = settings.api_token
 
     def send(web: Any, reply: Reply) -> Any:
@@ -129,9 +169,18 @@ def register(app: Any, sink: Any, settings: Any) -> StatsApi:
                                              request.headers.get("Authorization")))
         app.page(f"/api/{name}", name=f"refstream_api_{name}")(view)
 
-    endpoints = api.endpoints()
+    endpoints = {**api.endpoints(), **review_api.endpoints()}
     for name, handler in endpoints.items():
         add_api(name, handler)
+
+    async def post_review(request: aioweb.Request) -> aioweb.Response:
+        # on aiohttp's router directly: a Faust page built from a function answers GET only
+        reply = await decision_reply(review_api.decide, lambda: bounded_body(request), token,
+                                     request.headers.get("Authorization"))
+        return aioweb.Response(body=reply.body, status=reply.status,
+                               headers={**reply.headers, "Content-Type": reply.content_type})
+
+    app.web.web_app.router.add_route("POST", "/api/reviews", post_review)
 
     async def index(args: Args) -> dict[str, Any]:
         return {"endpoints": [f"/api/{name}" for name in endpoints], "docs": "docs/api.md"}

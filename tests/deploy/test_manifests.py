@@ -363,6 +363,8 @@ def created_topics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[
     ("orders", "delete", 7 * DAY_MS, False),
     ("promoters", "compact", None, False),
     ("exclusions", "compact", None, False),
+    # Review decisions are the audit trail of human decisions: kept for good (-1).
+    ("reviews", "delete", -1, False),
     # Join keys are placed over REFSTREAM_PARTITIONS: the topics must have exactly that many.
     ("visitor-join", "delete", DAY_MS, True),
     ("account-join", "delete", DAY_MS, True),
@@ -374,7 +376,9 @@ def test_compose_creates_topics(created_topics: dict, topic: str, policy: str,
                                 min_retention_ms: int | None, join_partitions: bool) -> None:
     count, configs = created_topics[topic]
     assert configs["cleanup.policy"] == policy
-    if min_retention_ms:
+    if min_retention_ms == -1:
+        assert configs["retention.ms"] == "-1"
+    elif min_retention_ms:
         assert int(configs["retention.ms"]) >= max(min_retention_ms, DEFAULTS.allowed_lateness_s * 1000)
     if join_partitions:
         assert count == Settings.from_env(worker_env("compose")).partitions

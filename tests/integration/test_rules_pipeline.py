@@ -132,6 +132,9 @@ def test_every_rule_through_the_stack(stack, topic_prefix, tmp_path) -> None:
     held = rows["o-12"]  # held orders keep their price; rejected and reversed ones pay nothing
     assert Decimal(held["commission"]) == Decimal(9000)
     assert all(Decimal(r["commission"]) == 0 for r in rows.values() if r["status"] in ("rejected", "reversed"))
+    # the evidence behind the reasons, for the review queue
+    assert (rows["o-4"]["flood_clicks"], rows["o-5"]["farm_signups"], rows["o-7"]["identity_match"],
+            rows["o-9"]["exclusion_owner"]) == (23, 5, "device", "channel_partner")
 
     statement = p.cli("statement", "--promoter", "t-ok", "--month", time.strftime("%Y-%m", time.gmtime(
         (t0 + 6 * MIN) / 1000)), "--orders")

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from schemas.records import AttributionRec, ClickRef, OrderRec
+from schemas.records import AttributionRec, ClickRef, OrderRec, SignupIdent
 from streams.logic import conversions as conv
 
 DAY = 86_400_000
@@ -151,3 +151,75 @@ def test_due_says_when_expiry_can_happen(case: ExpiryCase) -> None:
         assert due is not None and due < case.watermark
     elif due is not None:
         assert not conv.advance(state, due, RULES)
+
+
+# --- the evidence behind the reasons, on every conversion ----------------------------------------
+
+BUYER = SignupIdent(ip_hash="ip-buyer", device_id="dev-buyer", email_hash="em-buyer", email_domain="buyer.example")
+SELF = conv.PromoterRef(promoter_id="p-self", device_id="dev-buyer", ip_hash="ip-buyer")
+
+
+@dataclass
+class EvidenceCase:
+    name: str
+    expected: tuple  # status, reasons, flood_clicks, farm_signups, exclusion_owner, identity_match
+    code: str = "A"  # A: p-alice, S: a promoter sharing the buyer's device and IP, Z: nobody
+    signals: conv.Signals | None = None  # None: not read yet
+    exclusion: str | None = None
+
+
+EVIDENCE = [
+    EvidenceCase("clean: no evidence", ("approved", [], 0, 0, "", "")),
+    EvidenceCase("counters under the thresholds are shown too",
+                 ("approved", [], 7, 2, "", ""), signals=conv.Signals(flood_ip=7, flood_visitor=1, farm_ip=2)),
+    EvidenceCase("the IP's clicks when more than the visitor's",
+                 ("rejected", ["click_flooding"], 21, 0, "", ""), signals=conv.Signals(flood_ip=21, flood_visitor=3)),
+    EvidenceCase("the visitor's clicks when more than the IP's",
+                 ("rejected", ["click_flooding"], 30, 0, "", ""), signals=conv.Signals(flood_ip=2, flood_visitor=30)),
+    EvidenceCase("the device's signups when more than the IP's",
+                 ("rejected", ["signup_farming"], 0, 4, "", ""), signals=conv.Signals(farm_ip=2, farm_device=4)),
+    EvidenceCase("the IP's signups when more than the device's",
+                 ("rejected", ["signup_farming"], 0, 9, "", ""), signals=conv.Signals(farm_ip=9, farm_device=1)),
+    EvidenceCase("customer of direct sales",
+                 ("rejected", ["customer_owned_by_direct_sales"], 0, 0, "direct_sales", ""), exclusion="direct_sales"),
+    EvidenceCase("customer of a channel partner",
+                 ("rejected", ["customer_owned_by_channel"], 0, 0, "channel_partner", ""), exclusion="channel_partner"),
+    EvidenceCase("self-referral: the first identity shared", ("rejected", ["self_referral"], 0, 0, "", "device"),
+                 code="S"),
+    EvidenceCase("no promoter: no identity to match", ("rejected", ["unknown_promoter"], 0, 0, "", ""), code="Z"),
+    EvidenceCase("everything at once",
+                 ("rejected", ["customer_owned_by_channel", "self_referral", "click_flooding", "signup_farming"],
+                  25, 5, "channel_partner", "device"),
+                 code="S", signals=conv.Signals(flood_visitor=25, farm_device=5), exclusion="channel_partner"),
+]
+
+
+def evidence_context(case: EvidenceCase) -> conv.Context:
+    promoters = {"A": conv.PromoterRef(promoter_id="p-alice"), "S": SELF}
+    return conv.Context(RULES, promoter=lambda code, ts: promoters.get(code),
+                        exclusion=lambda account, domain, ts: case.exclusion)
+
+
+@pytest.mark.parametrize("case", EVIDENCE, ids=lambda c: c.name)
+def test_the_evidence_lands_on_the_conversion(case: EvidenceCase) -> None:
+    click = ClickRef("c1", -3_600_000, case.code)
+    state = conv.AccountState(signup=AttributionRec("acc", "s1", 0, "v", click, True, BUYER), signals=case.signals)
+    conv.add_order(state, order("o1", DAY))
+    c = conv.decide(state.orders["o1"], state, evidence_context(case), conv.Live(), True, 0)
+    assert (c.status, c.reasons, c.flood_clicks, c.farm_signups, c.exclusion_owner, c.identity_match) == case.expected
+
+
+def test_evidence_that_changes_is_a_new_revision() -> None:
+    """The final counters (read when their windows close) replace the first ones: a change of
+    the counts alone is new content, shown with a new revision; the same counts again are not."""
+    case = EvidenceCase("counts", ())
+    state = conv.AccountState(signup=AttributionRec("acc", "s1", 0, "v", ClickRef("c1", -3_600_000, "A"), True),
+                              signals=conv.Signals(flood_ip=3))
+    conv.add_order(state, order("o1", DAY))
+    decide = lambda: conv.decide(state.orders["o1"], state, evidence_context(case), conv.Live(), True, 0)  # noqa: E731
+    first = decide()
+    state.signals = conv.Signals(flood_ip=5)
+    second = decide()
+    third = decide()
+    assert [(c.revision, c.flood_clicks, c.status) for c in (first, second, third)] == [
+        (1, 3, "approved"), (2, 5, "approved"), (2, 5, "approved")]

@@ -43,7 +43,8 @@ def signup(eid: str, ts: int, account: str = "acc", visitor: str = "v") -> Signu
 
 
 def order(oid: str, ts: int, status: str = "paid", account: str = "acc") -> OrderRec:
-    return OrderRec(f"{oid}-{status}", ts, oid, account, "db-pro", Decimal("100.00"), "USD", status,
+    # one event id per distinct event: a redelivery repeats an event whole, never its id alone
+    return OrderRec(f"{oid}-{status}-{ts}", ts, oid, account, "db-pro", Decimal("100.00"), "USD", status,
                     src=f"orders/0/{next(_offsets)}")
 
 
@@ -262,7 +263,7 @@ CASES = [
          {"conversions": {"o1": (2, "reversed")}, "late": []}),
     Case("an order of an unknown account behind the watermark is late", "account",
          [[Clocks(5 * DAY)], [order("o1", 2 * DAY)]],
-         {"late": ["o1-paid"], "keys": []}),
+         {"late": [f"o1-paid-{2 * DAY}"], "keys": []}),
     Case("attributions are never late", "account",
          [[Clocks(5 * DAY)], [attribution("A", signup_ts=DAY), order("o1", 6 * DAY)]],
          {"late": [], "conversions": {"o1": (1, "approved")}}),
@@ -331,7 +332,7 @@ def test_a_full_account_refuses_new_orders_but_takes_refunds_of_known_ones() -> 
     refund = order("o3", 5_000, "refunded")
     refund.event_id = "o3-refund"
     r = run("account", [[attribution("A", final=True)], orders[:10], orders[10:20], [refund]], **bound)
-    assert r.views()["refused"] == [f"o{i}-paid" for i in range(10, 20)]
+    assert r.views()["refused"] == [f"o{i}-paid-{1_000 + i}" for i in range(10, 20)]
     assert r.views()["conversions"]["o3"][1] == "reversed"
     assert max(len(v) for v in r.store.data.values()) <= bound["max_state"]
 

@@ -1,12 +1,16 @@
-"""Which promoter owns a tracking code, as of an event time."""
+"""Which promoter owns a tracking code, as of an event time; reading the inputs stored as they come."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import msgspec
 import pytest
 
-from schemas.events import Exclusion, Promoter
-from streams.logic.reference import ExclusionDirectory, PromoterDirectory
+from schemas.events import Exclusion, Promoter, Review
+from schemas.validate import Invalid
+from streams.logic.privacy import Pseudonyms, hash_pii
+from streams.logic.reference import ExclusionDirectory, PromoterDirectory, ReferenceReader
 
 
 @dataclass
@@ -109,3 +113,64 @@ def test_exclusion_owner(case: ExclusionCase) -> None:
 
 def test_exclusion_redelivery_is_absorbed() -> None:
     assert len(exclusions()._by_key["a:acc-1"]) == 1
+
+
+# --- the reader of the inputs stored as they come ---------------------------------------------
+
+NOW = 1_790_000_000_000
+SALT = b"salt"
+
+
+def reader() -> ReferenceReader:
+    return ReferenceReader(Pseudonyms(SALT), max_future_ms=3_600_000, max_message_bytes=65_536)
+
+
+def body(**fields: Any) -> bytes:
+    return msgspec.json.encode({"event_id": "e1", "ts": NOW - 1, **fields})
+
+
+REVIEW = dict(order_id="o1", decision="reject", actor="pm-7")
+
+
+@dataclass
+class ReadCase:
+    name: str
+    topic: str
+    value: bytes | None
+    expected: Any  # the event read, None, or a part of the Invalid reason
+
+
+READS = [
+    ReadCase("promoter, its IP hashed", "promoters", body(promoter_id="P1", tracking_code="T", ip="10.0.0.1"),
+             Promoter(event_id="e1", ts=NOW - 1, promoter_id="P1", tracking_code="T",
+                      ip=hash_pii("10.0.0.1", SALT))),
+    ReadCase("exclusion", "exclusions", body(account_id="a1", owner="direct_sales"),
+             Exclusion(event_id="e1", ts=NOW - 1, account_id="a1", owner="direct_sales")),
+    ReadCase("review as sent", "reviews", body(**REVIEW, reason="duplicate account"),
+             Review(event_id="e1", ts=NOW - 1, **REVIEW, reason="duplicate account")),
+    ReadCase("review of a promoter", "reviews", body(promoter_id="P1", decision="hold", actor="pm-7"),
+             Review(event_id="e1", ts=NOW - 1, promoter_id="P1", decision="hold", actor="pm-7")),
+    ReadCase("a review's e-mail and IP addresses are hashed", "reviews",
+             body(**REVIEW, reason="buyer bob@example.com from 10.0.0.9 is the promoter"),
+             Review(event_id="e1", ts=NOW - 1, **REVIEW,
+                    reason=f"buyer <pii:{hash_pii('bob@example.com', SALT)}> from "
+                           f"<pii:{hash_pii('10.0.0.9', SALT)}> is the promoter")),
+    ReadCase("a bad review, with the validation's reason", "reviews", body(decision="approve", actor="pm-7"),
+             "exactly one of order_id"),
+    ReadCase("a review's decision outside the three", "reviews", body(**{**REVIEW, "decision": "pay"}),
+             "decision"),
+    ReadCase("a compaction tombstone of promoters is no error", "promoters", None, None),
+    ReadCase("a compaction tombstone of exclusions is no error", "exclusions", None, None),
+    ReadCase("a null review is a bad message (reviews are not compacted)", "reviews", None, "empty message"),
+    ReadCase("a raw input topic is not read here", "clicks", body(tracking_code="T", visitor_id="v"),
+             "not a stored input topic"),
+]
+
+
+@pytest.mark.parametrize("case", READS, ids=lambda c: c.name)
+def test_reader(case: ReadCase) -> None:
+    got = reader().read(case.topic, case.value, NOW)
+    if isinstance(case.expected, str):
+        assert isinstance(got, Invalid) and case.expected in got.reason, got
+    else:
+        assert got == case.expected

@@ -14,6 +14,8 @@ HOUR = 3_600_000
 CLICK = {"event_id": "e1", "ts": NOW - 1000, "tracking_code": "T-1", "visitor_id": "v1"}
 ORDER = {"event_id": "o1-paid", "ts": NOW - 1000, "order_id": "o1", "account_id": "a1", "product": "db",
          "amount": 12.5, "currency": "USD", "status": "paid"}
+REVIEW = {"event_id": "r1", "ts": NOW - 1000, "order_id": "o1", "decision": "approve", "actor": "pm-7",
+          "reason": "customer confirmed by phone"}
 
 
 @dataclass
@@ -111,6 +113,39 @@ CASES = [
     Case("promoter", "promoters",
          j({"event_id": "p", "ts": NOW, "promoter_id": "p1", "tracking_code": "T", "level": 3,
             "joined_at": "2026-01-01T00:00:00Z"}), {"level": 3, "joined_at": 1767225600000}),
+    # reviews: one order, or all of one promoter's open conversions
+    Case("review of an order", "reviews", j(REVIEW),
+         {"order_id": "o1", "promoter_id": None, "decision": "approve", "actor": "pm-7", "ts": NOW - 1000}),
+    Case("review of a promoter", "reviews", j(REVIEW, order_id=..., promoter_id="P1", decision="hold"),
+         {"order_id": None, "promoter_id": "P1", "decision": "hold"}),
+    Case("review with an ISO ts", "reviews", j(REVIEW, ts="2026-09-21T14:13:20Z"), {"ts": 1790000000000}),
+    Case("review without a reason", "reviews", j(REVIEW, reason=..., decision="reject"),
+         {"reason": "", "decision": "reject"}),
+    Case("empty promoter_id beside an order is absent", "reviews", j(REVIEW, promoter_id=""),
+         {"order_id": "o1", "promoter_id": None}),
+    Case("review of an order and a promoter", "reviews", j(REVIEW, promoter_id="P1"), "exactly one of order_id"),
+    Case("review of nothing", "reviews", j(REVIEW, order_id=...), "exactly one of order_id"),
+    Case("review of empty ids", "reviews", j(REVIEW, order_id="", promoter_id=""), "exactly one of order_id"),
+    Case("review decision outside the three", "reviews", j(REVIEW, decision="pay"), "decision"),
+    Case("review decision in capitals", "reviews", j(REVIEW, decision="APPROVE"), "decision"),
+    Case("review without an actor", "reviews", j(REVIEW, actor=...), "actor"),
+    Case("review with an empty actor", "reviews", j(REVIEW, actor=""), "actor must be 1 to 128 printable"),
+    Case("actor of 129 characters", "reviews", j(REVIEW, actor="a" * 129), "actor must be 1 to 128 printable"),
+    Case("order_id with a newline", "reviews", j(REVIEW, order_id="o\n1"), "order_id must be 1 to 128"),
+    Case("promoter_id of 129 characters", "reviews", j(REVIEW, order_id=..., promoter_id="P" * 129),
+         "promoter_id must be 1 to 128"),
+    Case("reason of 500 characters", "reviews", j(REVIEW, reason="x" * 500), {"reason": "x" * 500}),
+    Case("reason of 501 characters", "reviews", j(REVIEW, reason="x" * 501), "at most 500 characters"),
+    Case("unicode reason", "reviews", j(REVIEW, reason="已电话确认 — ok\u00a0"), {"reason": "已电话确认 — ok\u00a0"}),
+    Case("reason with a newline", "reviews", j(REVIEW, reason="line 1\nline 2"), "without control characters"),
+    Case("reason with a tab", "reviews", j(REVIEW, reason="a\tb"), "without control characters"),
+    Case("reason with a bidi override", "reviews", j(REVIEW, reason="ok \u202egnp.exe"), "without control"),
+    Case("reason with a line separator", "reviews", j(REVIEW, reason="a\u2028b"), "without control"),
+    Case("reason not a string", "reviews", j(REVIEW, reason=5), "reason"),
+    Case("review in epoch seconds", "reviews", j(REVIEW, ts=1_790_000_000), "epoch seconds"),
+    Case("review from the far future", "reviews", j(REVIEW, ts=NOW + 2 * HOUR), "in the future"),
+    Case("review before 1973", "reviews", j(REVIEW, ts="1970-01-02T00:00:00Z"), "before 1973"),
+    Case("review not JSON", "reviews", b"approve o1", "not valid JSON"),
 ]
 
 
@@ -132,7 +167,7 @@ from hypothesis import strategies as st  # noqa: E402
 from schemas.records import MAX_BATCH_BYTES, ClickRec, batch_decoder, encode_batches  # noqa: E402
 from schemas.validate import MAX_MESSAGE_BYTES  # noqa: E402
 
-TOPICS = ["clicks", "signups", "orders", "promoters", "exclusions"]
+TOPICS = ["clicks", "signups", "orders", "promoters", "exclusions", "reviews"]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
@@ -140,7 +175,7 @@ json_values = st.recursive(
 )
 FIELDS = ["event_id", "ts", "tracking_code", "visitor_id", "account_id", "order_id", "product", "amount",
           "currency", "status", "discount", "promoter_id", "level", "joined_at", "owner", "since",
-          "email_domain", "email_hash", "method", "ip"]
+          "email_domain", "email_hash", "method", "ip", "decision", "actor", "reason"]
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -195,3 +230,41 @@ def test_a_valid_input_record_is_no_larger_than_its_message(event_id: str, visit
     src = "a-long-topic-prefix-clicks/11/123456789012"
     rec = to_record(Pseudonyms(b"s").apply(event), src)
     assert len(batch_encoder.encode(rec)) <= len(raw) + len(src) + 64
+
+
+reasons = st.text(max_size=520)
+subjects = st.one_of(st.none(), st.just(""), printable_ids, st.text(max_size=130))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(subjects, subjects, reasons, st.sampled_from(["approve", "reject", "hold", "pay", ""]))
+def test_a_valid_review_has_one_subject_and_a_plain_reason(order_id, promoter_id, reason: str,
+                                                           decision: str) -> None:
+    """Whatever the fields, a review is accepted exactly when the contract allows it."""
+    import unicodedata
+
+    from schemas.validate import valid_id
+
+    doc = {**REVIEW, "order_id": order_id, "promoter_id": promoter_id, "reason": reason, "decision": decision}
+    result = decode("reviews", json.dumps(doc).encode(), NOW, HOUR)
+    ids = [v for v in (order_id, promoter_id) if v]  # '' and null are absent
+    plain = len(reason) <= 500 and not any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")
+                                           for c in reason)
+    allowed = (len(ids) == 1 and valid_id(ids[0]) and plain and decision in ("approve", "reject", "hold"))
+    assert (not isinstance(result, Invalid)) == allowed, result
+    if allowed:
+        assert (result.order_id or result.promoter_id) == ids[0] and result.reason == reason
+
+
+def test_the_documented_reviews_are_valid() -> None:
+    """The examples of the `reviews` section of docs/events.md decode as reviews."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "events.md").read_text()
+    section = text.split("\n## reviews\n", 1)[1].split("\n## ", 1)[0]
+    examples = re.findall(r"```json\n(.*?)```", section, re.S)
+    assert len(examples) == 2
+    got = [decode("reviews", e.encode(), 1_718_200_000_000, HOUR) for e in examples]
+    assert [(r.decision, r.order_id, r.promoter_id) for r in got] == [  # type: ignore[union-attr]
+        ("reject", "ord-86c0923b3bea", None), ("hold", None, "P100003")]

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from schemas.events import Exclusion, Promoter
+from schemas.events import Exclusion, Promoter, Review
 from schemas.records import (
     AttributionRec,
     ClickRec,
@@ -73,6 +73,10 @@ def attribution(account: str, code: str | None, version: int, final: bool = Fals
 
 def promoter(pid: str, code: str, ts: int = T0 - 1, **kw: Any) -> Promoter:
     return Promoter(event_id=f"p-{pid}-{code}-{ts}", ts=ts, promoter_id=pid, tracking_code=code, **kw)
+
+
+def review(eid: str, ts: int = T0, decision: str = "approve", **kw: Any) -> Review:
+    return Review(event_id=eid, ts=ts, decision=decision, actor=kw.pop("actor", "pm-1"), **kw)  # type: ignore[arg-type]
 
 
 def scalar(client, sql: str, **params: Any) -> Any:
@@ -178,6 +182,11 @@ CASES = [
             DeadLetter(reason="bad json", topic="clicks", partition=1, offset=7, key="k", value="[", at=T0),
         ],
         "dead_letters FINAL", "toString(`partition`)", ["0", "1"],
+    ),
+    Case(
+        "reviews",
+        [review("r1", order_id="o1"), review("r2", promoter_id="P1", decision="hold"), review("r1", order_id="o1")],
+        "reviews FINAL", "event_id", ["r1", "r2"],
     ),
 ]
 
@@ -476,3 +485,51 @@ def test_stored_events_read_back_as_the_records_written(db):
     assert sorted(got.exclusions, key=lambda e: e.event_id) == [full[4], bare[3]]
     until = stored.load(db, until_ms=T0 + 10)
     assert ([c.event_id for c in until.clicks], [s.event_id for s in until.signups]) == (["c1", "c2"], ["s1"])
+
+
+# --- the evidence behind a conversion's reasons (review queue) ---------------------------------
+
+EVIDENCE = dict(flood_clicks=23, farm_signups=5, exclusion_owner="channel_partner", identity_match="device")
+
+
+def test_conversion_row_follows_the_conversions_columns():
+    """Every value lands in the column of its name, the evidence after the pricing."""
+    columns = TABLES["conversions"].insert_columns
+    c = conversion("o1", reasons=["self_referral"], commission=Decimal("1.5"), rule_version="v2", **EVIDENCE)
+    assert rows_for([c]) == {"conversions": [tuple(getattr(c, name) for name in columns)]}
+    assert columns[-4:] == tuple(EVIDENCE)
+
+
+def test_conversion_evidence_round_trips_through_clickhouse(db):
+    write_records(ClickHouseWriter(db), [conversion("o1", **EVIDENCE), conversion("o2")])
+    rows = db.query("SELECT order_id, flood_clicks, farm_signups, exclusion_owner, identity_match"
+                    " FROM conversions FINAL ORDER BY order_id").result_rows
+    assert [tuple(r) for r in rows] == [("o1", 23, 5, "channel_partner", "device"), ("o2", 0, 0, "", "")]
+    back = [msgspec.convert(r, Conversion) for r in queries.conversions_for(db)]
+    assert back == [conversion("o1", **EVIDENCE), conversion("o2")]
+
+
+# --- review decisions ---------------------------------------------------------------------------
+
+
+def test_review_row_follows_the_reviews_columns():
+    r = review("r1", order_id="o1", decision="reject", reason="same card as the promoter")
+    [row] = rows_for([r])["reviews"]
+    columns = TABLES["reviews"].insert_columns
+    assert dict(zip(columns, row)) == dict(event_id="r1", ts=T0, order_id="o1", promoter_id="",
+                                           decision="reject", reason="same card as the promoter", actor="pm-1")
+    with pytest.raises(TypeError, match="epoch-millis"):
+        rows_for([review("r2", ts="2026-01-01T00:00:00Z", order_id="o1")])
+
+
+def test_reviews_round_trip_through_clickhouse(db):
+    write_records(ClickHouseWriter(db), [
+        review("r1", order_id="o1", reason="called the customer: genuine"),
+        review("r2", ts=T0 + 7, promoter_id="P1", decision="hold", actor="pm-2"),
+    ])
+    rows = db.query("SELECT event_id, toUnixTimestamp64Milli(ts), order_id, promoter_id, toString(decision),"
+                    " reason, actor FROM reviews FINAL ORDER BY event_id").result_rows
+    assert [tuple(r) for r in rows] == [
+        ("r1", T0, "o1", "", "approve", "called the customer: genuine", "pm-1"),
+        ("r2", T0 + 7, "", "P1", "hold", "", "pm-2"),
+    ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from schemas.records import AttributionRec, OrderRec
+from schemas.records import AttributionRec, OrderRec, SignupIdent
 from streams.logic.rules import enterprise
 from streams.logic.rules.ruleset import HOLD, REASON_KINDS, REJECT, REVERSE, RuleSet
 
@@ -47,6 +47,16 @@ class Signals(msgspec.Struct, frozen=True, kw_only=True):
     farm_ip: int = 0  # accounts signed up from the signup's IP in its UTC day
     farm_device: int = 0  # the same for its device
 
+    @property
+    def flood_clicks(self) -> int:
+        """What `click_flooding` compares with its threshold (and the review queue shows)."""
+        return max(self.flood_ip, self.flood_visitor)
+
+    @property
+    def farm_signups(self) -> int:
+        """What `signup_farming` compares with its threshold (and the review queue shows)."""
+        return max(self.farm_ip, self.farm_device)
+
 
 @dataclass(frozen=True, slots=True)
 class Evidence:
@@ -66,15 +76,22 @@ def is_bot(user_agent: str | None, method: str, rules: RuleSet) -> bool:
     return any(marker in ua for marker in rules.bot_user_agents)
 
 
-def _self_referral(p: PromoterRef, ev: Evidence) -> bool:
-    ident = ev.signup.ident
-    if p.account_id and p.account_id == ev.order.account_id:
-        return True
-    if ident is None:
-        return False
-    pairs = ((p.realname_id_hash, ident.realname_id_hash), (p.email_hash, ident.email_hash),
-             (p.device_id, ident.device_id), (p.ip_hash, ident.ip_hash))
-    return any(a and a == b for a, b in pairs)
+#: the promoter's identities a customer may share (self-referral), in the order `identity_match` tries them
+IDENTITIES = ("account", "realname", "email", "device", "ip")
+
+
+def identity_match(p: PromoterRef | None, ev: Evidence) -> str:
+    """Which of the promoter's identities the customer shares, the first in `IDENTITIES` order,
+    or '' for none (or no promoter). The one self-referral rule: the reason code and the
+    evidence the review queue shows both come from here, so they never disagree. A missing
+    identity on either side matches nothing."""
+    if p is None:
+        return ""
+    ident = ev.signup.ident or SignupIdent()
+    pairs = (("account", p.account_id, ev.order.account_id), ("realname", p.realname_id_hash, ident.realname_id_hash),
+             ("email", p.email_hash, ident.email_hash), ("device", p.device_id, ident.device_id),
+             ("ip", p.ip_hash, ident.ip_hash))
+    return next((name for name, mine, theirs in pairs if mine and mine == theirs), "")
 
 
 def reasons(ev: Evidence, rules: RuleSet) -> list[str]:
@@ -90,7 +107,7 @@ def reasons(ev: Evidence, rules: RuleSet) -> list[str]:
             found.add("promoter_ineligible")
         elif enterprise.turned_enterprise(p.enterprise_since, order.ts):
             found.add(enterprise.REASON)
-        if _self_referral(p, ev):
+        if identity_match(p, ev):
             found.add("self_referral")
     if ev.exclusion_owner == "channel_partner":
         found.add("customer_owned_by_channel")
@@ -102,9 +119,9 @@ def reasons(ev: Evidence, rules: RuleSet) -> list[str]:
         found.add("click_injection")
     if click.bot:
         found.add("bot_traffic")
-    if max(sig.flood_ip, sig.flood_visitor) > rules.flood_clicks_per_hour:
+    if sig.flood_clicks > rules.flood_clicks_per_hour:
         found.add("click_flooding")
-    if max(sig.farm_ip, sig.farm_device) > rules.farm_signups_per_day:
+    if sig.farm_signups > rules.farm_signups_per_day:
         found.add("signup_farming")
     if order.amount >= rules.high_value_amount:
         found.add("high_value_review")

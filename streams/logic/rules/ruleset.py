@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.units import HOUR_MS
+from schemas.units import DAY_MS, HOUR_MS
 
 #: reason code -> what it does to the status (precedence: reject > reverse > hold)
 REJECT, REVERSE, HOLD = "reject", "reverse", "hold"
@@ -71,10 +71,25 @@ class RuleSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     points_per_unit: int = 100
     #: points earned in earlier months needed for levels 2, 3, ...
     level_points: tuple[int, ...] = (100_000, 500_000, 2_000_000, 10_000_000)
+    # after the decision (docs/payouts.md). Per order, the version in force at its event time:
+    #: days of event time after the order before an approved conversion is payable
+    holding_days: int = 30
+    #: commission + bonus above this (0: never) is paid in `instalment_months` monthly parts
+    instalment_above: Decimal = Decimal(0)
+    instalment_months: int = 3
+    # Per payout run, the version in force at the run's cut-off:
+    #: a promoter's payout below this (per currency) carries over to the next run
+    minimum_payout: Decimal = Decimal(100)
+    #: payouts also cash the promoter's matured points at `points_per_unit` per currency unit
+    points_cashable: bool = False
 
     @property
     def spam_long_delay_ms(self) -> int:
         return int(self.spam_long_delay_h * HOUR_MS)
+
+    @property
+    def holding_ms(self) -> int:
+        return self.holding_days * DAY_MS
 
 
 class RuleBook:

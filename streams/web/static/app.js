@@ -3,7 +3,13 @@
  * URL parameters: range (15m 1h 6h 24h 7d 30d 90d custom), from / to (ISO or epoch ms, with
  * range=custom), promoter, dimension, by, token (sent as "Authorization: Bearer" to the API).
  * After every refresh the page sets window.__refstreamRendered = {chart: points with a
- * non-zero value, ..., refreshes: n} (read by the browser test), or window.__refstreamError.
+ * non-zero value, ..., reviews: queue rows, payouts: currencies, refreshes: n} (read by the
+ * browser tests), or window.__refstreamError.
+ *
+ * Review queue: Approve / Reject POST /api/reviews with a request_id made once per order and
+ * decision (crypto.randomUUID), so a retry after a failure publishes the same event; the row
+ * shows "approved — pending" until a refresh shows the decision applied (or the row gone).
+ * The actor's name is remembered in localStorage.
  */
 (function () {
   "use strict";
@@ -25,9 +31,15 @@
     dimension: url.get("dimension") || "promoter",
     by: url.get("by") || "gmv",
   };
+  state.reviewReason = url.get("review_reason") || "";
+  state.reviewPromoter = url.get("review_promoter") || "";
   const charts = {};
   let refreshes = 0;
   let timer = null;
+  const ACTOR_KEY = "refstream.reviewActor";
+  const DONE = { approve: "approved", reject: "rejected", hold: "held" };
+  const decisions = new Map();  // order_id -> {decision, requestId, phase: sending|pending|failed, ts, error}
+  let lastQueue = null;
 
   const $ = (id) => document.getElementById(id);
   const pad = (n) => String(n).padStart(2, "0");
@@ -73,6 +85,154 @@
     try { body = await response.json(); } catch (e) { /* not JSON */ }
     if (!response.ok) throw new Error(`/api/${path}: ${response.status} ${(body && body.error) || response.statusText}`);
     return body;
+  }
+
+  async function post(path, payload) {
+    const headers = { "Content-Type": "application/json" };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const response = await fetch(`/api/${path}`, { method: "POST", headers, body: JSON.stringify(payload), cache: "no-store" });
+    let body = null;
+    try { body = await response.json(); } catch (e) { /* not JSON */ }
+    if (!response.ok) throw new Error(`${response.status} ${(body && body.error) || response.statusText}`);
+    return body;
+  }
+
+  function newRequestId() {
+    if (window.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+    const b = crypto.getRandomValues(new Uint8Array(16));  // randomUUID needs a secure context
+    return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  }
+
+  const cell = (text, className) => Object.assign(document.createElement("td"), { textContent: text, className: className || "" });
+
+  function fmtDelay(ms) {
+    if (ms === null || ms === undefined) return "no click";
+    if (ms < MIN) return `${(ms / 1000).toFixed(1)} s`;
+    if (ms < HOUR) return `${Math.round(ms / MIN)} min`;
+    if (ms < DAY) return `${(ms / HOUR).toFixed(1)} h`;
+    return `${(ms / DAY).toFixed(1)} d`;
+  }
+
+  function evidenceText(e) {
+    const parts = [`click→signup ${fmtDelay(e.click_to_signup_ms)}`, `${e.flood_clicks} clicks/h`, `${e.farm_signups} signups/day`];
+    if (e.exclusion_owner) parts.push(`owned by ${e.exclusion_owner}`);
+    if (e.identity_match) parts.push(`same ${e.identity_match} as the promoter`);
+    return parts.join(" · ");
+  }
+
+  function stateOf(row) {
+    const d = decisions.get(row.order_id);
+    if (!d) return [row.status, "state"];
+    if (d.phase === "sending") return [`${DONE[d.decision]} — sending…`, "state pending"];
+    if (d.phase === "failed") return [`failed: ${d.error} — click again to retry`, "state failed"];
+    return [`${DONE[d.decision]} — pending`, "state pending"];
+  }
+
+  function renderReviewRow(row) {
+    const tr = document.createElement("tr");
+    tr.dataset.order = row.order_id;
+    const reasons = document.createElement("td");
+    reasons.append(...row.reasons.map((r) => Object.assign(document.createElement("span"), { className: "reason", textContent: r })));
+    const review = row.last_review.decision
+      ? `${row.last_review.decision} by ${row.last_review.actor}${row.last_review.reason ? ` (${row.last_review.reason})` : ""}, ${new Date(row.last_review.ts).toLocaleString()}`
+      : "none";
+    const [label, className] = stateOf(row);
+    const actions = document.createElement("td");
+    const d = decisions.get(row.order_id);
+    const busy = d && d.phase !== "failed";
+    for (const [decision, text] of [["approve", "Approve"], ["reject", "Reject"]]) {
+      const button = Object.assign(document.createElement("button"), { type: "button", textContent: text, className: decision, disabled: !!busy });
+      button.dataset.decision = decision;
+      actions.append(button);
+    }
+    tr.append(
+      cell(`${row.order_id}\n${new Date(row.order_ts).toLocaleString()}`, "stack"),
+      cell(`${row.promoter_id || "(none)"} · ${row.tracking_code}`),
+      cell(`${fmtMoney(row.amount)} ${row.currency}`),
+      cell(fmtMoney(row.earning)),
+      reasons,
+      cell(evidenceText(row.evidence), "evidence"),
+      cell(review, "small"),
+      cell(label, className),
+      actions,
+    );
+    return tr;
+  }
+
+  function settleDecisions(queue) {  // drop the markers a refresh shows applied
+    const rows = new Map(queue.rows.map((r) => [r.order_id, r]));
+    for (const [order, d] of decisions) {
+      if (d.phase !== "pending") continue;
+      const row = rows.get(order);
+      if (!row || (row.last_review.ts !== null && row.last_review.ts >= d.ts)) decisions.delete(order);
+    }
+  }
+
+  function renderReviews(queue) {
+    lastQueue = queue;
+    const select = $("review-reason");
+    const chosen = state.reviewReason;
+    select.replaceChildren(Object.assign(document.createElement("option"), { value: "", textContent: "all reasons" }),
+      ...queue.reasons.map((r) => Object.assign(document.createElement("option"), { value: r.reason, textContent: `${r.reason} (${r.conversions})` })));
+    if (chosen && !queue.reasons.some((r) => r.reason === chosen)) {
+      select.append(Object.assign(document.createElement("option"), { value: chosen, textContent: chosen }));
+    }
+    select.value = chosen;
+    const body = $("reviews").querySelector("tbody");
+    if (!queue.available || !queue.rows.length) {
+      const row = document.createElement("tr");
+      row.append(Object.assign(cell(queue.available ? "nothing to review" : "this database does not apply reviews yet", "note"), { colSpan: 9 }));
+      body.replaceChildren(row);
+    } else {
+      body.replaceChildren(...queue.rows.map(renderReviewRow));
+    }
+    $("review-note").textContent = queue.available ? `${fmtInt(queue.total)} ${queue.status} conversion(s)`
+      + (queue.total > queue.rows.length ? `, newest ${queue.rows.length} shown` : "") : "";
+    return queue.rows.length;
+  }
+
+  async function decide(order, decision) {
+    const actor = $("review-actor").value.trim();
+    if (!actor) {
+      $("review-note").textContent = "enter your name under \"Acting as\" first";
+      $("review-actor").focus();
+      return;
+    }
+    localStorage.setItem(ACTOR_KEY, actor);
+    const previous = decisions.get(order);
+    const requestId = previous && previous.decision === decision && previous.phase === "failed" ? previous.requestId : newRequestId();
+    const d = { decision, requestId, phase: "sending", ts: null, error: null };
+    decisions.set(order, d);
+    if (lastQueue) renderReviews(lastQueue);
+    try {
+      const reply = await post("reviews", { order_id: order, decision, actor, reason: $("review-why").value.trim(), request_id: requestId });
+      Object.assign(d, { phase: "pending", ts: reply.event.ts });
+    } catch (err) {
+      Object.assign(d, { phase: "failed", error: err.message || String(err) });
+    }
+    if (lastQueue) renderReviews(lastQueue);
+  }
+
+  function renderPayouts(summary) {
+    const tiles = [];
+    for (const c of summary.currencies) {
+      tiles.push([`Payable ${c.currency}`, fmtMoney(c.payable), `${fmtInt(c.payable_orders)} orders`],
+        [`Pending ${c.currency}`, fmtMoney(c.pending), "in the holding period"],
+        [`Held ${c.currency}`, fmtMoney(c.held), `${fmtInt(c.held_conversions)} to review`],
+        [`In pending batches ${c.currency}`, fmtMoney(c.in_pending_batches), "to be confirmed"],
+        [`Paid ${c.currency}`, fmtMoney(c.paid), `${fmtInt(c.paid_lines)} lines`]);
+    }
+    if (!tiles.length) tiles.push(["Payable", "—", summary.available ? "nothing yet" : "no payouts in this database yet"]);
+    $("payout-tiles").replaceChildren(...tiles.map(([label, value, note]) => {
+      const div = Object.assign(document.createElement("div"), { className: "kpi" });
+      div.dataset.tile = label;
+      div.append(Object.assign(document.createElement("b"), { textContent: value }),
+        Object.assign(document.createElement("span"), { textContent: `${label} · ${note}` }));
+      return div;
+    }));
+    $("payouts-note").textContent = summary.as_of ? `event time ${new Date(summary.as_of).toLocaleString()}`
+      + `${summary.promoter ? ` · promoter ${summary.promoter}` : ""}` : "";
+    return summary.currencies.length;
   }
 
   function draw(name, config) {
@@ -223,10 +383,15 @@
     top.set("by", state.by);
     const alertParams = new URLSearchParams(params);
     alertParams.set("limit", "20");
+    const queueParams = new URLSearchParams();
+    if (state.reviewReason) queueParams.set("reason", state.reviewReason);
+    if (state.reviewPromoter) queueParams.set("promoter", state.reviewPromoter);
+    const summaryParams = new URLSearchParams();
+    if (state.promoter) summaryParams.set("promoter", state.promoter);
     const calls = [api("funnel", params), api("timeseries", params), api("top", top), api("rejections", params),
-      api("alerts", alertParams)];
+      api("alerts", alertParams), api("reviews", queueParams), api("payouts/summary", summaryParams)];
     const results = await Promise.allSettled(calls);
-    const [funnel, ts, topRows, rej, alerts] = results.map((r) => (r.status === "fulfilled" ? r.value : null));
+    const [funnel, ts, topRows, rej, alerts, queue, summary] = results.map((r) => (r.status === "fulfilled" ? r.value : null));
     const errors = results.filter((r) => r.status === "rejected").map((r) => String(r.reason.message || r.reason));
     const rendered = {};
     try {
@@ -242,6 +407,11 @@
       if (topRows) rendered.top = renderTop(topRows);
       if (rej) rendered.rejections = renderRejections(rej);
       if (alerts) rendered.alerts = renderAlerts(alerts);
+      if (queue) {
+        settleDecisions(queue);
+        rendered.reviews = renderReviews(queue);
+      }
+      if (summary) rendered.payouts = renderPayouts(summary);
       if (ts) {
         $("status").textContent = `updated ${new Date().toLocaleTimeString()} · ${fmtTime(ts.from, span)} – ${fmtTime(ts.to, span)}`
           + ` · ${ts.bucket_ms / MIN} min buckets${state.promoter ? ` · promoter ${state.promoter}` : ""}`;
@@ -270,6 +440,8 @@
       if (state.to) keep.set("to", state.to);
     }
     for (const k of ["promoter", "dimension", "by"]) if (state[k]) keep.set(k, state[k]);
+    if (state.reviewReason) keep.set("review_reason", state.reviewReason);
+    if (state.reviewPromoter) keep.set("review_promoter", state.reviewPromoter);
     history.replaceState(null, "", `${location.pathname}?${keep}`);
     document.body.classList.toggle("custom-range", state.range === "custom");
     schedule();
@@ -294,6 +466,21 @@
     for (const [id, key] of [["top-dimension", "dimension"], ["top-by", "by"]]) {
       $(id).addEventListener("change", () => { state[key] = $(id).value; apply(); });
     }
+    $("review-promoter").value = state.reviewPromoter;
+    $("review-actor").value = localStorage.getItem(ACTOR_KEY) || "";
+    $("review-filters").addEventListener("submit", (event) => {
+      event.preventDefault();
+      state.reviewReason = $("review-reason").value;
+      state.reviewPromoter = $("review-promoter").value.trim();
+      apply();
+    });
+    $("review-reason").addEventListener("change", () => { state.reviewReason = $("review-reason").value; apply(); });
+    $("review-actor").addEventListener("change", () => localStorage.setItem(ACTOR_KEY, $("review-actor").value.trim()));
+    $("reviews").querySelector("tbody").addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-decision]");
+      const row = button && button.closest("tr[data-order]");
+      if (row && !button.disabled) decide(row.dataset.order, button.dataset.decision);
+    });
     if (typeof Chart === "undefined") {
       window.__refstreamError = "Chart.js did not load";
       $("status").textContent = window.__refstreamError;

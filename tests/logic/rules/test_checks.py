@@ -2,14 +2,26 @@
 and the status. (Click spamming, decided over a whole code: test_program_rules.py.)"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.records import AttributionRec, ClickRef, OrderRec, SignupIdent
-from streams.logic.rules.checks import Evidence, PromoterRef, Signals, is_bot, reasons, status_of
+from streams.logic.rules.checks import (
+    IDENTITIES,
+    Evidence,
+    PromoterRef,
+    Signals,
+    identity_match,
+    is_bot,
+    reasons,
+    status_of,
+)
 from streams.logic.rules.ruleset import RuleSet
 
 CLICK_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -136,3 +148,76 @@ def test_reasons_and_status(case: Case) -> None:
     ev = evidence(case, rules)
     got = reasons(ev, rules)
     assert (got, status_of(got)) == (case.expected, case.status)
+
+
+# --- self-referral: which of the promoter's identities the customer shares ---------------------
+
+
+@dataclass
+class IdentityCase:
+    name: str
+    match: str  # identity_match: '' for none
+    promoter: dict | None = field(default_factory=dict)  # overrides of PROMOTER; None: nobody owns the code
+    ident: dict | None = field(default_factory=dict)  # overrides of IDENT; None: the signup carries no identity
+
+
+IDENTITY_CASES = [
+    IdentityCase("a stranger", ""),
+    IdentityCase("the promoter's own account", "account", promoter={"account_id": "acc-buyer"}),
+    IdentityCase("same real-name id", "realname", ident={"realname_id_hash": "rn-p"}),
+    IdentityCase("same email", "email", ident={"email_hash": "em-p"}),
+    IdentityCase("same device", "device", ident={"device_id": "dev-p"}),
+    IdentityCase("same IP", "ip", ident={"ip_hash": "ip-p"}),
+    # several at once: the first in the order account, realname, email, device, ip
+    IdentityCase("account and IP: account", "account", promoter={"account_id": "acc-buyer"}, ident={"ip_hash": "ip-p"}),
+    IdentityCase("real-name id and email: realname", "realname", ident={"realname_id_hash": "rn-p", "email_hash": "em-p"}),
+    IdentityCase("email and device: email", "email", ident={"email_hash": "em-p", "device_id": "dev-p"}),
+    IdentityCase("device and IP: device", "device", ident={"device_id": "dev-p", "ip_hash": "ip-p"}),
+    IdentityCase("every identity: account", "account", promoter={"account_id": "acc-buyer"},
+                 ident={"realname_id_hash": "rn-p", "email_hash": "em-p", "device_id": "dev-p", "ip_hash": "ip-p"}),
+    # what is no match
+    IdentityCase("no promoter owns the code", "", promoter=None, ident={"device_id": "dev-p"}),
+    IdentityCase("a value of another kind is no match", "",
+                 promoter={"device_id": "shared", "ip_hash": None}, ident={"ip_hash": "shared"}),
+    IdentityCase("the same email domain is no match", "", ident={"email_domain": "promoter.example"},
+                 promoter={"email_hash": "em-other"}),
+    IdentityCase("missing on the promoter's side", "", promoter={"device_id": None}, ident={"device_id": None}),
+    IdentityCase("empty on both sides", "", promoter={"device_id": ""}, ident={"device_id": ""}),
+    IdentityCase("signup without identity, stranger", "", ident=None),
+    IdentityCase("signup without identity, own account", "account", promoter={"account_id": "acc-buyer"}, ident=None),
+]
+
+
+@pytest.mark.parametrize("case", IDENTITY_CASES, ids=lambda c: c.name)
+def test_identity_match_is_the_self_referral_evidence(case: IdentityCase) -> None:
+    rules = RuleSet()
+    ev = evidence(Case(case.name, [], "", promoter=case.promoter, ident=case.ident or {}), rules)
+    if case.ident is None:
+        ev = dataclasses.replace(ev, signup=msgspec.structs.replace(ev.signup, ident=None))
+    got = identity_match(ev.promoter, ev)
+    assert got == case.match
+    assert ("self_referral" in reasons(ev, rules)) == (got != "")
+
+
+def test_every_identity_has_a_case() -> None:
+    assert {c.match for c in IDENTITY_CASES} == {"", *IDENTITIES}
+
+
+IDS = st.sampled_from([None, "", "x", "y"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(mine=st.tuples(IDS, IDS, IDS, IDS, IDS), theirs=st.tuples(IDS, IDS, IDS, IDS, IDS))
+def test_identity_match_names_the_first_identity_both_sides_have(mine: tuple, theirs: tuple) -> None:
+    """The match names an identity the promoter and the customer share, no earlier one is
+    shared, and self_referral is flagged exactly when there is a match."""
+    promoter = PromoterRef(promoter_id="p1", account_id=mine[0], realname_id_hash=mine[1], email_hash=mine[2],
+                           device_id=mine[3], ip_hash=mine[4])
+    ident = SignupIdent(realname_id_hash=theirs[1], email_hash=theirs[2], device_id=theirs[3], ip_hash=theirs[4])
+    ev = evidence(Case("any", [], ""), RuleSet())
+    ev = dataclasses.replace(ev, promoter=promoter, signup=msgspec.structs.replace(ev.signup, ident=ident),
+                             order=msgspec.structs.replace(ev.order, account_id=theirs[0] or "acc-buyer"))
+    shared = [bool(a) and a == b for a, b in zip(mine, (ev.order.account_id, *theirs[1:]), strict=True)]
+    got = identity_match(promoter, ev)
+    assert got == (IDENTITIES[shared.index(True)] if any(shared) else "")
+    assert ("self_referral" in reasons(ev, RuleSet())) == any(shared)
