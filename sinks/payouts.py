@@ -39,7 +39,7 @@ ORDER BY promoter_id, order_id
 """
 
 BOOKED_LINES_SQL = f"""
-SELECT batch_id, {', '.join(LINE_COLUMNS)} FROM payout_lines_current
+SELECT batch_id, batch_status, {', '.join(LINE_COLUMNS)} FROM payout_lines_current
 WHERE batch_status IN {{booked:Array(String)}}
 ORDER BY promoter_id, currency, order_id, batch_id
 """
@@ -83,8 +83,8 @@ def entitlements(client: Any, cutoff_ms: int) -> list[dict[str, Any]]:
 
 
 def booked_lines(client: Any) -> list[dict[str, Any]]:
-    """Lines of pending and paid batches (their batch row's attempt only): batch_id and the
-    fields of the planner's `Line`."""
+    """Lines of pending and paid batches (their batch row's attempt only): batch_id,
+    batch_status and the fields of the planner's `Line`."""
     return _dicts(client, BOOKED_LINES_SQL, booked=list(BOOKED_STATUSES))
 
 
@@ -122,10 +122,29 @@ def batch_payouts(client: Any, batch_id: str) -> list[dict[str, Any]]:
     return _dicts(client, sql, b=batch_id)
 
 
-def batches_of_day(client: Any, prefix: str) -> int:
-    """How many batch ids starting with `prefix` (e.g. `PO-20261130-`) have a batch row."""
-    sql = "SELECT uniqExact(batch_id) FROM payout_batches WHERE startsWith(batch_id, {prefix:String})"
-    return int(client.query(sql, parameters={"prefix": prefix}).result_rows[0][0])
+def last_batch_number(client: Any, prefix: str) -> int:
+    """The highest n of the batch ids `<prefix><n>` (e.g. `PO-20261130-07` for `PO-20261130-`)
+    that have a batch row; 0 when there is none."""
+    sql = "SELECT DISTINCT batch_id FROM payout_batches WHERE startsWith(batch_id, {prefix:String})"
+    rows = client.query(sql, parameters={"prefix": prefix}).result_rows
+    return max((int(tail) for (batch_id,) in rows if (tail := batch_id[len(prefix):]).isdigit()), default=0)
+
+
+def batch_attempts(client: Any, batch_id: str = "") -> list[dict[str, Any]]:
+    """The batch rows as written (every column; not only the latest version of each batch, as
+    long as ClickHouse has not merged them away), oldest version first; only `batch_id`'s when
+    given. Two attempts under one batch id mean two runs committed the same id (runs that
+    overlapped)."""
+    sql = (f"SELECT {', '.join(BATCH_COLUMNS)} FROM payout_batches "
+           "WHERE {batch:String} = '' OR batch_id = {batch:String} ORDER BY batch_id, version, attempt")
+    return _dicts(client, sql, batch=batch_id)
+
+
+def line_attempts(client: Any, batch_id: str) -> list[str]:
+    """The attempts with lines under `batch_id`, committed or not (a run killed before its batch
+    row, or one about to commit)."""
+    sql = "SELECT DISTINCT attempt FROM payout_lines WHERE batch_id = {b:String} ORDER BY attempt"
+    return [a for (a,) in client.query(sql, parameters={"b": batch_id}).result_rows]
 
 
 def _insert(client: Any, table: Table, rows: list[tuple[Any, ...]]) -> None:

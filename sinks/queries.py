@@ -93,7 +93,7 @@ SELECT
     (SELECT count() FROM attributions_current) AS attributions_current,
     (SELECT count() FROM dead_letters FINAL) AS dead_letters,
     (SELECT count() FROM late_events FINAL) AS late_events,
-    (SELECT count() FROM reviews FINAL) AS reviews
+    (SELECT uniqExact(event_id) FROM reviews) AS reviews
 """
 
 
@@ -157,17 +157,19 @@ ORDER BY currency, month
 
 #: the figures of a month without movements (the balance carries: opening = closing)
 _QUIET_MONTH = {"earned": Decimal(0), "held": Decimal(0), "clawed_back": Decimal(0), "paid": Decimal(0),
-                "points_earned": 0, "points_cashed": 0, "earned_orders": [], "held_orders": [],
-                "clawed_back_orders": []}
+                "in_payment": Decimal(0), "points_earned": 0, "points_cashed": 0, "points_paid": Decimal(0),
+                "earned_orders": [], "held_orders": [], "clawed_back_orders": []}
 
 
 def statement_v2(client: Any, promoter: str, month: str) -> list[dict]:
     """A promoter's statement for `month` (YYYY-MM), one row per currency he ever had money in
     up to that month (view `promoter_statement`): promoter_id, currency, month (a date),
     opening, earned (matured that month), held (orders of the month held now), clawed_back,
-    paid (net lines of that month's batches), closing (= opening + earned - paid),
-    points_earned, points_cashed and the order ids behind earned, held and clawed back. A
-    month without movements shows the balance carried from the month before."""
+    paid and in_payment (net commission and clawback lines of that month's paid, resp. pending
+    batches), closing (= opening + earned - paid - in_payment), points_earned, points_cashed,
+    points_paid (money of the month's points lines, outside the balance) and the order ids
+    behind earned, held and clawed back. A month without movements shows the balance carried
+    from the month before."""
     rows = rows_as_dicts(client.query(STATEMENT_V2_SQL, parameters={"promoter": promoter, "month": f"{month}-01"}))
     last: dict[str, dict] = {}
     for row in rows:  # by currency, months ascending: the last one is this month or the latest before
@@ -188,8 +190,9 @@ ORDER BY promoter_id, currency
 def balances(client: Any, promoter: str | None = None) -> list[dict]:
     """View `promoter_balances`, all promoters or one: per promoter and currency, earned
     (approved, matured by event time now), pending (approved, maturing), held, clawed_back,
-    paid (net lines of pending and paid batches), balance (= earned - paid), points_earned and
-    points_cashed."""
+    paid (net commission and clawback lines of paid batches), in_payment (the same of pending
+    batches), balance (= earned - paid - in_payment), points_earned, points_cashed and
+    points_paid (money of points lines in pending and paid batches, outside the balance)."""
     return rows_as_dicts(client.query(BALANCES_SQL, parameters={"promoter": promoter or ""}))
 
 

@@ -148,14 +148,17 @@ CONVERSIONS = Table(
 )
 
 # Review decisions (the `reviews` topic): the audit log of who decided what and why.
-# Immutable, deduplicated by event_id; `conversions_current` applies them (docs/payouts.md).
+# One row per event_id, its first copy; `conversions_current` applies them (docs/payouts.md).
 REVIEWS = Table(
     "reviews",
     _cols(
         ("event_id", STR), ("ts", TS), ("order_id", STR), ("promoter_id", STR), ("decision", ENUM),
         ("reason", STR), ("actor", STR),
+        # the earliest copy of an event_id wins, also when parts merge: a retried decision
+        # (same event_id, later ts) never re-times or rewords the first
+        ("earliest", "UInt64", "18446744073709551615 - toUInt64(toUnixTimestamp64Milli(ts))"),
     ),
-    engine="ReplacingMergeTree",
+    engine="ReplacingMergeTree(earliest)",
     order_by="event_id",
     comment="one of order_id / promoter_id is set; promoter_id: all his open conversions",
 )
@@ -293,19 +296,23 @@ VIEWS: dict[str, str] = {
         '' AS review_actor, '' AS review_reason, {_NO_TIME} AS review_ts, toUInt64(0) AS reviews,
         status AS auto_status
     FROM conversions FINAL""",
-    "review_audit": f"""SELECT event_id, ts, actor, reason, decision,
-        if(order_id != '', 'order', 'promoter') AS scope, order_id, promoter_id, '' AS status_before,
+    # each decision's earliest copy, like the real view (streams.logic.rules.reviews.FIRST_COPIES_SQL)
+    "review_audit": f"""SELECT event_id, tupleElement(copy, 1) AS ts, tupleElement(copy, 6) AS actor,
+        tupleElement(copy, 5) AS reason, toLowCardinality(tupleElement(copy, 4)) AS decision,
+        if(tupleElement(copy, 2) != '', 'order', 'promoter') AS scope, tupleElement(copy, 2) AS order_id,
+        tupleElement(copy, 3) AS promoter_id, '' AS status_before,
         '' AS status_after, toDecimal64(0, 4) AS commission_before, toDecimal64(0, 4) AS commission_after,
         {_NO_TIME} AS payable_before, {_NO_TIME} AS payable_after, 'not applied: rules not installed' AS note
-    FROM reviews FINAL""",
+    FROM (SELECT event_id, min((ts, order_id, promoter_id, toString(decision), reason, actor)) AS copy
+          FROM reviews GROUP BY event_id)""",
     "promoter_balances": f"""SELECT '' AS promoter_id, toLowCardinality('') AS currency, {_ZERO} AS earned,
-        {_ZERO} AS pending, {_ZERO} AS held, {_ZERO} AS clawed_back, {_ZERO} AS paid, {_ZERO} AS balance,
-        toInt64(0) AS points_earned, toInt64(0) AS points_cashed
+        {_ZERO} AS pending, {_ZERO} AS held, {_ZERO} AS clawed_back, {_ZERO} AS paid, {_ZERO} AS in_payment,
+        {_ZERO} AS balance, toInt64(0) AS points_earned, toInt64(0) AS points_cashed, {_ZERO} AS points_paid
     WHERE 0""",
     "promoter_statement": f"""SELECT '' AS promoter_id, toLowCardinality('') AS currency, toDate(0) AS month,
         {_ZERO} AS opening, {_ZERO} AS earned, {_ZERO} AS held, {_ZERO} AS clawed_back, {_ZERO} AS paid,
-        {_ZERO} AS closing, toInt64(0) AS points_earned, toInt64(0) AS points_cashed,
-        CAST([], 'Array(String)') AS earned_orders, CAST([], 'Array(String)') AS held_orders,
+        {_ZERO} AS in_payment, {_ZERO} AS closing, toInt64(0) AS points_earned, toInt64(0) AS points_cashed,
+        {_ZERO} AS points_paid, CAST([], 'Array(String)') AS earned_orders, CAST([], 'Array(String)') AS held_orders,
         CAST([], 'Array(String)') AS clawed_back_orders
     WHERE 0""",
     "exclusions_current": "SELECT * FROM exclusions FINAL",

@@ -98,8 +98,9 @@ def _iso(ms: int) -> str:
 
 def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
     """Print a promoter's statement for a month: per currency the opening balance, earned
-    (conversions that became payable that month), held, clawed back, paid (net lines of that
-    month's batches), closing balance and points; then the month's orders by status. With
+    (conversions that became payable that month), held, clawed back, paid and in payment (net
+    commission and clawback lines of that month's confirmed / pending batches), closing balance
+    and points; then the month's orders by status. With
     --orders, every order behind those figures."""
     from sinks import queries
     from sinks.clickhouse import connect
@@ -118,8 +119,8 @@ def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
         client.close()
     print(f"statement of {promoter} for {args.month}\n")
     if money:
-        totals = ("currency", "opening", "earned", "held", "clawed_back", "paid", "closing", "points_earned",
-                  "points_cashed")
+        totals = ("currency", "opening", "earned", "held", "clawed_back", "paid", "in_payment", "closing",
+                  "points_earned", "points_cashed", "points_paid")
         print(queries.format_table(totals, money, frozenset(totals[1:])))
     else:
         print("(no money movements up to this month)")
@@ -236,8 +237,20 @@ def cmd_payouts_list(args: argparse.Namespace, settings: Settings) -> int:
     return _payout_job(lambda: payouts.list_batches(settings, wait_s=args.wait))
 
 
+def cmd_payouts_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Write a batch's finance CSV (one row per promoter payout) again from ClickHouse, and with
+    --lines-csv its lines: for a run that stopped after writing its batch but before its CSV, or
+    a lost file. A failed batch has nothing to export (its lines go into the next run)."""
+    from streams import logs
+    from streams.jobs import payouts
+
+    logs.setup(settings.log_level)
+    return _payout_job(lambda: payouts.export(settings, args.batch, csv_path=args.csv, lines_csv=args.lines_csv,
+                                              wait_s=args.wait))
+
+
 def add_payouts_parser(sub: Any) -> None:
-    p = sub.add_parser("payouts", help="payout runs: run | confirm | fail | list",
+    p = sub.add_parser("payouts", help="payout runs: run | confirm | fail | list | export",
                        description="Payout runs (docs/payouts.md): pay the promoters' payable balances in batches, "
                                    "then confirm or fail each batch.")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -271,6 +284,15 @@ def add_payouts_parser(sub: Any) -> None:
     q.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
                    help="how long to wait for another payout job holding the lock (default 120)")
     q.set_defaults(func=cmd_payouts_list)
+
+    q = verbs.add_parser("export", help="write a batch's finance CSV again", description=cmd_payouts_export.__doc__)
+    q.add_argument("batch", help="batch id, e.g. PO-20261130-01")
+    q.add_argument("--csv", type=Path, default=None, metavar="PATH",
+                   help="finance CSV, one row per promoter payout (default: payout-<batch>.csv here)")
+    q.add_argument("--lines-csv", type=Path, default=None, metavar="PATH", help="also write every line to this CSV")
+    q.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
+                   help="how long to wait for another payout job holding the lock (default 120)")
+    q.set_defaults(func=cmd_payouts_export)
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:

@@ -60,8 +60,9 @@ class Role:
 #: router and joins; the joins' reference directories follow promoters and exclusions
 STREAM = Role("stream", reads=RAW_TOPICS + JOIN_TOPICS, follows=REFERENCE_TOPICS,
               writes=JOIN_TOPICS + RESULT_TOPICS)
-#: ClickHouse sink and the writer of the stored inputs (bad messages are dead-lettered), spike alerts
-SINK = Role("sink", reads=STORED_INPUTS + SINK_INPUTS, follows=(), writes=(DEAD_LETTERS, ALERTS))
+#: ClickHouse sink and the writer of the stored inputs (bad messages are dead-lettered), spike alerts,
+#: and the review queue's decisions (the dashboard's approve / reject publish to `reviews`)
+SINK = Role("sink", reads=STORED_INPUTS + SINK_INPUTS, follows=(), writes=(DEAD_LETTERS, ALERTS, REVIEWS))
 ALL = Role("all", reads=_union(STREAM.reads, SINK.reads), follows=STREAM.follows,
            writes=_union(STREAM.writes, SINK.writes))
 ROLES: dict[str, Role] = {r.name: r for r in (ALL, STREAM, SINK)}

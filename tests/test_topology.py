@@ -16,9 +16,10 @@ RESULTS = {"conversions", "late-events", "dead-letters"}
 @pytest.mark.parametrize("role, reads, follows, writes", [
     ("stream", {"clicks", "signups", "orders"} | JOINS, {"promoters", "exclusions"}, JOINS | RESULTS),
     # reviews are stored as they come: read by the sink, never followed by the joins' directories
-    ("sink", {"promoters", "exclusions", "reviews"} | JOINS | RESULTS, set(), {"dead-letters", "alerts"}),
+    # ... and written by the sink's review queue (approve / reject on the dashboard)
+    ("sink", {"promoters", "exclusions", "reviews"} | JOINS | RESULTS, set(), {"dead-letters", "alerts", "reviews"}),
     ("all", {"clicks", "signups", "orders", "promoters", "exclusions", "reviews"} | JOINS | RESULTS,
-     {"promoters", "exclusions"}, JOINS | RESULTS | {"alerts"}),
+     {"promoters", "exclusions"}, JOINS | RESULTS | {"alerts", "reviews"}),
 ])
 def test_roles(role: str, reads: set[str], follows: set[str], writes: set[str]) -> None:
     r = ROLES[role]

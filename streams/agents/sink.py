@@ -178,7 +178,8 @@ class SinkStep:
         applied = migrate(client)
         # the rules ClickHouse applies (spamming, enterprise reversal, reviews, holding periods)
         # replace the placeholder views of the migrations, from the rule book
-        install_views(client, rule_views(load_rules(self.settings.rules_file)))
+        install_views(client, rule_views(load_rules(self.settings.rules_file),
+                                         lateness_ms=self.settings.lateness_ms))
         log.info("clickhouse ready", extra={"dsn": redact(self.settings.clickhouse), "migrated": applied})
         return ClickHouseWriter(client, on_batch=self._on_batch, on_failure=self._on_failure)
 

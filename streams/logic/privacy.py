@@ -3,13 +3,17 @@
 IP addresses (and, by setting, id fields whose values are personal data) are replaced by
 a keyed hash before anything is stored: still comparable for the fraud checks, not
 reversible. A dead letter keeps the original message's head, minus e-mail and IP
-addresses, and the size and SHA-256 of the whole.
+addresses, and the size and SHA-256 of the whole (`scrub`). Text typed by people (a review's
+reason) loses phone numbers too (`scrub_text`): runs of 8 or more digits, which in a dead
+letter are mostly timestamps and ids, so `scrub` keeps them.
 
 The scrub runs in time linear in its input: an e-mail is found from its "@" (the local
 part by walking left, never past the previous match), and every alternative of `_IP` is
 anchored by a lookbehind that fails at once inside a run of the characters it consumes
 and matches a bounded number of characters, so no position is looked at more than a
-bounded number of times.
+bounded number of times. `_PHONE` is linear too: its alternatives match bounded text or
+consume digits, at most three separators before each, with nothing after that could make
+it backtrack; its lookbehind fails at once inside a word.
 """
 from __future__ import annotations
 
@@ -79,6 +83,34 @@ def scrub(text: str, salt: bytes) -> str:
         return hashed(found)
 
     return _IP.sub(ip, _scrub_emails(text, hashed))
+
+
+#: kept as they are: a hash `scrub` wrote, an ISO date (2026-03-12) or a dotted date (12.03.2026);
+#: a phone number: an optional "+" and "(", then digits with up to three separators (spaces,
+#: dashes, dots, parentheses) between them, not glued to a word before it (checked after it)
+_PHONE = re.compile(
+    r"(?P<keep><pii:[0-9a-f]{24}>|(?<!\d)(?:\d{4}-\d\d-\d\d|\d\d?\.\d\d?\.\d{4})(?!\d))"
+    r"|(?<!\w)(?P<phone>\+?\(?\d(?:[ \t.()\-]{0,3}\d)*)"
+)
+#: a phone number has at least this many digits
+PHONE_DIGITS = 8
+
+
+def scrub_text(text: str, salt: bytes) -> str:
+    """`scrub`, then phone numbers replaced by the keyed hash of their digits (with the "+" if
+    it has one, so spellings of one number hash alike): for free text typed by people. A run
+    of fewer than `PHONE_DIGITS` digits, one glued to a word after it (an id like
+    12345678abc) and a date stay."""
+    def phone(m: re.Match[str]) -> str:
+        found = m.group(0)
+        if m.lastgroup != "phone" or (m.end() < len(text) and (text[m.end()].isalnum() or text[m.end()] == "_")):
+            return found
+        digits = "".join(ch for ch in found if ch.isdecimal())
+        if len(digits) < PHONE_DIGITS:
+            return found
+        return f"<pii:{hash_pii(('+' if found.startswith('+') else '') + digits, salt)}>"
+
+    return _PHONE.sub(phone, scrub(text, salt))
 
 
 def _scrub_emails(text: str, hashed: Callable[[str], str]) -> str:

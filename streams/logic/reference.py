@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from schemas.events import Exclusion, Promoter, Review, millis
 from schemas.validate import Invalid, decode
-from streams.logic.privacy import Pseudonyms, hash_pii, scrub
+from streams.logic.privacy import Pseudonyms, hash_pii, scrub_text
 from streams.logic.rules.checks import PromoterRef
 
 Version = tuple[int, str, Promoter]  # (ts, event_id, promoter)
@@ -118,7 +118,7 @@ class ReferenceReader:
         if isinstance(event, (Promoter, Exclusion)):
             return self.pseudonyms.apply(event)
         if isinstance(event, Review):
-            # typed by a person: an e-mail or IP address in it is hashed like a dead letter's
-            event.reason = scrub(event.reason, self.pseudonyms.salt)
+            # typed by a person: an e-mail or IP address or a phone number in it is hashed
+            event.reason = scrub_text(event.reason, self.pseudonyms.salt)
             return event
         return event if isinstance(event, Invalid) else Invalid(f"{topic} is not a stored input topic")

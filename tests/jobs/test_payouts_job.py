@@ -4,6 +4,7 @@ in subprocesses (concurrent runs, a run killed half-way). Whatever happens, no l
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -28,6 +29,7 @@ from sinks.clickhouse import connect
 from sinks.migrations import migrate
 from sinks.rows import rows_for
 from sinks.tables import TABLES
+from streams import cli
 from streams.config import Settings
 from streams.jobs import payouts as job
 from streams.jobs.payouts import PAUSE_BEFORE_COMMIT_ENV, PayoutError
@@ -278,3 +280,203 @@ def test_statement_and_list_after_a_run(deployment: Deployment) -> None:
 
     proc = deployment.cli("statement", "--month", "2026-01")
     assert proc.wait(timeout=120) == 2
+
+
+# fencing, batch ids, export, pending orders, per-currency minimums --------------------------
+
+
+def other_run(client: Any, batch_id: str, attempt: str = "other", version: int | None = None,
+              commit: bool = True) -> None:
+    """What another run that planned the same lines (o1..o3 of P1) writes: its lines and payout,
+    and (`commit`) its pending batch row."""
+    lines = [dict(promoter_id="P1", currency="USD", order_id=f"o{i}", revision=1, kind="commission", part=1,
+                  parts=1, amount=Decimal("150"), points=0, payable_at=JAN + 30 * DAY_MS, order_ts=JAN)
+             for i in (1, 2, 3)]
+    store.write_lines(client, batch_id, attempt, lines)
+    store.write_payouts(client, batch_id, attempt, [dict(
+        promoter_id="P1", currency="USD", lines_total=Decimal("450"), carried_in=Decimal(0),
+        amount=Decimal("450"), carried_out=Decimal(0), points_cashed=0, lines=3)])
+    if commit:
+        at = int(time.time() * 1000) if version is None else version
+        store.write_batch(client, dict(batch_id=batch_id, attempt=attempt, through=job.day_start_ms(THROUGH),
+                                       cutoff=MAR - HOUR_MS, status="pending", version=at, created_at=at,
+                                       updated_at=at, actor="other", note="", promoters=1, lines=3))
+
+
+@pytest.fixture
+def hook(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run `fn(client)` inside the next run, at `stage` ("written" or "committing")."""
+    def install(stage: str, fn: Any) -> None:
+        def at(s: str, client: Any) -> None:
+            if s == stage:
+                fn(client)
+        monkeypatch.setattr(job, "TEST_HOOK", at)
+    return install
+
+
+def test_a_run_overlapped_by_another_batch_takes_its_batch_back(deployment: Deployment, hook: Any) -> None:
+    # another run (through another day: another batch id) committed the same lines after we planned,
+    # and after our lock check: we stalled past the lock's TTL
+    hook("committing", lambda c: other_run(c, "PO-20260227-01"))
+    with pytest.raises(PayoutError, match=r"overlapping payout run: PO-20260227-01 \(pending\)"):
+        deployment.run()
+    ours = deployment.read(store.batch, BATCH)
+    assert ours["status"] == "failed" and ours["note"] == "overlapping payout run: PO-20260227-01 (pending)"
+    assert not (deployment.workdir / "payouts.csv").exists()
+    assert {r["batch_id"] for r in deployment.read(store.booked_lines)} == {"PO-20260227-01"}  # each line once
+
+    job.TEST_HOOK = None
+    again, printed = deployment.run()
+    assert again.batch_id is None and "nothing to pay" in printed  # the other run's batch holds the lines
+    job.fail(deployment.settings, "PO-20260227-01", "bank rejected the file", out=io.StringIO())
+    third, _ = deployment.run()
+    assert third.batch_id == "PO-20260228-02"
+    assert deployment.lines("PO-20260228-02") == [(f"o{i}", "commission", Decimal("150")) for i in (1, 2, 3)]
+
+
+def test_a_run_overlapped_under_its_own_batch_id_gives_it_back(deployment: Deployment, hook: Any) -> None:
+    # the other run committed our batch id first (its row is older than ours): it keeps the batch
+    hook("committing", lambda c: other_run(c, BATCH, version=int(time.time() * 1000) - 1000))
+    with pytest.raises(PayoutError, match=r"overlapping payout run: PO-20260228-01 \(attempt other\)") as err:
+        deployment.run()
+    assert "names the other run's attempt other again" in str(err.value)
+    batch = deployment.read(store.batch, BATCH)
+    assert (batch["attempt"], batch["status"], batch["actor"]) == ("other", "pending", "other")
+    assert {(r["batch_id"], r["order_id"]) for r in deployment.read(store.booked_lines)} == {
+        (BATCH, f"o{i}") for i in (1, 2, 3)}
+    assert not (deployment.workdir / "payouts.csv").exists()
+
+
+def test_a_run_about_to_commit_our_batch_id_is_an_overlap(deployment: Deployment, hook: Any,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # another attempt wrote lines under our batch id while we planned (its batch row still to come)
+    hook("committing", lambda c: other_run(c, BATCH, commit=False))
+    assert cli._payout_job(deployment.run) == 1  # `refstream payouts run` exits 1, saying why
+    err = capsys.readouterr().err
+    assert "overlapping payout run" in err and "not committed yet" in err
+    batch = deployment.read(store.batch, BATCH)
+    assert batch["status"] == "failed" and batch["note"].startswith("overlapping payout run: PO-20260228-01")
+    assert deployment.read(store.booked_lines) == []
+
+
+def test_a_batch_id_committed_meanwhile_is_refused_before_committing(deployment: Deployment, hook: Any) -> None:
+    hook("written", lambda c: other_run(c, BATCH))
+    with pytest.raises(PayoutError, match="was committed by another payout run meanwhile"):
+        deployment.run()
+    rows = deployment.read(store.batch_attempts, BATCH)
+    assert [r["attempt"] for r in rows] == ["other"]  # ours never committed
+    assert not (deployment.workdir / "payouts.csv").exists()
+
+
+def test_an_orphaned_attempt_is_no_overlap(deployment: Deployment) -> None:
+    # lines of a run killed before its batch row (seen before we plan): the re-run commits normally
+    deployment.read(lambda c: other_run(c, BATCH, attempt="killed", commit=False))
+    result, _ = deployment.run()
+    assert result.batch_id == BATCH and deployment.read(store.batch, BATCH)["status"] == "pending"
+
+
+def test_the_batch_number_follows_the_highest_of_the_day(deployment: Deployment) -> None:
+    # -03 has a row, -01 and -02 do not (say, they were cleaned up): count + 1 would reuse -02... or -01
+    deployment.read(lambda c: other_run(c, "PO-20260228-03"))
+    job.fail(deployment.settings, "PO-20260228-03", "test", out=io.StringIO())
+    result, _ = deployment.run()
+    assert result.batch_id == "PO-20260228-04"
+
+
+SEEN = job.Seen(frozenset({("PO-1", "a"), ("PO-2", "b")}), frozenset({"orphan"}))
+
+
+def row(batch_id: str, attempt: str, status: str = "pending") -> dict[str, Any]:
+    return {"batch_id": batch_id, "attempt": attempt, "status": status}
+
+
+# (batch rows after our commit of PO-3 / ours, the latest row per batch, line attempts under PO-3, overlaps)
+OVERLAP_CASES: list[tuple[str, list[dict[str, Any]], list[dict[str, Any]], list[str], list[str]]] = [
+    ("none", [row("PO-1", "a"), row("PO-2", "b"), row("PO-3", "ours")],
+     [row("PO-1", "a"), row("PO-2", "b", "paid"), row("PO-3", "ours")], ["orphan", "ours"], []),
+    ("a status change is no overlap", [row("PO-1", "a"), row("PO-1", "a", "failed"), row("PO-3", "ours")],
+     [row("PO-1", "a", "failed"), row("PO-3", "ours")], ["ours"], []),
+    ("another batch committed", [row("PO-1", "a"), row("PO-4", "x"), row("PO-3", "ours")],
+     [row("PO-1", "a"), row("PO-4", "x"), row("PO-3", "ours")], ["ours"], ["PO-4 (pending)"]),
+    ("another batch committed and already failed", [row("PO-4", "x", "failed"), row("PO-3", "ours")],
+     [row("PO-4", "x", "failed"), row("PO-3", "ours")], ["ours"], []),
+    ("another attempt committed our id first", [row("PO-3", "x"), row("PO-3", "ours")],
+     [row("PO-3", "ours")], ["ours", "x"], ["PO-3 (attempt x)"]),
+    ("another attempt committed our id after us", [row("PO-3", "ours"), row("PO-3", "x")],
+     [row("PO-3", "x")], ["ours", "x"], ["PO-3 (attempt x)"]),
+    ("our id's latest row is another's (its row merged away)", [row("PO-3", "x")],
+     [row("PO-3", "x")], ["ours", "x"], ["PO-3 (attempt x)"]),
+    ("another attempt is writing our id", [row("PO-3", "ours")], [row("PO-3", "ours")],
+     ["orphan", "ours", "x"], ["PO-3 (attempt x, lines written, not committed yet)"]),
+]
+
+
+@pytest.mark.parametrize("name,rows,current,line_attempts,expected", OVERLAP_CASES, ids=[c[0] for c in OVERLAP_CASES])
+def test_overlaps(name: str, rows: list[dict[str, Any]], current: list[dict[str, Any]], line_attempts: list[str],
+                  expected: list[str]) -> None:
+    latest = {r["batch_id"]: r for r in current}
+    assert job.overlaps(SEEN, "PO-3", "ours", rows, latest, line_attempts) == expected
+
+
+def test_export_writes_the_csvs_of_a_batch_again(deployment: Deployment) -> None:
+    deployment.write(conversion("o5", commission="33.3333", promoter="P2"),
+                     conversion("o6", commission="100.0050", promoter="P2"))
+    deployment.run(lines_csv=deployment.workdir / "lines.csv")
+    written = {name: (deployment.workdir / name).read_text() for name in ("payouts.csv", "lines.csv")}
+    for name in written:
+        (deployment.workdir / name).unlink()  # the run died before its CSV, or the file was lost
+
+    proc = deployment.cli("payouts", "export", BATCH, "--csv", "again.csv", "--lines-csv", "again-lines.csv")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"batch {BATCH} (pending): 2 payouts, 5 lines" in out
+    assert (deployment.workdir / "again.csv").read_text() == written["payouts.csv"]
+    assert (deployment.workdir / "again-lines.csv").read_text() == written["lines.csv"]
+
+    proc = deployment.cli("payouts", "export", BATCH)  # the run's default name, here
+    assert proc.wait(timeout=120) == 0
+    assert (deployment.workdir / f"payout-{BATCH}.csv").read_text() == written["payouts.csv"]
+
+
+EXPORT_CASES = [
+    (["payouts", "export", "PO-20260228-09"], 1, "no batch 'PO-20260228-09'"),
+    (["payouts", "export"], 2, "batch"),
+    (["payouts", "export", "--help"], 0, "--lines-csv"),
+    (["payouts", "--help"], 0, "export"),
+]
+
+
+@pytest.mark.parametrize("args,code,text", EXPORT_CASES, ids=[" ".join(c[0]) for c in EXPORT_CASES])
+def test_export_cli(deployment: Deployment, args: list[str], code: int, text: str) -> None:
+    proc = deployment.cli(*args)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, (out, err)
+    assert text in out + err
+
+
+def test_a_failed_batch_is_not_exported(deployment: Deployment) -> None:
+    deployment.run()
+    job.fail(deployment.settings, BATCH, "bank rejected the file", out=io.StringIO())
+    with pytest.raises(PayoutError, match="failed \\(bank rejected the file\\).*nothing to export"):
+        job.export(deployment.settings, BATCH, csv_path=deployment.workdir / "x.csv", out=io.StringIO())
+
+
+def test_an_order_in_a_pending_batch_does_not_move(deployment: Deployment) -> None:
+    deployment.run()  # o1..o3 in PO-20260228-01, pending
+    deployment.write(conversion("o1", commission="0", status="reversed", revision=2),  # refunded before payment
+                     conversion("o4", commission="400", order_ts=JAN + 2 * DAY_MS))
+    second, _ = deployment.run()
+    assert deployment.lines("PO-20260228-02") == [("o4", "commission", Decimal("400"))]  # no clawback of o1 yet
+    job.fail(deployment.settings, BATCH, "bank rejected the file", out=io.StringIO())
+    third, _ = deployment.run()
+    assert deployment.lines(third.batch_id) == [("o2", "commission", Decimal("150")),
+                                                ("o3", "commission", Decimal("150"))]  # o1 was never paid
+
+
+def test_the_carry_over_names_the_currency_minimum(deployment: Deployment) -> None:
+    rules = deployment.workdir / "rules.toml"
+    rules.write_text('[[rule_set]]\nversion = "v1"\nminimum_payout = "100"\nminimum_payouts = { USD = "500" }\n')
+    deployment.settings = dataclasses.replace(deployment.settings, rules_file=str(rules))
+    result, printed = deployment.run()
+    assert result.batch_id is None and [c.promoter_id for c in result.plan.carried] == ["P1"]
+    assert "below the minimum payout of 500 USD" in printed

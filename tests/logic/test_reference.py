@@ -155,6 +155,11 @@ READS = [
              Review(event_id="e1", ts=NOW - 1, **REVIEW,
                     reason=f"buyer <pii:{hash_pii('bob@example.com', SALT)}> from "
                            f"<pii:{hash_pii('10.0.0.9', SALT)}> is the promoter")),
+    ReadCase("a review's phone number is hashed too; its date and order number stay", "reviews",
+             body(**REVIEW, reason="customer called from +49 170 1234567 on 2026-03-12 about order 4711"),
+             Review(event_id="e1", ts=NOW - 1, **REVIEW,
+                    reason=f"customer called from <pii:{hash_pii('+491701234567', SALT)}> on 2026-03-12 "
+                           "about order 4711")),
     ReadCase("a bad review, with the validation's reason", "reviews", body(decision="approve", actor="pm-7"),
              "exactly one of order_id"),
     ReadCase("a review's decision outside the three", "reviews", body(**{**REVIEW, "decision": "pay"}),

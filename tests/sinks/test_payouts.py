@@ -78,10 +78,13 @@ def test_only_the_attempt_a_batch_row_names_is_read(db: Any) -> None:
     # a run killed after its lines (attempt a1, no batch row), then the re-run (a2) committed
     write(db, "PO-20260131-01", "a1", [line("o1", "100"), line("o2", "50")], [payout(amount="150")])
     assert store.booked_lines(db) == [] and store.booked_payouts(db) == [] and store.batches(db) == []
-    assert store.batches_of_day(db, "PO-20260131-") == 0
+    assert store.last_batch_number(db, "PO-20260131-") == 0
+    assert store.line_attempts(db, "PO-20260131-01") == ["a1"]
     write(db, "PO-20260131-01", "a2", [line("o1", "100")], [payout(amount="100")])
     store.write_batch(db, batch_row("PO-20260131-01", "a2"))
     assert as_lines(store.booked_lines(db)) == [line("o1", "100")]
+    assert [(r["batch_id"], r["batch_status"]) for r in store.booked_lines(db)] == [("PO-20260131-01", "pending")]
+    assert store.line_attempts(db, "PO-20260131-01") == ["a1", "a2"]  # the orphan too
     assert [p["amount"] for p in store.booked_payouts(db)] == [Decimal("100")]
     assert [r["order_id"] for r in store.batch_lines(db, "PO-20260131-01")] == ["o1"]
     assert [r["amount"] for r in store.batch_payouts(db, "PO-20260131-01")] == [Decimal("100")]
@@ -108,14 +111,27 @@ def test_the_latest_batch_row_decides_what_is_booked(db: Any, rows: list[tuple[s
     assert [b["batch_id"] for b in store.batches(db)] == ["PO-20260131-01"]
 
 
-def test_batches_of_a_day_count_batch_rows_by_prefix(db: Any) -> None:
-    for batch_id, version in [("PO-20260131-01", 1), ("PO-20260131-01", 2), ("PO-20260131-02", 1),
-                              ("PO-20260130-01", 1)]:
+def test_the_last_batch_number_of_a_day_is_the_highest_suffix(db: Any) -> None:
+    # -01 and -03 (-02 was never committed, or its row is gone): the next is -04, not count + 1 = -03
+    for batch_id, version in [("PO-20260131-01", 1), ("PO-20260131-01", 2), ("PO-20260131-03", 1),
+                              ("PO-20260130-01", 1), ("PO-20260131-x", 1)]:
         store.write_batch(db, batch_row(batch_id, "a", version=version))
-    assert store.batches_of_day(db, "PO-20260131-") == 2
-    assert store.batches_of_day(db, "PO-20260130-") == 1
-    assert store.batches_of_day(db, "PO-20260201-") == 0
+    assert store.last_batch_number(db, "PO-20260131-") == 3
+    assert store.last_batch_number(db, "PO-20260130-") == 1
+    assert store.last_batch_number(db, "PO-20260201-") == 0
     assert store.batch(db, "PO-20260229-01") is None and store.batch(db, "") is None
+
+
+def test_batch_attempts_are_every_batch_row(db: Any) -> None:
+    # two runs committed one id (attempts a1, a2): the view shows the latest, the rows both
+    store.write_batch(db, batch_row("PO-20260131-01", "a1", version=1))
+    store.write_batch(db, batch_row("PO-20260131-01", "a2", version=2))
+    store.write_batch(db, batch_row("PO-20260131-02", "b", version=1))
+    rows = store.batch_attempts(db, "PO-20260131-01")
+    assert [(r["attempt"], r["version"]) for r in rows] == [("a1", 1), ("a2", 2)]
+    assert rows[0] == batch_row("PO-20260131-01", "a1", version=1)
+    assert len(store.batch_attempts(db)) == 3
+    assert store.batch(db, "PO-20260131-01")["attempt"] == "a2"
 
 
 def test_event_now_is_the_newest_order(db: Any) -> None:

@@ -1,6 +1,8 @@
 """Balances and statements v2 (views `promoter_balances`, `promoter_statement` from
 `rule_views`, read through `sinks.queries.balances` / `statement_v2`) over hand-built
-conversions and payout batches on a real chdb."""
+conversions and payout batches on a real chdb: paid (confirmed batches) and in payment
+(pending ones) apart, points lines apart from the balance, event time "now" as payout runs
+take it."""
 from __future__ import annotations
 
 from datetime import date
@@ -45,8 +47,9 @@ def line(order_id: str, amount: str, kind: str = "commission", currency: str = "
 BATCHES: list[tuple[str, int, str, list[dict]]] = [  # batch, created at, status, lines
     ("B1", T0 + 35 * DAY, "paid", [line("jan-a", "200.25"), line("refunded", "200.25"),
                                    line("", "100", kind="points", points=10_000)]),
-    ("B2", T0 + 65 * DAY, "pending", [line("jan-b", "200.25"), line("refunded", "-200.25", kind="clawback")]),
-    ("B3", T0 + 66 * DAY, "failed", [line("eur", "200.25", currency="EUR")]),  # released: never counted
+    ("B2", T0 + 64 * DAY, "paid", [line("refunded", "-200.25", kind="clawback")]),
+    ("B3", T0 + 65 * DAY, "pending", [line("jan-b", "200.25")]),  # in payment: sent, not confirmed yet
+    ("B4", T0 + 66 * DAY, "failed", [line("eur", "200.25", currency="EUR")]),  # released: never counted
 ]
 
 
@@ -69,35 +72,68 @@ def ledger(db: Any) -> Any:
 D = Decimal
 
 
+def balance_figures(rows: list[dict]) -> list[tuple]:
+    return [(r["promoter_id"], r["currency"], r["earned"], r["pending"], r["held"], r["clawed_back"], r["paid"],
+             r["in_payment"], r["balance"], r["points_earned"], r["points_cashed"], r["points_paid"]) for r in rows]
+
+
 def test_balances(ledger: Any) -> None:
-    got = [(r["promoter_id"], r["currency"], r["earned"], r["pending"], r["held"], r["clawed_back"], r["paid"],
-            r["balance"], r["points_earned"], r["points_cashed"]) for r in queries.balances(ledger)]
+    got = balance_figures(queries.balances(ledger))
+    # USD: jan-a and jan-b earned; paid: jan-a and refunded (B1), refunded clawed back (B2);
+    # jan-b in payment (B3, pending): nothing left to send. The points line is apart.
     assert got == [
-        ("P1", "EUR", EARN, D(0), D(0), D(0), D(0), EARN, POINTS, 0),
-        ("P1", "USD", 2 * EARN, EARN, EARN, EARN, 2 * EARN, D(0), 2 * POINTS, 10_000),
-        ("P2", "USD", EARN, D(0), D(0), D(0), D(0), EARN, POINTS, 0),
+        ("P1", "EUR", EARN, D(0), D(0), D(0), D(0), D(0), EARN, POINTS, 0, D(0)),
+        ("P1", "USD", 2 * EARN, EARN, EARN, EARN, EARN, EARN, D(0), 2 * POINTS, 10_000, D(100)),
+        ("P2", "USD", EARN, D(0), D(0), D(0), D(0), D(0), EARN, POINTS, 0, D(0)),
     ]
+    for r in queries.balances(ledger):
+        assert r["balance"] == r["earned"] - r["paid"] - r["in_payment"]
     assert [r["currency"] for r in queries.balances(ledger, "P1")] == ["EUR", "USD"]
     assert queries.balances(ledger, "nobody") == []
 
 
-def row(currency: str, month: date, opening: Decimal, earned: Decimal, held: Decimal, clawed: Decimal, paid: Decimal,
-        closing: Decimal, points: tuple[int, int], orders: tuple[list[str], list[str], list[str]]) -> tuple:
-    return (currency, month, opening, earned, held, clawed, paid, closing, *points, *orders)
+#: allowed lateness -> P1's USD (earned, pending, balance): event time "now" is the newest
+#: order (NOW = T0 + 75 days) minus the lateness, as payout runs take it; jan-b is payable at
+#: T0 + 40 days
+LATENESS = [(0, 2 * EARN, EARN, D(0)), (35 * DAY, 2 * EARN, EARN, D(0)),
+            (35 * DAY + 1, EARN, 2 * EARN, -EARN)]
 
 
+@pytest.mark.parametrize(("lateness_ms", "earned", "pending", "balance"), LATENESS,
+                         ids=["no lateness", "now exactly at jan-b's payable_at", "a millisecond before"])
+def test_balances_use_event_time_now_minus_the_lateness(ledger: Any, lateness_ms: int, earned: Decimal,
+                                                        pending: Decimal, balance: Decimal) -> None:
+    install_views(ledger, rule_views(RuleBook([]), lateness_ms=lateness_ms))
+    [usd] = [r for r in queries.balances(ledger, "P1") if r["currency"] == "USD"]
+    assert (usd["earned"], usd["pending"], usd["balance"]) == (earned, pending, balance)
+    feb = [r for r in queries.statement_v2(ledger, "P1", "2026-02") if r["currency"] == "USD"]
+    assert [r["earned_orders"] for r in feb] == [["jan-b"] if earned == 2 * EARN else []]
+
+
+def row(currency: str, month: date, opening: Decimal, earned: Decimal, held: Decimal, clawed: Decimal,
+        paid: tuple[Decimal, Decimal], closing: Decimal, points: tuple[int, int, Decimal],
+        orders: tuple[list[str], list[str], list[str]]) -> tuple:
+    """paid: (paid, in payment); points: (earned, cashed, the money of points lines)."""
+    return (currency, month, opening, earned, held, clawed, *paid, closing, *points, *orders)
+
+
+NONE = (D(0), D(0))
 STATEMENT_CASES = [
-    ("2026-01", [row("EUR", date(2026, 1, 1), D(0), EARN, D(0), D(0), D(0), EARN, (POINTS, 0), (["eur"], [], [])),
-                 row("USD", date(2026, 1, 1), D(0), EARN, D(0), D(0), D(0), EARN, (POINTS, 0), (["jan-a"], [], []))]),
-    # February: jan-b matured, feb-held held, batch 1 paid jan-a and refunded
-    ("2026-02", [row("EUR", date(2026, 2, 1), EARN, D(0), D(0), D(0), D(0), EARN, (0, 0), ([], [], [])),
-                 row("USD", date(2026, 2, 1), EARN, EARN, EARN, D(0), 2 * EARN, D(0), (POINTS, 10_000),
-                     (["jan-b"], ["feb-held"], []))]),
-    # March: batch 2 paid jan-b and clawed refunded back; feb-young is still maturing
-    ("2026-03", [row("EUR", date(2026, 3, 1), EARN, D(0), D(0), D(0), D(0), EARN, (0, 0), ([], [], [])),
-                 row("USD", date(2026, 3, 1), D(0), D(0), D(0), EARN, D(0), D(0), (0, 0), ([], [], ["refunded"]))]),
-    ("2026-07", [row("EUR", date(2026, 7, 1), EARN, D(0), D(0), D(0), D(0), EARN, (0, 0), ([], [], [])),
-                 row("USD", date(2026, 7, 1), D(0), D(0), D(0), D(0), D(0), D(0), (0, 0), ([], [], []))]),
+    ("2026-01", [row("EUR", date(2026, 1, 1), D(0), EARN, D(0), D(0), NONE, EARN, (POINTS, 0, D(0)),
+                     (["eur"], [], [])),
+                 row("USD", date(2026, 1, 1), D(0), EARN, D(0), D(0), NONE, EARN, (POINTS, 0, D(0)),
+                     (["jan-a"], [], []))]),
+    # February: jan-b matured, feb-held held, batch 1 paid jan-a, refunded and points
+    ("2026-02", [row("EUR", date(2026, 2, 1), EARN, D(0), D(0), D(0), NONE, EARN, (0, 0, D(0)), ([], [], [])),
+                 row("USD", date(2026, 2, 1), EARN, EARN, EARN, D(0), (2 * EARN, D(0)), D(0),
+                     (POINTS, 10_000, D(100)), (["jan-b"], ["feb-held"], []))]),
+    # March: batch 2 clawed refunded back (paid), batch 3 pays jan-b (in payment); feb-young is
+    # still maturing
+    ("2026-03", [row("EUR", date(2026, 3, 1), EARN, D(0), D(0), D(0), NONE, EARN, (0, 0, D(0)), ([], [], [])),
+                 row("USD", date(2026, 3, 1), D(0), D(0), D(0), EARN, (-EARN, EARN), D(0), (0, 0, D(0)),
+                     ([], [], ["refunded"]))]),
+    ("2026-07", [row("EUR", date(2026, 7, 1), EARN, D(0), D(0), D(0), NONE, EARN, (0, 0, D(0)), ([], [], [])),
+                 row("USD", date(2026, 7, 1), D(0), D(0), D(0), D(0), NONE, D(0), (0, 0, D(0)), ([], [], []))]),
     ("2025-12", []),
 ]
 
@@ -106,11 +142,22 @@ STATEMENT_CASES = [
 def test_statement_v2(ledger: Any, month: str, expected: list[tuple]) -> None:
     rows = queries.statement_v2(ledger, "P1", month)
     got = [(r["currency"], r["month"], r["opening"], r["earned"], r["held"], r["clawed_back"], r["paid"],
-            r["closing"], r["points_earned"], r["points_cashed"], r["earned_orders"], r["held_orders"],
-            r["clawed_back_orders"]) for r in rows]
+            r["in_payment"], r["closing"], r["points_earned"], r["points_cashed"], r["points_paid"],
+            r["earned_orders"], r["held_orders"], r["clawed_back_orders"]) for r in rows]
     assert got == expected
     for r in rows:
-        assert r["closing"] == r["opening"] + r["earned"] - r["paid"]
+        assert r["closing"] == r["opening"] + r["earned"] - r["paid"] - r["in_payment"]
+
+
+def test_the_statement_reconciles_with_the_balance(ledger: Any) -> None:
+    """The latest month's closing is the balance; the months' paid, in payment and points paid
+    add up to the balance's (a month's batches move from in payment to paid when confirmed)."""
+    months = [queries.statement_v2(ledger, "P1", m) for m in ("2026-01", "2026-02", "2026-03")]
+    for b in queries.balances(ledger, "P1"):
+        rows = [r for month in months for r in month if r["currency"] == b["currency"]]
+        assert rows[-1]["closing"] == b["balance"]
+        for figure in ("earned", "paid", "in_payment", "points_paid", "clawed_back"):
+            assert sum((r[figure] for r in rows), D(0)) == b[figure], figure
 
 
 def test_the_old_statement_still_reads_per_status(ledger: Any) -> None:

@@ -335,7 +335,7 @@ def test_queries_on_a_small_dataset(db):
     assert {(r["promoter_id"], r["orders"]) for r in rejected} == {("P2", 0), ("P1", 1), ("P3", 0)}
     assert queries.counts(db) == {
         "clicks": 5, "signups": 1, "orders": 1, "conversions_current": 6, "conversions_open": 1,
-        "attributions_current": 4, "dead_letters": 1, "late_events": 0,
+        "attributions_current": 4, "dead_letters": 1, "late_events": 0, "reviews": 0,
     }
     text = queries.format_summary(summary)
     lines = text.splitlines()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import SimpleNamespace
@@ -25,8 +24,8 @@ from hypothesis import strategies as st
 from schemas.events import Promoter
 from schemas.records import AttributionRec, ClickRec, ClickRef, Conversion, OrderRec, SignupRec
 from schemas.validate import valid_id
-from sinks.clickhouse import ClickHouseWriter, connect
-from sinks.migrations import MIGRATIONS, migrate
+from sinks.clickhouse import ClickHouseWriter
+from sinks.migrations import MIGRATIONS
 from sinks.stats import ALERTS, STATS_STATEMENTS
 from streams.agents.sink import SinkStep
 from streams.config import Settings
@@ -135,36 +134,16 @@ def load(client: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    dsn = f"chdb://{tmp_path_factory.mktemp('chdb-web') / 'data'}"
-    admin = connect(dsn)
-    clients: list[Any] = []
-
-    def database(name: str) -> Any:
-        admin.command(f"DROP DATABASE IF EXISTS {name}")
-        admin.command(f"CREATE DATABASE {name}")
-        client = connect(dsn, database=name)
-        clients.append(client)
-        migrate(client)
-        return client
-
-    yield database
-    for client in clients:
-        client.close()
-    admin.close()
-
-
-@pytest.fixture(scope="module")
-def full(engine: Any) -> Any:
-    client = engine("web_full")
+def full(database: Any) -> Any:
+    client = database("web_full")
     load(client)
     return client
 
 
 @pytest.fixture(scope="module")
-def before_pricing(engine: Any) -> Any:
+def before_pricing(database: Any) -> Any:
     """The schema as it was before conversions had a commission column."""
-    client = engine("web_before")
+    client = database("web_before")
     load(client)
     client.command("ALTER TABLE conversions DROP COLUMN commission")
     client.command("CREATE OR REPLACE VIEW conversions_current AS SELECT * FROM conversions FINAL")
@@ -174,8 +153,8 @@ def before_pricing(engine: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def empty(engine: Any) -> Any:
-    return engine("web_empty")
+def empty(database: Any) -> Any:
+    return database("web_empty")
 
 
 def sink_with(writer: Any = None, open_writer: Any = None) -> SinkStep:
@@ -399,9 +378,9 @@ def test_empty_database(empty: Any) -> None:
     assert call(empty, "alerts")["alerts"] == []
 
 
-def test_stats_migration_backfills_and_is_exact_when_run_again(engine: Any) -> None:
+def test_stats_migration_backfills_and_is_exact_when_run_again(database: Any) -> None:
     """Rows written before the aggregates existed are backfilled; a re-run adds nothing."""
-    client = engine("web_backfill")
+    client = database("web_backfill")
     stats_migration = next(m for m in MIGRATIONS if m.statements == STATS_STATEMENTS)
     for table in ("stats_clicks_1m", "stats_signups_1m", "stats_orders_1m"):
         client.command(f"DROP VIEW {table}_mv")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import SimpleNamespace
@@ -24,8 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.records import Conversion
-from sinks.clickhouse import ClickHouseWriter, connect
-from sinks.migrations import migrate
+from sinks.clickhouse import ClickHouseWriter
 from sinks.tables import TABLES
 from streams.config import Settings
 from streams.web import balances, reviews
@@ -137,24 +135,6 @@ def load(client: Any) -> None:
 def insert(client: Any, table: str, rows: list[tuple[Any, ...]], columns: tuple[str, ...]) -> None:
     types = dict(zip(TABLES[table].insert_columns, TABLES[table].insert_types))
     client.insert(table, rows, column_names=list(columns), column_type_names=[types[c] for c in columns])
-
-
-@pytest.fixture(scope="module")
-def database(engine: tuple[str, Any]) -> Iterator[Any]:
-    dsn, admin = engine
-    clients = []
-
-    def open_database(name: str) -> Any:
-        admin.command(f"DROP DATABASE IF EXISTS {name}")
-        admin.command(f"CREATE DATABASE {name}")
-        client = connect(dsn, database=name)
-        clients.append(client)
-        migrate(client)
-        return client
-
-    yield open_database
-    for client in clients:
-        client.close()
 
 
 @pytest.fixture(scope="module")

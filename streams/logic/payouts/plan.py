@@ -8,12 +8,22 @@ CONTRACT (the types below are fixed; `plan_payout` is to be implemented):
   ended rejected or reversed, else (held, not matured yet) what is already booked for it.
 - Its line in the new batch is target - booked (booked = the sum of its lines in pending or
   paid batches); a negative line is a clawback. So the net paid for an order is never
-  negative nor above its commission, and re-planning after a batch is written adds nothing.
+  negative nor above its commission, and re-planning after a batch is written adds nothing
+  (while it is pending; once it is confirmed, only the lines that waited for its clawbacks).
 - Per promoter and currency, the payout is the sum of the new lines plus the rounding
   remainder of earlier batches (`ledger`: a pending batch's leftover waits for its
   confirmation), rounded down to the currency's minor unit. A payout below the rule book's
-  `minimum_payout`, or negative, is not paid: its lines are left out of the batch and carry
-  over (they are planned again by the next run).
+  minimum (`minimum_for`: `minimum_payouts[currency]`, else `minimum_payout`), negative, or
+  zero (a payout is always > 0, also with a minimum of 0) is not paid: its lines are left out
+  of the batch and carry over (they are planned again by the next run; `Plan.carried_lines`).
+- An order with a line in a still-pending batch (`pending_orders`) does not move at all until
+  that batch is confirmed or failed: a line planned against a pending line would stay booked
+  when that batch fails (a clawback of a payment that never went out: a negative net).
+- An order's positive line for its payee waits while another payee (the promoter or currency
+  it was booked for before) still has a non-zero booked amount for it: the old payee's
+  clawback is planned first, and once it is booked the next run pays the new payee. So an
+  order's net over all its payees stays in [0, commission + bonus] whatever is carried over.
+  (If the old payee's clawback keeps carrying over, as a negative balance, the new payee waits.)
 
 Details of the implementation (`plan_payout`):
 
@@ -33,7 +43,7 @@ Details of the implementation (`plan_payout`):
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from decimal import Decimal
 
 import msgspec
@@ -105,9 +115,16 @@ class Carry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
-    lines: list[Line]
+    lines: list[Line]  # the batch's
     payouts: list[Payout]
     carried: list[Carry]
+    #: the lines of the carried payees: planned, not in the batch (the next run plans them again)
+    carried_lines: list[Line] = []
+
+
+def minimum_for(run: RuleSet, currency: str) -> Decimal:
+    """The minimum payout in `currency` under the run's rule set: `minimum_payouts`, else `minimum_payout`."""
+    return run.minimum_payouts.get(currency, run.minimum_payout)
 
 
 def rules_for(ent: Entitlement, book: RuleBook) -> RuleSet:
@@ -133,17 +150,20 @@ def target(ent: Entitlement, booked: Decimal, cutoff_ms: int, rules: RuleSet) ->
 
 
 def plan_payout(entitlements: Iterable[Entitlement], booked: Iterable[Line], booked_payouts: Iterable[Payout],
-                cutoff_ms: int, book: RuleBook, pending_payouts: Iterable[Payout] = ()) -> Plan:
+                cutoff_ms: int, book: RuleBook, pending_payouts: Iterable[Payout] = (), *,
+                pending_orders: Collection[str] = ()) -> Plan:
     """The next batch at `cutoff_ms` (module docstring): `booked` are the lines of pending and
     paid batches, `booked_payouts` their payouts, `pending_payouts` those of them whose batch is
-    still pending (their leftover remainder is not spent before they are confirmed: `ledger`)."""
+    still pending (their leftover remainder is not spent before they are confirmed: `ledger`),
+    `pending_orders` the order ids with a line in a pending batch (they do not move)."""
     run = book.at(cutoff_ms)
     ledger = fold(booked, booked_payouts, pending_payouts)
     latest: dict[str, Entitlement] = {}
     for ent in entitlements:
         if ent.order_id not in latest or ent.revision > latest[ent.order_id].revision:
             latest[ent.order_id] = ent
-    lines = [ln for ent in latest.values()
+    frozen = frozenset(pending_orders)
+    lines = [ln for ent in latest.values() if ent.order_id not in frozen
              for ln in _order_lines(ent, ledger, cutoff_ms, rules_for(ent, book))]
     if run.points_cashable:
         lines += _points_lines(latest.values(), ledger, cutoff_ms, run)
@@ -153,12 +173,14 @@ def plan_payout(entitlements: Iterable[Entitlement], booked: Iterable[Line], boo
 def _order_lines(ent: Entitlement, ledger: Ledger, cutoff_ms: int, rules: RuleSet) -> list[Line]:
     payee = (ent.promoter_id, ent.currency)
     booked = ledger.orders.get(ent.order_id, {})
+    #: another payee still holds some of it: the payee's positive line waits for that clawback
+    elsewhere = any(b.amount for p, b in booked.items() if p != payee)
     out = []
     for p in sorted(set(booked) | {payee}):
         already = booked[p].amount if p in booked else ZERO
         amount, owed = target(ent, already, cutoff_ms, rules) if p == payee else (ZERO, None)
         delta = exact(amount - already)
-        if not delta:
+        if not delta or (delta > 0 and p == payee and elsewhere):
             continue
         if owed is not None:
             part, parts, payable_at = owed.part, owed.parts, owed.due_at
@@ -193,23 +215,27 @@ def _points_lines(ents: Iterable[Entitlement], ledger: Ledger, cutoff_ms: int, r
 
 
 def _batch(lines: list[Line], ledger: Ledger, run: RuleSet) -> Plan:
-    """Per payee: pay the lines with his remainder, rounded down, if that reaches the minimum."""
+    """Per payee: pay the lines with his remainder, rounded down, if that is above 0 and reaches
+    the minimum; else carry them over."""
     by_payee: dict[Payee, list[Line]] = defaultdict(list)
     for ln in lines:
         by_payee[(ln.promoter_id, ln.currency)].append(ln)
     paid: list[Line] = []
     payouts: list[Payout] = []
     carried: list[Carry] = []
+    carried_lines: list[Line] = []
     for (promoter, currency), mine in sorted(by_payee.items()):
         lines_total = sum((ln.amount for ln in mine), ZERO)
         carried_in = ledger.remainders.get((promoter, currency), ZERO)
         balance = lines_total + carried_in
         amount = round_down(balance, currency)
-        if balance < 0 or amount < run.minimum_payout:
+        mine.sort(key=lambda ln: (ln.kind, ln.order_id))
+        if amount <= 0 or amount < minimum_for(run, currency):
             carried.append(Carry(promoter_id=promoter, currency=currency, balance=balance, lines=len(mine)))
+            carried_lines += mine
             continue
-        paid += sorted(mine, key=lambda ln: (ln.kind, ln.order_id))
+        paid += mine
         payouts.append(Payout(promoter_id=promoter, currency=currency, lines_total=lines_total,
                               carried_in=carried_in, amount=amount, carried_out=balance - amount,
                               points_cashed=sum(ln.points for ln in mine if ln.kind == POINTS), lines=len(mine)))
-    return Plan(lines=paid, payouts=payouts, carried=carried)
+    return Plan(lines=paid, payouts=payouts, carried=carried, carried_lines=carried_lines)

@@ -6,7 +6,9 @@ only on the decision and the status the rules gave the conversion (`auto_status`
 `PRECEDENCE`. Of the decisions that apply, the latest by (ts, event_id) wins. Whether a
 promoter-wide decision applies depends on the conversion's state at the decision (ordered
 before it and not payable yet: held, or approved with `payable_at` after it), so decisions are
-folded in order: `fold` in Python, `fold_sql` for ClickHouse. `conversions_current` applies
+folded in order: `fold` in Python, `fold_sql` for ClickHouse. A decision stored more than once
+(redelivered, or retried later by the web API) counts once, as its earliest copy: `unique`, and
+the view `reviews_first` (`FIRST_COPIES_SQL`) in ClickHouse. `conversions_current` applies
 them (`streams.logic.rules.views`); tests/logic/rules/test_reviews.py runs both on the same cases.
 
 Money: a conversion a decision made rejected earns nothing (commission, bonus and points 0);
@@ -125,9 +127,23 @@ def earns_nothing(status: str, auto_status: str) -> bool:
     return status == REJECTED and auto_status != REJECTED
 
 
+def _copy_order(r: Review) -> tuple[int, str, str, str, str, str]:
+    """The order of the copies of one event_id: the earliest first (copies with the same ts
+    are the same decision; the other fields only make the choice deterministic)."""
+    return millis(r.ts), r.order_id or "", r.promoter_id or "", r.decision, r.reason, r.actor
+
+
 def unique(reviews: Iterable[Review]) -> list[Review]:
-    """One decision per event_id (a redelivered decision is the same decision)."""
-    return list({r.event_id: r for r in reviews}.values())
+    """One decision per event_id: its earliest copy (by ts). A redelivered or retried decision
+    is the same decision, taken when it was first produced: a retry produced later (a later
+    server ts, maybe another reason) neither moves it past a later decision nor edits its
+    reason in the audit. `FIRST_COPIES_SQL` is the same in ClickHouse."""
+    first: dict[str, Review] = {}
+    for r in reviews:
+        seen = first.get(r.event_id)
+        if seen is None or _copy_order(r) < _copy_order(seen):
+            first[r.event_id] = r
+    return list(first.values())
 
 
 def fold(c: Conversion, reviews: Iterable[Review], hold_ms: int) -> tuple[str, int, list[Step]]:
@@ -178,10 +194,20 @@ STEP_TYPE = ("Tuple(ts Int64, event_id String, wide UInt8, decision String, acto
 FOLD_TYPE = f"Tuple(status String, payable_at Int64, steps Array({STEP_TYPE}))"
 
 
+#: the view the fold and the audit read decisions from: one row per event_id, its earliest copy
+#: (`unique`). It reads every stored copy, never `FINAL` (which would keep the last one).
+FIRST_COPIES = "reviews_first"
+_COPY = "min((ts, order_id, promoter_id, toString(decision), reason, actor))"
+FIRST_COPIES_SQL = f"""SELECT event_id, tupleElement(copy, 1) AS ts, tupleElement(copy, 2) AS order_id,
+        tupleElement(copy, 3) AS promoter_id, toLowCardinality(tupleElement(copy, 4)) AS decision,
+        tupleElement(copy, 5) AS reason, tupleElement(copy, 6) AS actor
+    FROM (SELECT event_id, {_COPY} AS copy FROM reviews GROUP BY event_id)"""
+
+
 def _decisions_sql(key: str, alias: str, wide: int, where: str) -> str:
     as_tuple = (f"CAST((toUnixTimestamp64Milli(ts), event_id, {wide}, toString(decision), actor, reason), "
                 f"'{DECISION_TYPE}')")
-    return (f"SELECT {key} AS {alias}, groupArray({as_tuple}) AS decisions FROM reviews FINAL WHERE {where} "
+    return (f"SELECT {key} AS {alias}, groupArray({as_tuple}) AS decisions FROM {FIRST_COPIES} WHERE {where} "
             f"GROUP BY {key}")
 
 

@@ -80,6 +80,8 @@ class RuleSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     # Per payout run, the version in force at the run's cut-off:
     #: a promoter's payout below this (per currency) carries over to the next run
     minimum_payout: Decimal = Decimal(100)
+    #: per currency, overriding `minimum_payout` (100 JPY and 100 KWD are not the same sum)
+    minimum_payouts: dict[str, Decimal] = {}
     #: payouts also cash the promoter's matured points at `points_per_unit` per currency unit
     points_cashable: bool = False
 

@@ -8,15 +8,16 @@
    a promoter who turned enterprise (`enterprise`), composed with the status precedence of
    `checks.status_of` (reject > reverse > hold) and `commission.payable` (a reversed
    conversion pays nothing);
-2. the review decisions (`reviews`), folded per conversion with the holding period of its rule
-   version (view `conversions_reviewed`: the rules' outcome and the fold's state);
+2. the review decisions (view `reviews_first`: each decision's earliest copy), folded per
+   conversion with the holding period of its rule version (view `conversions_reviewed`: the
+   rules' outcome and the fold's state);
 3. what the fold means (`conversions_current`): status, reasons, money and revision after
    reviews, then `payable_at`, `review`, `review_actor`, `review_reason`, `review_ts`,
    `reviews` and `auto_status` (the status before reviews).
 
 Over it: `review_audit` (one row per decision and conversion it applies to),
 `promoter_balances` and `promoter_statement` (per promoter and currency, and per month, with
-event time "now" = the newest stored order).
+event time "now" = the newest stored order minus the allowed lateness, as payout runs take it).
 
 `sinks.tables` creates the contract views as placeholders with the same columns (sinks import
 nothing from `streams`); `streams.agents.sink` replaces them with `rule_views(rule book)` every
@@ -126,7 +127,7 @@ _UNAPPLIED_SQL = f"""SELECT event_id, ts, actor, reason, decision,
         toDecimal64(0, 4) AS commission_after, {_ms_time('0')} AS payable_before, {_ms_time('0')} AS payable_after,
         multiIf(order_id != '', '{reviews.NO_CONVERSION}', promoter_id != '', '{reviews.NO_OPEN_CONVERSION}',
                 '{reviews.NO_TARGET}') AS note
-    FROM reviews FINAL
+    FROM {reviews.FIRST_COPIES}
     WHERE event_id NOT IN (SELECT s.event_id FROM conversions_reviewed ARRAY JOIN reviewed.steps AS s)"""
 
 #: one row per (decision, conversion it applies to), before = the outcome of the decisions
@@ -140,68 +141,97 @@ REVIEW_AUDIT_SQL = f"{_APPLIED_SQL}\nUNION ALL\n{_UNAPPLIED_SQL}"
 EARNED, PENDING, HELD_MONEY = "earned", "pending", "held"
 #: payout line kinds (streams.logic.payouts.plan) that pay conversions, and the points line
 PAYING_LINES, POINTS_LINE = ("commission", "clawback"), "points"
-#: batches whose lines count as booked: a failed batch released its lines
-BOOKED = ("pending", "paid")
+#: batch statuses whose lines count as booked (a failed batch released its lines): paid =
+#: confirmed, in payment = pending
+PAID_BATCH, PENDING_BATCH = "paid", "pending"
+BOOKED = (PENDING_BATCH, PAID_BATCH)
 
 _IN = "({})".format
 _PAYING = _IN(", ".join(f"'{k}'" for k in PAYING_LINES))
 
-# What moves a promoter's money, one row each: a conversion earned (approved, matured by event
-# time "now"), pending (approved, maturing) or held, by payable month (earned) or order month;
-# a line of a booked batch, by the batch's creation month.
-_MOVEMENTS_SQL = f"""SELECT promoter_id, toString(currency) AS currency, order_id,
-        multiIf(status = '{APPROVED}' AND payable_at <= (SELECT max(ts) FROM orders), '{EARNED}',
+
+def event_now_sql(lateness_ms: int) -> str:
+    """Event time "now" in epoch ms, as payout runs take it (`streams.jobs.payouts.cutoff_of`):
+    the newest stored order minus the allowed lateness."""
+    return f"((SELECT toUnixTimestamp64Milli(max(ts)) FROM orders) - {int(lateness_ms)})"
+
+
+def movements_sql(lateness_ms: int) -> str:
+    """What moves a promoter's money, one row each: a conversion earned (approved, matured by
+    event time "now"), pending (approved, maturing) or held, by payable month (earned) or order
+    month; a line of a booked batch (`batch`: its status), by the batch's creation month."""
+    matured = f"toUnixTimestamp64Milli(payable_at) <= {event_now_sql(lateness_ms)}"
+    return f"""SELECT promoter_id, toString(currency) AS currency, order_id,
+        multiIf(status = '{APPROVED}' AND {matured}, '{EARNED}',
                 status = '{APPROVED}', '{PENDING}', status = '{HELD}', '{HELD_MONEY}', '') AS kind,
-        commission + bonus AS money, points,
+        '' AS batch, commission + bonus AS money, points,
         if(status = '{APPROVED}', toStartOfMonth(payable_at), toStartOfMonth(order_ts)) AS month
     FROM conversions_current WHERE promoter_id != '' AND status IN ('{APPROVED}', '{HELD}')
     UNION ALL
     SELECT l.promoter_id AS promoter_id, toString(l.currency) AS currency, l.order_id AS order_id,
-        toString(l.kind) AS kind, l.amount AS money, l.points AS points, toStartOfMonth(b.created_at) AS month
+        toString(l.kind) AS kind, toString(l.batch_status) AS batch, l.amount AS money, l.points AS points,
+        toStartOfMonth(b.created_at) AS month
     FROM payout_lines_current AS l INNER JOIN payout_batches_current AS b ON l.batch_id = b.batch_id
     WHERE l.batch_status IN {_IN(", ".join(f"'{s}'" for s in BOOKED))}"""
 
-_PAID = f"sumIf(money, kind IN {_PAYING})"
 
-PROMOTER_BALANCES_SQL = f"""SELECT promoter_id, currency,
+# the money of commission and clawback lines: of paid (confirmed) batches, of pending ones;
+# clawed back: the negative ones of either; points lines apart (money and points)
+_PAID = f"sumIf(money, kind IN {_PAYING} AND batch = '{PAID_BATCH}')"
+_IN_PAYMENT = f"sumIf(money, kind IN {_PAYING} AND batch = '{PENDING_BATCH}')"
+_CLAWED_BACK = f"-sumIf(money, kind IN {_PAYING} AND money < 0)"
+_POINTS = (f"sumIf(points, kind = '{EARNED}') AS points_earned, "
+           f"sumIf(points, kind = '{POINTS_LINE}') AS points_cashed, "
+           f"sumIf(money, kind = '{POINTS_LINE}') AS points_paid")
+
+
+def promoter_balances_sql(lateness_ms: int) -> str:
+    """Per promoter and currency: earned, pending, held, clawed_back, paid, in_payment, balance
+    (= earned - paid - in_payment: owed and neither sent nor being sent; commission lines
+    only), points_earned, points_cashed and points_paid (the money of points lines)."""
+    return f"""SELECT promoter_id, currency,
         sumIf(money, kind = '{EARNED}') AS earned, sumIf(money, kind = '{PENDING}') AS pending,
-        sumIf(money, kind = '{HELD_MONEY}') AS held, -sumIf(money, kind IN {_PAYING} AND money < 0) AS clawed_back,
-        {_PAID} AS paid, earned - paid AS balance,
-        sumIf(points, kind = '{EARNED}') AS points_earned, sumIf(points, kind = '{POINTS_LINE}') AS points_cashed
-    FROM ({_MOVEMENTS_SQL})
+        sumIf(money, kind = '{HELD_MONEY}') AS held, {_CLAWED_BACK} AS clawed_back,
+        {_PAID} AS paid, {_IN_PAYMENT} AS in_payment, earned - paid - in_payment AS balance, {_POINTS}
+    FROM ({movements_sql(lateness_ms)})
     GROUP BY promoter_id, currency"""
 
-_MONTHS_SQL = f"""SELECT promoter_id, currency, month,
+
+def _months_sql(lateness_ms: int) -> str:
+    return f"""SELECT promoter_id, currency, month,
         sumIf(money, kind = '{EARNED}') AS earned, sumIf(money, kind = '{HELD_MONEY}') AS held,
-        -sumIf(money, kind IN {_PAYING} AND money < 0) AS clawed_back, {_PAID} AS paid,
-        sumIf(points, kind = '{EARNED}') AS points_earned, sumIf(points, kind = '{POINTS_LINE}') AS points_cashed,
+        {_CLAWED_BACK} AS clawed_back, {_PAID} AS paid, {_IN_PAYMENT} AS in_payment, {_POINTS},
         arraySort(groupArrayIf(order_id, kind = '{EARNED}')) AS earned_orders,
         arraySort(groupArrayIf(order_id, kind = '{HELD_MONEY}')) AS held_orders,
         arraySort(groupArrayIf(order_id, kind IN {_PAYING} AND money < 0)) AS clawed_back_orders
-    FROM ({_MOVEMENTS_SQL})
+    FROM ({movements_sql(lateness_ms)})
     WHERE kind != '{PENDING}' AND kind != ''
     GROUP BY promoter_id, currency, month"""
 
-#: per promoter, currency and month with a movement: closing = every earlier month's earned -
-#: paid and this one's; opening = closing - earned + paid
-PROMOTER_STATEMENT_SQL = f"""SELECT promoter_id, currency, month,
-        closing - earned + paid AS opening, earned, held, clawed_back, paid,
-        sum(earned - paid) OVER (PARTITION BY promoter_id, currency ORDER BY month
-                                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS closing,
-        points_earned, points_cashed, earned_orders, held_orders, clawed_back_orders
-    FROM ({_MONTHS_SQL})"""
+
+def promoter_statement_sql(lateness_ms: int) -> str:
+    """Per promoter, currency and month with a movement: closing = every earlier month's earned -
+    paid - in_payment and this one's; opening = closing - earned + paid + in_payment."""
+    return f"""SELECT promoter_id, currency, month,
+        closing - earned + paid + in_payment AS opening, earned, held, clawed_back, paid, in_payment,
+        sum(earned - paid - in_payment) OVER (PARTITION BY promoter_id, currency ORDER BY month
+                                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS closing,
+        points_earned, points_cashed, points_paid, earned_orders, held_orders, clawed_back_orders
+    FROM ({_months_sql(lateness_ms)})"""
 
 
-def rule_views(rules: RuleBook | RuleSet) -> dict[str, str]:
+def rule_views(rules: RuleBook | RuleSet, *, lateness_ms: int = 0) -> dict[str, str]:
     """view name -> SELECT, in creation order, for the rule book (a single rule set is a book of
     one). Click-spamming thresholds are the newest rule set's (a view has no event time to pick
-    a version by); holding periods are each conversion's rule version's."""
+    a version by); holding periods are each conversion's rule version's. `lateness_ms`: the
+    allowed lateness, for the balances' event time "now" (as payout runs take it)."""
     book = rules if isinstance(rules, RuleBook) else RuleBook([rules])
     return {
+        reviews.FIRST_COPIES: reviews.FIRST_COPIES_SQL,
         "spam_codes": spamming.spam_codes_sql(book.rule_sets[-1]),
         "conversions_reviewed": reviewed_sql(book),
         "conversions_current": CONVERSIONS_CURRENT_SQL,
         "review_audit": REVIEW_AUDIT_SQL,
-        "promoter_balances": PROMOTER_BALANCES_SQL,
-        "promoter_statement": PROMOTER_STATEMENT_SQL,
+        "promoter_balances": promoter_balances_sql(lateness_ms),
+        "promoter_statement": promoter_statement_sql(lateness_ms),
     }

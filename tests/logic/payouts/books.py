@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from streams.logic.payouts.plan import Entitlement, Line, Payout, Plan, plan_payout
+from streams.logic.payouts.plan import CLAWBACK, COMMISSION, Entitlement, Line, Payout, Plan, plan_payout
 from streams.logic.rules.ruleset import RuleBook
 
 DAY = 86_400_000
@@ -39,8 +39,14 @@ class Books:
     def pending(self) -> list[Payout]:
         return [p for status, _, payouts in self.batches if status == "pending" for p in payouts]
 
+    @property
+    def pending_orders(self) -> set[str]:
+        """The orders with a line in a pending batch (what the job reads with the lines' batch status)."""
+        return {ln.order_id for status, lines, _ in self.batches if status == "pending" for ln in lines if ln.order_id}
+
     def plan(self, ents: list[Entitlement], cutoff_ms: int) -> Plan:
-        return plan_payout(ents, self.lines, self.payouts, cutoff_ms, self.book, self.pending)
+        return plan_payout(ents, self.lines, self.payouts, cutoff_ms, self.book, self.pending,
+                           pending_orders=self.pending_orders)
 
     def run(self, ents: list[Entitlement], cutoff_ms: int, outcome: str = "paid") -> Plan:
         """Plan at `cutoff_ms` and book the plan as a batch in `outcome` (an empty plan books nothing)."""
@@ -59,6 +65,19 @@ class Books:
         status, lines, payouts = self.batches[index]
         assert status == "pending"
         self.batches[index] = ("paid", lines, payouts)
+
+
+def waited(again: Plan, plan: Plan) -> list[Line]:
+    """The lines of `again` (planned right after `plan`'s batch was confirmed) that waited for it: an
+    order's positive line for its new payee, once `plan` booked the old payee's clawback. Asserts
+    they are all `again` plans, with the lines their payees had carried over (`plan.carried_lines`)."""
+    clawed = {(ln.order_id, (ln.promoter_id, ln.currency)) for ln in plan.lines if ln.kind == CLAWBACK}
+    out = [ln for ln in again.lines if ln.kind == COMMISSION
+           and any(o == ln.order_id and payee != (ln.promoter_id, ln.currency) for o, payee in clawed)]
+    payees = {(ln.promoter_id, ln.currency) for ln in out}
+    for ln in again.lines:
+        assert (ln.promoter_id, ln.currency) in payees and (ln in out or ln in plan.carried_lines), ln
+    return out
 
 
 def places(d: Decimal) -> int:

@@ -8,7 +8,7 @@ import pytest
 
 from streams.logic.payouts.plan import POINTS, Entitlement, Plan
 from streams.logic.rules.ruleset import RuleBook, RuleSet
-from tests.logic.payouts.books import DAY, T0, Books, ent
+from tests.logic.payouts.books import DAY, T0, Books, ent, waited
 
 D = Decimal
 DEFAULT = RuleBook([RuleSet(version="v1", effective_from=T0)])
@@ -18,6 +18,9 @@ POINTS_BOOK = RuleBook([RuleSet(version="v1", effective_from=T0, points_cashable
 VERSIONS = RuleBook([RuleSet(version="v1", effective_from=T0),
                      RuleSet(version="v2", effective_from=T0 + 35 * DAY, minimum_payout=D(10),
                              instalment_above=D(100), instalment_months=2)])
+MINIMUMS = RuleBook([RuleSet(version="v1", effective_from=T0, minimum_payouts={"JPY": D(10_000), "KWD": D(30)}),
+                     RuleSet(version="v2", effective_from=T0 + 35 * DAY, minimum_payout=D(50),
+                             minimum_payouts={"JPY": D(5_000)})])
 
 
 @dataclass
@@ -138,7 +141,16 @@ CASES = [
         Run(50, [ent("o1", "reversed", "0", payable_day=None, revision=2),
                  ent("o2", commission="20", currency="EUR", points=2_020),
                  ent("o3", commission="0.5", points=50, payable_day=40), ent("o4", points=99, payable_day=50)],
-            ["p1 USD clawback o1 -150", "p1 USD commission o4 150"], ["p1 USD 0 in=0 out=0"]),
+            carried=["p1 USD 0"]),  # nets to 0: no payout of 0 (it carries, like any balance below a minor unit)
+    ], book=POINTS_BOOK),
+    Case("points cashed in a pending batch are booked; a failed batch releases them", [
+        Run(30, [ent("o1", points=250)], ["p1 USD commission o1 150", "p1 USD points - 2 200pt"],
+            ["p1 USD 152 in=0 out=0 pts=200"], outcome="pending"),
+        Run(31, [ent("o1", points=250), ent("o2", commission="10", points=60, payable_day=31)],
+            ["p1 USD commission o2 10", "p1 USD points - 1 100pt"], ["p1 USD 11 in=0 out=0 pts=100"]),
+        Run(32, [ent("o1", points=250), ent("o2", commission="10", points=60, payable_day=31)],
+            ["p1 USD commission o1 150", "p1 USD points - 2 200pt"], ["p1 USD 152 in=0 out=0 pts=200"], fail=0),
+        Run(33, [ent("o1", points=250), ent("o2", commission="10", points=60, payable_day=31)]),
     ], book=POINTS_BOOK),
     Case("points of unmatured or held conversions are not cashed", [
         Run(30, [ent("o1", points=150, payable_day=31), ent("o2", "held", points=500, payable_day=None)]),
@@ -152,11 +164,43 @@ CASES = [
             ["p1 USD commission o2 75 2/2", "p1 USD commission o3 75 2/2", "p1 USD commission o4 20"],
             ["p1 USD 170 in=0 out=0"]),
     ], book=VERSIONS),
-    Case("an order moved to another promoter is clawed back from the first and paid to the second", [
+    Case("an order moved to another promoter is clawed back from the first, then paid to the second", [
         PAID_O1,
         Run(40, [ent("o1", promoter="p2", revision=2), ent("o2", commission="300", payable_day=40)],
-            ["p1 USD clawback o1 -150", "p1 USD commission o2 300", "p2 USD commission o1 150"],
-            ["p1 USD 150 in=0 out=0", "p2 USD 150 in=0 out=0"]),
+            ["p1 USD clawback o1 -150", "p1 USD commission o2 300"], ["p1 USD 150 in=0 out=0"]),
+        Run(41, [ent("o1", promoter="p2", revision=2), ent("o2", commission="300", payable_day=40)],
+            ["p2 USD commission o1 150"], ["p2 USD 150 in=0 out=0"]),
+    ]),
+    # M2: the old payee's clawback carried over (negative balance) while the new one was paid
+    Case("a moved order waits for the old promoter's clawback to be booked: never paid twice", [
+        PAID_O1,
+        Run(40, [ent("o1", promoter="p2", revision=2)], carried=["p1 USD -150"]),
+        Run(41, [ent("o1", promoter="p2", revision=2)], carried=["p1 USD -150"]),
+        Run(50, [ent("o1", promoter="p2", revision=2), ent("o2", commission="400", payable_day=50)],
+            ["p1 USD clawback o1 -150", "p1 USD commission o2 400"], ["p1 USD 250 in=0 out=0"]),
+        Run(51, [ent("o1", promoter="p2", revision=2), ent("o2", commission="400", payable_day=50)],
+            ["p2 USD commission o1 150"], ["p2 USD 150 in=0 out=0"]),
+    ]),
+    Case("a moved order whose clawback is in a pending batch waits for its confirmation", [
+        PAID_O1,
+        Run(40, [ent("o1", promoter="p2", revision=2), ent("o2", commission="400", payable_day=40)],
+            ["p1 USD clawback o1 -150", "p1 USD commission o2 400"], ["p1 USD 250 in=0 out=0"], outcome="pending"),
+        Run(41, [ent("o1", promoter="p2", revision=2), ent("o2", commission="400", payable_day=40)]),
+        Run(42, [ent("o1", promoter="p2", revision=2), ent("o2", commission="400", payable_day=40)],
+            ["p2 USD commission o1 150"], ["p2 USD 150 in=0 out=0"], confirm=1),
+    ]),
+    Case("an order moved to another currency waits for the clawback in the old one", [
+        PAID_O1,
+        Run(40, [ent("o1", currency="EUR", revision=2)], carried=["p1 USD -150"]),
+        Run(50, [ent("o1", currency="EUR", revision=2), ent("o2", commission="300", payable_day=50)],
+            ["p1 USD clawback o1 -150", "p1 USD commission o2 300"], ["p1 USD 150 in=0 out=0"]),
+        Run(51, [ent("o1", currency="EUR", revision=2), ent("o2", commission="300", payable_day=50)],
+            ["p1 EUR commission o1 150"], ["p1 EUR 150 in=0 out=0"]),
+    ]),
+    Case("an order moved back before its clawback was booked: nothing moves", [
+        PAID_O1,
+        Run(40, [ent("o1", promoter="p2", revision=2)], carried=["p1 USD -150"]),
+        Run(41, [ent("o1", revision=3)]),
     ]),
     Case("a hold after payment keeps what was paid; a lower commission gives the difference back", [
         PAID_O1,
@@ -173,6 +217,24 @@ CASES = [
         Run(68, [ent("o1", commission="3000", version="inst", payable_day=40, revision=2)],  # 02-10 + a month
             ["p1 USD commission o1 1000 2/3"], ["p1 USD 1000 in=0 out=0"]),
     ], book=INSTALMENTS),
+    # M8: with minimum_payout 0 a balance of 0.004 was paid as a payout of 0.00
+    Case("with no minimum, a balance below one minor unit is carried, never a payout of 0", [
+        Run(30, [ent("o1", commission="0.004")], carried=["p1 USD 0.004"]),
+        Run(31, [ent("o1", commission="0.004"), ent("o2", commission="0.5", currency="JPY", payable_day=31)],
+            carried=["p1 JPY 0.5", "p1 USD 0.004"]),
+        Run(40, [ent("o1", commission="0.004"), ent("o2", commission="0.5", currency="JPY", payable_day=31),
+                 ent("o3", commission="0.006", payable_day=40)],
+            ["p1 USD commission o1 0.004", "p1 USD commission o3 0.006"], ["p1 USD 0.01 in=0 out=0"], ["p1 JPY 0.5"]),
+    ], book=POINTS_BOOK),
+    Case("the minimum per currency overrides minimum_payout; the cut-off's rule set sets both", [
+        Run(30, [ent("o1", commission="150"), ent("o2", commission="5000", currency="JPY"),
+                 ent("o3", commission="50", currency="KWD"), ent("o4", commission="50", currency="EUR")],
+            ["p1 KWD commission o3 50", "p1 USD commission o1 150"], ["p1 KWD 50 in=0 out=0", "p1 USD 150 in=0 out=0"],
+            ["p1 EUR 50", "p1 JPY 5000"]),
+        Run(40, [ent("o1", commission="150"), ent("o2", commission="5000", currency="JPY"),
+                 ent("o3", commission="50", currency="KWD"), ent("o4", commission="50", currency="EUR")],
+            ["p1 EUR commission o4 50", "p1 JPY commission o2 5000"], ["p1 EUR 50 in=0 out=0", "p1 JPY 5000 in=0 out=0"]),
+    ], book=MINIMUMS),
     Case("a balance below zero by a fraction is not paid, even with no minimum", [
         Run(30, [ent("o1", commission="10.004")], ["p1 USD commission o1 10.004"], ["p1 USD 10 in=0 out=0.004"]),
         Run(40, [ent("o1", "held", "9.999", payable_day=None, revision=2)], carried=["p1 USD -0.001"]),
@@ -188,6 +250,29 @@ CASES = [
         Run(32, [ent("o1")], ["p1 USD commission o1 150"], ["p1 USD 150 in=0 out=0"], fail=0),
         Run(33, [ent("o1")]),
     ]),
+    # M1: B1 (pending) booked o1 +150, o1 was refunded, B2 clawed back -150 against B1's line, B1
+    # failed: o1's net was -150, and the next run paid it +150 again
+    Case("an order in a pending batch does not move until the batch fails: never a negative net", [
+        Run(30, [ent("o1")], ["p1 USD commission o1 150"], ["p1 USD 150 in=0 out=0"], outcome="pending"),
+        Run(40, [ent("o1", "reversed", "0", payable_day=None, revision=2), ent("o2", commission="300", payable_day=40)],
+            ["p1 USD commission o2 300"], ["p1 USD 300 in=0 out=0"]),
+        Run(41, [ent("o1", "reversed", "0", payable_day=None, revision=2), ent("o2", commission="300", payable_day=40)],
+            fail=0),
+    ]),
+    Case("an order in a pending batch does not move until the batch is confirmed: then clawed back", [
+        Run(30, [ent("o1")], ["p1 USD commission o1 150"], ["p1 USD 150 in=0 out=0"], outcome="pending"),
+        Run(40, [ent("o1", "reversed", "0", payable_day=None, revision=2), ent("o2", commission="300", payable_day=40)],
+            ["p1 USD commission o2 300"], ["p1 USD 300 in=0 out=0"]),
+        Run(41, [ent("o1", "reversed", "0", payable_day=None, revision=2), ent("o2", commission="300", payable_day=40)],
+            carried=["p1 USD -150"], confirm=0),
+    ]),
+    Case("an instalment in a pending batch: the next part waits for it", [
+        Run(30, [ent("o1", commission="3000", version="inst")], ["p1 USD commission o1 1000 1/3"],
+            ["p1 USD 1000 in=0 out=0"], outcome="pending"),
+        Run(58, [ent("o1", commission="3000", version="inst")]),
+        Run(59, [ent("o1", commission="3000", version="inst")], ["p1 USD commission o1 2000 2/3"],
+            ["p1 USD 2000 in=0 out=0"], fail=0),
+    ], book=INSTALMENTS),
     Case("a pending batch's leftover is not spent before it is confirmed (it may fail)", [
         Run(30, [ent("o1", commission="100.0049")], ["p1 USD commission o1 100.0049"],
             ["p1 USD 100 in=0 out=0.0049"], outcome="pending"),
@@ -222,7 +307,11 @@ def test_lifecycle(case: Case) -> None:
             books.confirm(run.confirm)
         cutoff = int(T0 + run.day * DAY)
         assert books.plan(list(reversed(run.ents)), cutoff) == books.plan(run.ents, cutoff), "order of the inputs"
-        plan = books.run(run.ents, cutoff, run.outcome)
+        # as the job does: the batch is written pending, then finance confirms it (or not)
+        plan = books.run(run.ents, cutoff, "pending")
         assert show(plan) == (run.lines, run.payouts, run.carried), f"run {i} (day {run.day})"
         again = books.plan(run.ents, cutoff)
-        assert (again.lines, again.payouts) == ([], []), f"run {i} re-planned after booking"
+        assert (again.lines, again.payouts) == ([], []), f"run {i} re-planned while its batch is pending"
+        if plan.lines and run.outcome == "paid":
+            books.confirm(len(books.batches) - 1)
+            waited(books.plan(run.ents, cutoff), plan)  # only what waited for this batch's clawbacks

@@ -44,6 +44,8 @@ DOC_DEFAULTS = {  # docs/rules.md, in brackets
     "cap_per_order": D(100_000), "tiers": (Tier(D(10_000), D("0.01")), Tier(D(50_000), D("0.02"))),
     "new_customer_bonus": D(50), "points_per_unit": 100,
     "level_points": (100_000, 500_000, 2_000_000, 10_000_000),
+    "holding_days": 30, "holding_ms": 30 * 86_400_000, "instalment_above": D(0), "instalment_months": 3,
+    "minimum_payout": D(100), "points_cashable": False,
 }
 
 
@@ -109,3 +111,6 @@ def test_the_example_in_docs_rules_md_parses() -> None:
     book = parse_rules(tomllib.loads(re.search(r"```toml\n(.*?)```", doc, re.S).group(1)))
     assert [r.version for r in book.rule_sets] == ["2026-01", "2026-07"]
     assert book.at(1_782_864_000_000).cap_per_order == Decimal(80000)
+    later = book.at(1_782_864_000_000)
+    assert (later.holding_days, later.minimum_payout, later.instalment_above, later.points_cashable) == (
+        30, Decimal(100), Decimal(5000), True)
