@@ -154,12 +154,12 @@ REVIEWS = Table(
     _cols(
         ("event_id", STR), ("ts", TS), ("order_id", STR), ("promoter_id", STR), ("decision", ENUM),
         ("reason", STR), ("actor", STR),
-        # the earliest copy of an event_id wins, also when parts merge: a retried decision
-        # (same event_id, later ts) never re-times or rewords the first
-        ("earliest", "UInt64", "18446744073709551615 - toUInt64(toUnixTimestamp64Milli(ts))"),
     ),
-    engine="ReplacingMergeTree(earliest)",
-    order_by="event_id",
+    # Merges collapse identical copies only (the whole row is the key); of different copies of
+    # one event_id (a retried decision with a later ts) the view `reviews_first` reads the
+    # earliest, so a retry never re-times or rewords the first, before or after merges.
+    engine="ReplacingMergeTree",
+    order_by="(event_id, ts, order_id, promoter_id, decision, reason, actor)",
     comment="one of order_id / promoter_id is set; promoter_id: all his open conversions",
 )
 

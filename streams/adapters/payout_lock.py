@@ -125,6 +125,16 @@ class Proc:
     start: int | None = None  # None: unknown (unreadable)
 
 
+def this_host() -> str:
+    """The host name with this boot's id: two machines (or VMs cloned from one image) may share
+    a host name and even a pid namespace inode, never a boot id."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f"{socket.gethostname()}/{f.read().strip()[:8]}"
+    except OSError:
+        return socket.gethostname()
+
+
 def pid_namespace() -> str:
     """This process's pid namespace ("pid:[inode]"), '' where there is no /proc."""
     try:
@@ -187,7 +197,7 @@ class PayoutLock:
         self.key = key
         self.ttl_ms = int(ttl_s * 1000)
         self.renew_s = renew_s
-        self.host = socket.gethostname()
+        self.host = this_host()
         self.pidns = pid_namespace()
         pid = os.getpid()
         self.value = json.dumps({"token": secrets.token_hex(16), "host": self.host, "pidns": self.pidns,
@@ -263,7 +273,7 @@ class PayoutLock:
                     log.error("payout lock lost", extra={"key": self.key})
                     return
             except RedisError as exc:  # retried at the next tick; the TTL covers a few misses
-                log.warning("payout lock renewal failed", extra={"key": self.key, "error": repr(exc)})
+                log.warning("payout lock renewal failed", extra={"key": self.key, "error": self._scrub(exc)})
 
     def check(self) -> None:
         """Raise LockLost unless we still hold the lock (call before committing)."""
@@ -288,7 +298,7 @@ class PayoutLock:
         try:
             self.redis.eval(_RELEASE, 1, self.key, self.value)
         except RedisError as exc:  # it expires by itself
-            log.warning("payout lock release failed", extra={"key": self.key, "error": repr(exc)})
+            log.warning("payout lock release failed", extra={"key": self.key, "error": self._scrub(exc)})
 
     @contextmanager
     def hold(self, wait_s: float, on_wait: Callable[[Holder], None] | None = None) -> Iterator[PayoutLock]:

@@ -232,6 +232,9 @@ def _take_back(client: Any, batch_id: str, attempt: str, others: list[str]) -> s
         return f"batch {batch_id} has no batch row: nothing of this run is booked"
     if current["attempt"] != attempt:
         return f"batch {batch_id} names the other run's attempt {current['attempt']}: nothing of this run is booked"
+    if current["status"] == PAID:  # confirmed in the instant since our commit: finance paid it, keep it
+        return (f"batch {batch_id} was confirmed meanwhile and is left paid: check {', '.join(others)} "
+                f"against it before paying that")
     theirs = [r for r in rows if r["attempt"] != attempt]
     if theirs:  # another run committed our batch id too: its row is the batch again (it may have paid it)
         restored = max(theirs, key=lambda r: int(r["version"]))

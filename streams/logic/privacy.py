@@ -87,10 +87,11 @@ def scrub(text: str, salt: bytes) -> str:
 
 #: kept as they are: a hash `scrub` wrote, an ISO date (2026-03-12) or a dotted date (12.03.2026);
 #: a phone number: an optional "+" and "(", then digits with up to three separators (spaces,
-#: dashes, dots, parentheses) between them, not glued to a word before it (checked after it)
+#: dashes, dots, parentheses) between them, not glued to a word, "-", "/" or "#" before it
+#: (ORD-20261130-0042 is an id) nor to a word after it (checked after it)
 _PHONE = re.compile(
     r"(?P<keep><pii:[0-9a-f]{24}>|(?<!\d)(?:\d{4}-\d\d-\d\d|\d\d?\.\d\d?\.\d{4})(?!\d))"
-    r"|(?<!\w)(?P<phone>\+?\(?\d(?:[ \t.()\-]{0,3}\d)*)"
+    r"|(?<![\w\-/#])(?P<phone>\+?\(?\d(?:[ \t.()\-]{0,3}\d)*)"
 )
 #: a phone number has at least this many digits
 PHONE_DIGITS = 8
@@ -106,8 +107,8 @@ def scrub_text(text: str, salt: bytes) -> str:
         if m.lastgroup != "phone" or (m.end() < len(text) and (text[m.end()].isalnum() or text[m.end()] == "_")):
             return found
         digits = "".join(ch for ch in found if ch.isdecimal())
-        if len(digits) < PHONE_DIGITS:
-            return found
+        if len(digits) < PHONE_DIGITS or digits == found:
+            return found  # short, or a bare digit run: an order id or a timestamp more often than a phone
         return f"<pii:{hash_pii(('+' if found.startswith('+') else '') + digits, salt)}>"
 
     return _PHONE.sub(phone, scrub(text, salt))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from streams.adapters.payout_lock import (
     probe,
     redact,
     start_time,
+    this_host,
 )
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def test_one_holder_at_a_time(new_lock: Callable[..., PayoutLock]) -> None:
     first, second = new_lock(), new_lock()
     first.acquire(wait_s=0)
     holder = second.try_acquire()
-    assert holder is not None and (holder.host, holder.pid) == (socket.gethostname(), os.getpid())
+    assert holder is not None and (holder.host, holder.pid) == (this_host(), os.getpid())
     first.release()
     assert second.try_acquire() is None
     assert first.try_acquire() is not None
@@ -127,7 +127,7 @@ def zombie_pid() -> int:
     return proc.pid
 
 
-HERE = socket.gethostname()
+HERE = this_host()
 NS = pid_namespace()
 OTHER_NS = "pid:[1]"
 

@@ -89,6 +89,16 @@ class RuleSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     def spam_long_delay_ms(self) -> int:
         return int(self.spam_long_delay_h * HOUR_MS)
 
+    def __post_init__(self) -> None:
+        for currency, minimum in self.minimum_payouts.items():
+            if not (len(currency) == 3 and currency.isascii() and currency.isupper() and currency.isalpha()):
+                raise ValueError(f"minimum_payouts: {currency!r} is not an ISO-4217 code like USD")
+            if minimum < 0:
+                raise ValueError(f"minimum_payouts: the minimum for {currency} must not be negative")
+        if self.minimum_payout < 0 or self.instalment_above < 0 or self.instalment_months < 1 or self.holding_days < 0:
+            raise ValueError("minimum_payout and instalment_above must not be negative, instalment_months must be "
+                             "at least 1 and holding_days not negative")
+
     @property
     def holding_ms(self) -> int:
         return self.holding_days * DAY_MS
