@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from schemas.payouts import BOOKED
 from sinks.clickhouse import rows_as_dicts
 from sinks.tables import PAYOUT_BATCHES, PAYOUT_LINES, PAYOUTS, Table
 
 _INT_TIMES = {"DateTime64": "int"}
 #: batches whose lines count as booked: a failed batch released its lines
-BOOKED_STATUSES = ("pending", "paid")
 
 ENTITLEMENT_COLUMNS = ("order_id", "revision", "promoter_id", "currency", "status", "commission", "bonus",
                        "points", "order_ts", "payable_at", "rule_version")
@@ -79,18 +79,18 @@ def entitlements(client: Any, cutoff_ms: int) -> list[dict[str, Any]]:
     """Conversions of promoters (`conversions_current`, after reviews) that can move money at
     `cutoff_ms`: approved with `payable_at` <= cut-off, or already booked. Dicts with the
     fields of the planner's `Entitlement`."""
-    return _dicts(client, ENTITLEMENTS_SQL, cutoff=cutoff_ms, booked=list(BOOKED_STATUSES))
+    return _dicts(client, ENTITLEMENTS_SQL, cutoff=cutoff_ms, booked=list(BOOKED))
 
 
 def booked_lines(client: Any) -> list[dict[str, Any]]:
     """Lines of pending and paid batches (their batch row's attempt only): batch_id,
     batch_status and the fields of the planner's `Line`."""
-    return _dicts(client, BOOKED_LINES_SQL, booked=list(BOOKED_STATUSES))
+    return _dicts(client, BOOKED_LINES_SQL, booked=list(BOOKED))
 
 
 def booked_payouts(client: Any) -> list[dict[str, Any]]:
     """Payouts of pending and paid batches: batch_id and the fields of the planner's `Payout`."""
-    return _dicts(client, BOOKED_PAYOUTS_SQL, booked=list(BOOKED_STATUSES))
+    return _dicts(client, BOOKED_PAYOUTS_SQL, booked=list(BOOKED))
 
 
 def batches(client: Any, batch_id: str = "") -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from schemas.units import utc_text
 from streams.config import ROLES, ConfigError, Settings
 
 
@@ -92,10 +93,6 @@ def _month(value: str) -> str:
     return value
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
     """Print a promoter's statement for a month: per currency the opening balance, earned
     (conversions that became payable that month), held, clawed back, paid and in payment (net
@@ -141,7 +138,7 @@ def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
             print(queries.format_table(figures, behind, frozenset({"commission", "bonus"})))
         if orders:
             for o in orders:
-                o["order_ts"] = _iso(o["order_ts"])
+                o["order_ts"] = utc_text(o["order_ts"])
             cols = ("order_id", "order_ts", "status", "reasons", "amount", "rate", "tier", "cap_applied",
                     "commission", "bonus", "points", "rule_version")
             print(f"\norders of {args.month}:")
@@ -165,10 +162,10 @@ def _orders_behind(client: Any, money: list[dict]) -> list[dict]:
     for figure, currency, oid in wanted:
         c = found.get(oid, {})
         out.append({"figure": figure, "currency": currency, "order_id": oid,
-                    "order_ts": _iso(c["order_ts"]) if c else "", "status": c.get("status", ""),
+                    "order_ts": utc_text(c["order_ts"]) if c else "", "status": c.get("status", ""),
                     "reasons": ",".join(c.get("reasons", [])), "commission": c.get("commission", Decimal(0)),
                     "bonus": c.get("bonus", Decimal(0)),
-                    "payable_at": _iso(c["payable_at"]) if c.get("payable_at") else ""})
+                    "payable_at": utc_text(c["payable_at"]) if c.get("payable_at") else ""})
     return out
 
 

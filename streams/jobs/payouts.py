@@ -35,14 +35,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
 import msgspec
 
-from schemas.units import DAY_MS
+from schemas.payouts import BOOKED, CLAWBACK, FAILED, PAID, PENDING
+from schemas.units import DAY_MS, utc_text
 from sinks import payouts as store
 from sinks.clickhouse import connect
 from sinks.migrations import install_views, migrate
@@ -50,14 +51,12 @@ from sinks.queries import format_table
 from streams.adapters.payout_lock import Holder, PayoutLock, lock_key
 from streams.config import Settings
 from streams.logic.payouts.money import round_down
-from streams.logic.payouts.plan import CLAWBACK, Carry, Entitlement, Line, Payout, Plan, minimum_for, plan_payout
+from streams.logic.payouts.plan import Carry, Entitlement, Line, Payout, Plan, minimum_for, plan_payout
 from streams.logic.rules.ruleset import RuleBook, RuleSet, load_rules
 from streams.logic.rules.views import rule_views
 
 log = logging.getLogger(__name__)
 
-PENDING, PAID, FAILED = "pending", "paid", "failed"
-BOOKED = frozenset({PENDING, PAID})
 #: test-only hook: sleep this long between writing a batch's lines and its batch row (the crash tests)
 PAUSE_BEFORE_COMMIT_ENV = "REFSTREAM_PAYOUTS_PAUSE_BEFORE_COMMIT_S"
 #: test-only hook, in-process: called with (stage, client) at "written" (the lines and payouts
@@ -110,10 +109,6 @@ def cutoff_of(through: date, event_now_ms: int, lateness_ms: int) -> int:
 
 def batch_prefix(through: date) -> str:
     return f"PO-{through:%Y%m%d}-"
-
-
-def _iso(ms: int) -> str:
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _now_ms() -> int:
@@ -279,13 +274,13 @@ def run(settings: Settings, through: date, *, wait_s: float = 120.0, csv_path: P
         cutoff = cutoff_of(through, now, settings.lateness_ms)
         batch_id = f"{batch_prefix(through)}{store.last_batch_number(client, batch_prefix(through)) + 1:02d}"
         before = seen(client, batch_id)
-        log.info("payout run planning", extra={"batch": batch_id, "attempt": attempt, "cutoff": _iso(cutoff),
-                                               "event_now": _iso(now)})
+        log.info("payout run planning", extra={"batch": batch_id, "attempt": attempt, "cutoff": utc_text(cutoff),
+                                               "event_now": utc_text(now)})
         plan = read_plan(client, cutoff, book)
         if not plan.payouts:
-            out.write(f"nothing to pay through {through} (cut-off {_iso(cutoff)} UTC)\n")
+            out.write(f"nothing to pay through {through} (cut-off {utc_text(cutoff)} UTC)\n")
             _print_carried(plan.carried, book.at(cutoff), out)
-            log.info("payout run: nothing to pay", extra={"cutoff": _iso(cutoff), "carried": len(plan.carried)})
+            log.info("payout run: nothing to pay", extra={"cutoff": utc_text(cutoff), "carried": len(plan.carried)})
             return RunResult(None, attempt, cutoff, plan)
         store.write_lines(client, batch_id, attempt, [msgspec.structs.asdict(ln) for ln in plan.lines])
         store.write_payouts(client, batch_id, attempt, [msgspec.structs.asdict(p) for p in plan.payouts])
@@ -325,8 +320,8 @@ def _write_batch_csvs(batch_id: str, payouts: Sequence[Payout], lines: Sequence[
     write_csv(csv_path, PAYOUT_CSV_COLUMNS, [{"batch_id": batch_id, **msgspec.structs.asdict(p)} for p in payouts])
     if lines_csv is not None:
         write_csv(lines_csv, LINE_CSV_COLUMNS, [{"batch_id": batch_id, **msgspec.structs.asdict(ln),
-                                                 "payable_at": _iso(ln.payable_at), "order_ts": _iso(ln.order_ts)}
-                                                for ln in lines])
+                                                 "payable_at": utc_text(ln.payable_at),
+                                                 "order_ts": utc_text(ln.order_ts)} for ln in lines])
 
 
 def _hook(stage: str, client: Any) -> None:
@@ -372,7 +367,7 @@ def _print_summary(batch_id: str, cutoff: int, plan: Plan, rules: RuleSet, csv_p
             row["clawed_back"] += -ln.amount
     promoters = len({p.promoter_id for p in plan.payouts})
     out.write(f"batch {batch_id} (pending): promoters paid {promoters}, lines {len(plan.lines)}, "
-              f"cut-off {_iso(cutoff)} UTC\n\n")
+              f"cut-off {utc_text(cutoff)} UTC\n\n")
     rows = [{"currency": c, **v} for c, v in sorted(per.items())]
     cols = ("currency", "promoters", "lines", "amount", "clawbacks", "clawed_back", "points_cashed")
     out.write(format_table(cols, rows, frozenset(cols[1:])) + "\n")
@@ -496,8 +491,8 @@ def list_batches(settings: Settings, *, wait_s: float = 120.0, out: TextIO = sys
     if not rows:
         out.write("(no payout batches)\n")
         return rows
-    shown = [{**r, "through": _iso(r["through"])[:10], "cutoff": _iso(r["cutoff"]),
-              "updated_at": _iso(r["updated_at"]), "totals": ", ".join(by_batch.get(r["batch_id"], []))}
+    shown = [{**r, "through": utc_text(r["through"])[:10], "cutoff": utc_text(r["cutoff"]),
+              "updated_at": utc_text(r["updated_at"]), "totals": ", ".join(by_batch.get(r["batch_id"], []))}
              for r in rows]
     cols = ("batch_id", "status", "through", "cutoff", "promoters", "lines", "totals", "updated_at", "actor", "note")
     out.write(format_table(cols, shown, frozenset({"promoters", "lines"})) + "\n")

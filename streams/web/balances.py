@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from schemas.payouts import BOOKED
 from streams.web.api import Args, Query, check_names, money, parse_promoter
 
 SUMMARY_ARGS = ("promoter",)
-BOOKED = ("pending", "paid")  # batch statuses whose lines count as booked; failed ones were released
 MONEY_FIELDS = ("payable", "clawback", "pending", "held", "in_pending_batches", "paid", "to_pay", "paid_out")
 COUNT_FIELDS = ("payable_orders", "clawback_orders", "pending_conversions", "held_conversions",
                 "pending_lines", "paid_lines")

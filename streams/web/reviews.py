@@ -4,8 +4,8 @@ Pure like `streams.web.api`: `parse_*` raise only `BadRequest`, `*_query` return
 bound parameters, `shape_*` make JSON-ready dicts. A decision is built into a `Review`
 event and checked by the same validation as the `reviews` topic (`schemas.validate.decode`)
 before anything is published; its `event_id` is derived from the client's `request_id`, so a
-retried click publishes the same event and the `reviews` table (ReplacingMergeTree by
-event_id) keeps one row.
+retried click publishes the same event_id and only its first copy counts (`reviews_first`,
+streams/logic/rules/reviews.py).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.validate import MAX_ID_LEN, Invalid, decode, valid_id
+from schemas.validate import MAX_ID_LEN, MAX_REASON_LEN, Invalid, decode, valid_id
 from streams.web.api import (
     Args,
     BadRequest,
@@ -37,7 +37,6 @@ DECISIONS = ("approve", "reject", "hold")
 TARGETS = ("order_id", "promoter_id")
 DECISION_FIELDS = (*TARGETS, "decision", "reason", "actor", "request_id")
 MAX_BODY_BYTES = 16_384
-MAX_REASON_LEN = 500
 EVENT_ID_PREFIX = "web-"
 #: reason codes are snake_case words (docs/rules.md); anything else can match nothing
 _REASON_CODE = re.compile(r"[a-z0-9_]{1,64}")

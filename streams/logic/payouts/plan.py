@@ -48,15 +48,15 @@ from decimal import Decimal
 
 import msgspec
 
+from schemas.payouts import CLAWBACK, COMMISSION, POINTS
 from streams.logic.payouts.ledger import Ledger, Payee, fold
 from streams.logic.payouts.money import exact, round_down
 from streams.logic.payouts.schedule import Due, due
+from streams.logic.rules.checks import APPROVED, REJECTED, REVERSED
 from streams.logic.rules.ruleset import RuleBook, RuleSet
 
-COMMISSION, CLAWBACK, POINTS = "commission", "clawback", "points"
-APPROVED = "approved"
 #: statuses whose target is 0: the order will never be paid, and what was paid comes back
-ENDED = frozenset({"rejected", "reversed"})
+ENDED = frozenset({REJECTED, REVERSED})
 ZERO = Decimal(0)
 
 

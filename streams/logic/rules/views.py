@@ -25,6 +25,10 @@ time it opens ClickHouse, in the order given.
 """
 from __future__ import annotations
 
+from schemas.payouts import BOOKED, CLAWBACK, COMMISSION
+from schemas.payouts import PAID as PAID_BATCH
+from schemas.payouts import PENDING as PENDING_BATCH
+from schemas.payouts import POINTS as POINTS_LINE
 from streams.logic.rules import enterprise, reviews, spamming
 from streams.logic.rules.checks import APPROVED, HELD, REJECTED, REVERSED
 from streams.logic.rules.ruleset import RuleBook, RuleSet
@@ -139,12 +143,8 @@ REVIEW_AUDIT_SQL = f"{_APPLIED_SQL}\nUNION ALL\n{_UNAPPLIED_SQL}"
 # --- balances and statements ------------------------------------------------------------------
 
 EARNED, PENDING, HELD_MONEY = "earned", "pending", "held"
-#: payout line kinds (streams.logic.payouts.plan) that pay conversions, and the points line
-PAYING_LINES, POINTS_LINE = ("commission", "clawback"), "points"
-#: batch statuses whose lines count as booked (a failed batch released its lines): paid =
-#: confirmed, in payment = pending
-PAID_BATCH, PENDING_BATCH = "paid", "pending"
-BOOKED = (PENDING_BATCH, PAID_BATCH)
+#: payout line kinds that pay conversions (points lines are reported apart)
+PAYING_LINES = (COMMISSION, CLAWBACK)
 
 _IN = "({})".format
 _PAYING = _IN(", ".join(f"'{k}'" for k in PAYING_LINES))
