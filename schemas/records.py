@@ -99,17 +99,6 @@ class AttributionRec(msgspec.Struct, tag="a", array_like=True):
     ident: SignupIdent | None = None
 
 
-JoinRecord = ClickRec | SignupRec | OrderRec | AttributionRec
-
-
-class Batch(msgspec.Struct, array_like=True):
-    """Records for one partition of a join topic, plus the event-time progress of the
-    sources that feed it (source -> highest event time seen), so that every join's
-    watermark can follow the slowest of all its upstream partitions. A batch may carry
-    clocks only (a heartbeat)."""
-
-    records: list[JoinRecord]
-    clocks: dict[str, int] = {}
 
 
 class Conversion(msgspec.Struct, kw_only=True):
@@ -160,6 +149,37 @@ class Conversion(msgspec.Struct, kw_only=True):
     farm_signups: int = 0  # accounts signed up from the signup's IP or device in its UTC day (the larger)
     exclusion_owner: str = ""  # direct_sales | channel_partner owning the customer at the order
     identity_match: str = ""  # the promoter's identity the customer shares, '' for none
+    #: which limit cut the commission: '' | order | customer | promoter_month (caps) |
+    #: existing_customer | recurring_months | customer_orders (renewal rules); docs/rules.md
+    cap: str = ""
+
+
+class DecisionRec(Conversion, tag="d", array_like=True, kw_only=True):
+    """A conversion as the account join decided it (checks, status, reasons, evidence), not
+    priced yet, with what pricing needs of the customer: the `promoter-join` topic, by
+    `promoter_id`, to the promoter stage (streams/logic/pricing). `revision` is the
+    decision's revision; the stage adds the price and the conversion's revision."""
+
+    base_level: int = 1  # the promoter's level in the reference data at the order's time
+    customer_order: int = 1  # the order's rank among the customer's paid orders (1: first)
+    customer_first_ts: int = 0  # event time of the customer's first paid order
+    existing_customer: bool = False  # the customer had paid before the attributed click
+    status_ts: int = 0  # event time of the order's latest status event (when it was reversed)
+    expires: int = 0  # event time after which the account join sends no more decisions of it
+    removed: bool = False  # the order left this promoter (re-attributed): forget it here
+
+
+JoinRecord = ClickRec | SignupRec | OrderRec | AttributionRec | DecisionRec
+
+
+class Batch(msgspec.Struct, array_like=True):
+    """Records for one partition of a join topic, plus the event-time progress of the
+    sources that feed it (source -> highest event time seen), so that every join's
+    watermark can follow the slowest of all its upstream partitions. A batch may carry
+    clocks only (a heartbeat)."""
+
+    records: list[JoinRecord]
+    clocks: dict[str, int] = {}
 
 
 class LateEvent(msgspec.Struct, kw_only=True):

@@ -78,6 +78,11 @@ MIGRATIONS: list[Migration] = [
         + [TABLES[t].create_sql() for t in ("reviews", "payout_batches", "payout_lines", "payouts")]
         + _views(),
     ),
+    Migration(
+        6,
+        "pricing independent of arrival order: which limit cut a conversion's commission",
+        _add_columns("conversions", ["cap"]) + _views(),  # the views' SELECT * must see it
+    ),
 ]
 
 

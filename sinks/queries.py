@@ -81,6 +81,19 @@ def conversions_for(client: Any, order_ids: list[str] | None = None) -> list[dic
     return rows_as_dicts(client.query(sql, parameters=params, query_formats=_INT_TIMES))
 
 
+CONVERSIONS_BETWEEN_SQL = """SELECT * FROM conversions_current
+WHERE toUnixTimestamp64Milli(order_ts) >= {lo:Int64} AND toUnixTimestamp64Milli(order_ts) < {hi:Int64}
+ORDER BY order_id"""
+
+
+def conversions_between(client: Any, from_ms: int | None = None, to_ms: int | None = None) -> list[dict]:
+    """Rows of `conversions_current` with an order at or after `from_ms` and before `to_ms`
+    (epoch ms, None: unbounded), ordered by order_id: what `refstream replay --against-stored`
+    compares the replay with."""
+    params = {"lo": -(2**63) if from_ms is None else from_ms, "hi": 2**63 - 1 if to_ms is None else to_ms}
+    return rows_as_dicts(client.query(CONVERSIONS_BETWEEN_SQL, parameters=params, query_formats=_INT_TIMES))
+
+
 #: name -> what is counted; FINAL shows rows as deduplicated by their natural key.
 #: conversions_open: conversions whose attribution may still change (its window is open)
 COUNTS_SQL = """

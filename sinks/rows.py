@@ -74,7 +74,7 @@ def conversion_row(r: Conversion) -> Row:
         r.discount, r.currency, r.order_status, r.renewal, r.attribution_model,
         r.attribution_final, r.decided_at, r.level, r.rate, r.tier, r.commission, r.bonus,
         r.points, r.cap_applied, r.first_order, r.rule_version, r.flood_clicks, r.farm_signups,
-        r.exclusion_owner, r.identity_match,
+        r.exclusion_owner, r.identity_match, r.cap,
     )
 
 

@@ -142,7 +142,11 @@ CONVERSIONS = Table(
         # owner, and which of the promoter's identities the customer shares ('' = none)
         ("flood_clicks", "UInt32"), ("farm_signups", "UInt32"), ("exclusion_owner", ENUM),
         ("identity_match", ENUM),
+        # which limit cut the commission, '' for none (migration 6; `cap_applied` = cap != '')
+        ("cap", ENUM),
     ),
+    # revision: decision revision << 16 + price changes (streams/logic/pricing.py), so UInt32
+    # holds 65,535 decision revisions of an order
     engine="ReplacingMergeTree(revision)",
     order_by="order_id",
 )

@@ -294,22 +294,28 @@ def add_payouts_parser(sub: Any) -> None:
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Reprocess the stored events with a candidate rule book and report what would change,
-    per promoter and per reason, without touching the live results."""
-    from sinks import queries, stored
+    per promoter and per reason, without touching the live results. With --against-stored,
+    also compare the replay under the rule book in force with the stored conversions_current,
+    field by field; the exit status is then 1 when any conversion differs (for CI), else 0."""
+    from sinks import stored
     from sinks.clickhouse import connect
     from streams.logic import replay
     from streams.logic.rules.ruleset import load_rules
 
+    if not (args.rules or args.against_stored):
+        print("refstream: replay needs --rules, --against-stored or both", file=sys.stderr)
+        return 2
     try:
-        candidate = load_rules(args.rules)
+        candidate = load_rules(args.rules) if args.rules else None
     except ValueError as exc:
         print(f"refstream: {exc}", file=sys.stderr)
         return 2
     current = load_rules(settings.rules_file)
+    client = connect(settings.clickhouse)
     print("reading stored events from ClickHouse ...", file=sys.stderr)
-    events = stored.load(connect(settings.clickhouse))
+    events = stored.load(client)
     print(f"replaying {len(events.clicks):,} clicks, {len(events.signups):,} signups, "
-          f"{len(events.orders):,} orders twice ...", file=sys.stderr)
+          f"{len(events.orders):,} orders ...", file=sys.stderr)
     lo = _day_ms(args.from_) if args.from_ else None
     hi = _day_ms(args.to) if args.to else None
 
@@ -319,26 +325,78 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     s = settings
     base = [c for c in replay.run(events, current, s.window_ms, s.binding_ms, s.refund_window_ms,
                                   s.attribution_model) if keep(c)]
-    new = [c for c in replay.run(events, candidate, s.window_ms, s.binding_ms, s.refund_window_ms,
-                                 s.attribution_model) if keep(c)]
-    diff = replay.compare(base, new)
+    if candidate is not None:
+        new = [c for c in replay.run(events, candidate, s.window_ms, s.binding_ms, s.refund_window_ms,
+                                     s.attribution_model) if keep(c)]
+        _print_candidate(replay.compare(base, new), current, candidate, args.top)
+    if not args.against_stored:
+        return 0
+    from sinks import queries
+
+    if candidate is not None:
+        print()
+    diff = replay.against_stored(queries.conversions_between(client, lo, hi), base, args.show)
+    _print_against_stored(diff, current, args.top)
+    return 1 if diff.differing else 0
+
+
+_REPLAY_NUMERIC = frozenset({"approved_base", "approved_new", "held_base", "held_new", "commission_base",
+                             "commission_new", "commission_delta", "orders_base", "orders_new", "delta", "orders",
+                             "differing", "commission_stored", "commission_replayed"})
+
+
+def _print_candidate(diff: Any, current: Any, candidate: Any, top: int) -> None:
+    from sinks import queries
+
     print(f"{diff.changed_orders:,} of {diff.orders:,} conversions change "
           f"(rules {[r.version for r in current.rule_sets]} -> {[r.version for r in candidate.rule_sets]})\n")
-    num = frozenset({"approved_base", "approved_new", "held_base", "held_new", "commission_base",
-                     "commission_new", "commission_delta", "orders_base", "orders_new", "delta"})
     print(queries.format_table(("promoter_id", "approved_base", "approved_new", "held_base", "held_new",
                                 "commission_base", "commission_new", "commission_delta"),
-                               diff.by_promoter[:args.top], num))
+                               diff.by_promoter[:top], _REPLAY_NUMERIC))
     print()
-    print(queries.format_table(("reason", "orders_base", "orders_new", "delta"), diff.by_reason, num))
-    return 0
+    print(queries.format_table(("reason", "orders_base", "orders_new", "delta"), diff.by_reason, _REPLAY_NUMERIC))
+
+
+def _print_against_stored(diff: Any, current: Any, top: int) -> None:
+    from sinks import queries
+
+    print(f"{diff.differing:,} of {diff.orders:,} stored conversions differ from the replay "
+          f"(rules {[r.version for r in current.rule_sets]})")
+    if not diff.differing:
+        return
+    print()
+    print(queries.format_table(("field", "orders"), diff.by_field, _REPLAY_NUMERIC))
+    print()
+    print(queries.format_table(("promoter_id", "orders", "differing", "commission_stored", "commission_replayed",
+                                "commission_delta"), diff.by_promoter[:top], _REPLAY_NUMERIC))
+    print()
+    lines = [{"order_id": d.order_id, "promoter_id": d.promoter_id, "field": f, "stored": _shown(a),
+              "replayed": _shown(b)} for d in diff.first for f, a, b in d.fields]
+    print(queries.format_table(("order_id", "promoter_id", "field", "stored", "replayed"), lines))
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):  # reasons
+        return ",".join(value) or "-"
+    return str(value) if value != "" else "-"
 
 
 def add_replay_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rules", required=True, help="candidate rule book (TOML, see docs/rules.md)")
+    p.add_argument("--rules", default=None, help="candidate rule book (TOML, see docs/rules.md)")
+    p.add_argument("--against-stored", action="store_true",
+                   help="compare the replay under the rule book in force with the stored conversions_current, "
+                        "order by order: status (its auto_status: reviews are not replayed), reasons (in any "
+                        "order, without a review's code), promoter_id, tracking_code, order_status, amount, "
+                        "first_order, rule_version, level, rate, tier, commission, bonus, points and cap "
+                        "(money not for orders a review rejected). Click spamming and the enterprise reversal, "
+                        "which conversions_current applies in SQL, are replayed too; revision, decided_at, the "
+                        "attribution and the evidence columns are not compared. Exit status 1 when any "
+                        "conversion differs")
     p.add_argument("--from", dest="from_", default=None, help="only orders at or after this day (YYYY-MM-DD)")
     p.add_argument("--to", default=None, help="only orders before this day (YYYY-MM-DD)")
     p.add_argument("--top", type=int, default=20, help="promoters to list (largest changes first)")
+    p.add_argument("--show", type=int, default=20, metavar="N",
+                   help="with --against-stored: differing orders to list, field by field (default 20)")
 
 
 def _day_ms(value: str) -> int:

@@ -25,7 +25,7 @@ from streams.config import Settings
 CLICKS, SIGNUPS, ORDERS = "clicks", "signups", "orders"
 PROMOTERS, EXCLUSIONS = "promoters", "exclusions"
 REVIEWS = "reviews"
-VISITOR_JOIN, ACCOUNT_JOIN = "visitor-join", "account-join"
+VISITOR_JOIN, ACCOUNT_JOIN, PROMOTER_JOIN = "visitor-join", "account-join", "promoter-join"
 CONVERSIONS, LATE_EVENTS, DEAD_LETTERS, ALERTS = "conversions", "late-events", "dead-letters", "alerts"
 
 RAW_TOPICS = (CLICKS, SIGNUPS, ORDERS)  # raw events, routed to the joins
@@ -33,12 +33,17 @@ REFERENCE_TOPICS = (PROMOTERS, EXCLUSIONS)  # compacted reference data
 #: inputs the sink's `reference` agent validates and writes straight to ClickHouse: the
 #: reference data, and review decisions (not compacted, not read by the joins)
 STORED_INPUTS = REFERENCE_TOPICS + (REVIEWS,)
-#: internal msgpack batches between router and joins; Faust creates them (`Settings.partitions`)
-JOIN_TOPICS = (VISITOR_JOIN, ACCOUNT_JOIN)
+#: the join topics the sink stores: they carry the raw events (and the attributions)
+STORED_JOINS = (VISITOR_JOIN, ACCOUNT_JOIN)
+#: internal msgpack batches between router and joins; Faust creates them (`Settings.partitions`).
+#: `promoter-join` carries the account join's decisions to the promoter stage: derived records
+#: the sink does not store (it stores their priced conversions)
+JOIN_TOPICS = STORED_JOINS + (PROMOTER_JOIN,)
 RESULT_TOPICS = (CONVERSIONS, LATE_EVENTS, DEAD_LETTERS)  # what the joins (and router) output
-SINK_INPUTS = JOIN_TOPICS + RESULT_TOPICS  # what `sink_to_clickhouse` stores
+SINK_INPUTS = STORED_JOINS + RESULT_TOPICS  # what `sink_to_clickhouse` stores
 INPUT_TOPICS = RAW_TOPICS + STORED_INPUTS
 OUTPUT_TOPICS = RESULT_TOPICS + (ALERTS,)
+Sources = tuple[str, ...]  # the upstream clocks one join's watermark waits for
 # Kafka's rule for topic names.
 _LEGAL = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -104,19 +109,27 @@ class Topology:
             out[group] = _union(out.get(group, ()), ROLES[name].reads)
         return out
 
-    def join_sources(self, raw_partitions: Mapping[str, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """The upstream partitions whose event-time progress each join's watermark waits for:
-        the raw partitions routed to it, and for the account join the visitor join's partitions."""
+    def join_sources(self, raw_partitions: Mapping[str, int]) -> tuple[Sources, Sources, Sources]:
+        """The upstream partitions whose event-time progress each join's watermark waits for,
+        as (visitor, account, promoter): the raw partitions routed to a join, for the account
+        join also the visitor join's partitions, for the promoter stage the account join's."""
         def raw(name: str) -> list[str]:
             return [f"{self.topic(name)}/{i}" for i in range(raw_partitions[name])]
+        joins = range(self.settings.partitions)
         visitor = tuple(raw(CLICKS) + raw(SIGNUPS))
-        account = tuple(raw(ORDERS) + [visitor_source(p) for p in range(self.settings.partitions)])
-        return visitor, account
+        account = tuple(raw(ORDERS) + [visitor_source(p) for p in joins])
+        promoter = tuple(account_source(p) for p in joins)
+        return visitor, account, promoter
 
 
 def visitor_source(partition: int) -> str:
     """The clock name under which visitor-join partition `partition` feeds the account join."""
     return f"visitor/{partition}"
+
+
+def account_source(partition: int) -> str:
+    """The clock name under which account-join partition `partition` feeds the promoter stage."""
+    return f"account/{partition}"
 
 
 async def ensure_topics(

@@ -9,7 +9,8 @@ import pytest
 from streams.config import Settings
 from streams.topology import ROLES, Topology
 
-JOINS = {"visitor-join", "account-join"}
+STORED = {"visitor-join", "account-join"}  # carry the raw events the sink stores
+JOINS = STORED | {"promoter-join"}  # decisions to the promoter stage: not stored
 RESULTS = {"conversions", "late-events", "dead-letters"}
 
 
@@ -17,7 +18,7 @@ RESULTS = {"conversions", "late-events", "dead-letters"}
     ("stream", {"clicks", "signups", "orders"} | JOINS, {"promoters", "exclusions"}, JOINS | RESULTS),
     # reviews are stored as they come: read by the sink, never followed by the joins' directories
     # ... and written by the sink's review queue (approve / reject on the dashboard)
-    ("sink", {"promoters", "exclusions", "reviews"} | JOINS | RESULTS, set(), {"dead-letters", "alerts", "reviews"}),
+    ("sink", {"promoters", "exclusions", "reviews"} | STORED | RESULTS, set(), {"dead-letters", "alerts", "reviews"}),
     ("all", {"clicks", "signups", "orders", "promoters", "exclusions", "reviews"} | JOINS | RESULTS,
      {"promoters", "exclusions"}, JOINS | RESULTS | {"alerts", "reviews"}),
 ])
@@ -63,3 +64,16 @@ def test_every_input_topic_is_read_by_the_sink_or_the_router() -> None:
 
     assert set(INPUT_TOPICS) == set(RAW_TOPICS) | {"promoters", "exclusions", "reviews"}
     assert set(INPUT_TOPICS) <= set(ROLES["stream"].reads) | set(ROLES["sink"].reads)
+
+
+@pytest.mark.parametrize("partitions, raw, visitor, account, promoter", [
+    (1, {"clicks": 1, "signups": 2, "orders": 1},
+     ("p-clicks/0", "p-signups/0", "p-signups/1"), ("p-orders/0", "visitor/0"), ("account/0",)),
+    # each join waits for every partition of the join before it, whatever the raw counts
+    (3, {"clicks": 1, "signups": 1, "orders": 2}, ("p-clicks/0", "p-signups/0"),
+     ("p-orders/0", "p-orders/1", "visitor/0", "visitor/1", "visitor/2"), ("account/0", "account/1", "account/2")),
+])
+def test_join_sources(partitions: int, raw: dict[str, int], visitor: tuple[str, ...], account: tuple[str, ...],
+                      promoter: tuple[str, ...]) -> None:
+    t = Topology(Settings(topic_prefix="p-", partitions=partitions))
+    assert t.join_sources(raw) == (visitor, account, promoter)

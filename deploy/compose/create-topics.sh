@@ -1,7 +1,8 @@
 #!/bin/sh
 # Creates refstream's input, output and internal join topics with their cleanup policies.
 # Idempotent (--if-not-exists): an existing topic keeps its partitions and configs.
-# Faust creates the compacted changelogs (<APP_ID>-visitors-changelog, -accounts-changelog)
+# Faust creates the compacted changelogs (<APP_ID>-visitors-changelog, -accounts-changelog,
+# -promoter-books-changelog)
 # and <APP_ID>-__assignor-__leader itself. See docs/operations.md, "Topics".
 set -eu
 : "${BOOTSTRAP:?}" "${REFSTREAM_PARTITIONS:?}" "${REFSTREAM_REPLICATION_FACTOR:?}"
@@ -30,8 +31,9 @@ done
 # as they are people's decisions nothing can recompute, and few.
 create reviews 1 cleanup.policy=delete retention.ms=-1
 # Internal join topics: partitions must equal REFSTREAM_PARTITIONS (keys are placed by it).
-# Only the sink reads them late, so they need to cover a ClickHouse outage, not history.
-for t in visitor-join account-join; do
+# Only the sink reads them late, so they need to cover a ClickHouse outage, not history
+# (promoter-join, the account join's decisions to the promoter stage, is not even stored).
+for t in visitor-join account-join promoter-join; do
   create "$t" "$REFSTREAM_PARTITIONS" cleanup.policy=delete retention.ms=$((3 * DAY_MS))
 done
 # Outputs, for downstream consumers.

@@ -1,13 +1,12 @@
-"""Fraud counters and the promoter ledger, shared by every partition and worker (Redis).
+"""Fraud counters, shared by every partition and worker (Redis).
 
 Click flooding and signup farming are counted per IP / visitor / device (the windows and
 their keys are defined in `streams.logic.rules.windows`; replay counts the same windows in
-memory), and monthly volume and points per promoter: none of those is keyed like a join's
-stream, so they live in Redis rather than in a Faust table. (Click spamming, a statistic
-over all of a code's signups, is applied by ClickHouse: `streams.logic.rules.spamming`.)
-Every write is idempotent under redelivery: sets of event / account ids instead of
-counters, and ledger entries keyed by order id (a Lua script keeps per-month point totals
-consistent with them).
+memory): none of those is keyed like a join's stream, so they live in Redis rather than in
+a Faust table. (Click spamming, a statistic over all of a code's signups, is applied by
+ClickHouse: `streams.logic.rules.spamming`. A promoter's monthly volume and points are the
+promoter stage's state: streams/logic/pricing.py.) Every write is idempotent under
+redelivery: sets of event / account ids instead of counters.
 
 Keys are namespaced by app id and topic prefix; windows follow *event time* (UTC hour or
 day buckets) and expire a few days after they close: the account join snapshots the
@@ -18,26 +17,22 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from schemas.records import AttributionRec, ClickRec, Conversion, SignupRec
+from schemas.records import AttributionRec, ClickRec, SignupRec
 from streams.logic.rules import windows
 from streams.logic.rules.checks import Signals
-from streams.logic.rules.commission import counted_amount
-from streams.logic.rules.windows import month_of
 from streams.retry import Backoff, retrying
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 WINDOW_TTL_S = 3 * 86_400  # event-time buckets outlive the allowed lateness by days
-LEDGER_TTL_S = 400 * 86_400  # a year of months, plus the refund window
 
 # The counter scripts take a batch as one JSON argument: a command of thousands of arguments
 # (or a pipeline of thousands of commands) costs the client far more than Redis, since the
@@ -63,30 +58,6 @@ for i, key in ipairs(cjson.decode(ARGV[1])) do
 end
 return out
 """
-# KEYS: orders zset, amounts hash, points hash, month total, months set
-# ARGV: order_id, ts, amount, points, month, ttl
-_RECORD = """
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-local old = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
-redis.call('INCRBY', KEYS[4], tonumber(ARGV[4]) - old)
-redis.call('SADD', KEYS[5], ARGV[5])
-for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
-return 1
-"""
-# KEYS: orders zset of the month, amounts hash, months set; ARGV: ts, month, totals prefix
-_BEFORE = """
-local vol = 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])) do
-  vol = vol + tonumber(redis.call('HGET', KEYS[2], id) or '0')
-end
-local pts = 0
-for _, m in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-  if tonumber(m) < tonumber(ARGV[2]) then pts = pts + tonumber(redis.call('GET', ARGV[3] .. m) or '0') end
-end
-return {tostring(vol), pts}
-"""
 
 
 def _queue(pipe: Any, script: Any, keys: list[str], args: list) -> None:
@@ -100,17 +71,12 @@ _json = msgspec.json.Encoder().encode  # the scripts' batch argument
 
 @dataclass(frozen=True)
 class Keys:
-    """Redis key names: a window of `streams.logic.rules.windows`, or a ledger, in a namespace."""
+    """Redis key names: a window of `streams.logic.rules.windows` in a namespace."""
 
     ns: str
 
     def window(self, key: str) -> str:
         return f"{self.ns}:{key}"
-
-    def ledger(self, promoter: str, month: int) -> tuple[str, str, str, str, str]:
-        base = f"{self.ns}:lg:{promoter}"
-        return (f"{base}:o:{month}", f"{base}:a:{month}", f"{base}:p:{month}",
-                f"{base}:t:{month}", f"{base}:months")
 
 
 class SignalStore:
@@ -122,8 +88,6 @@ class SignalStore:
         self.keys = Keys(namespace)
         self.on_failure = on_failure or (lambda op: None)
         self.max_backoff_s = max_backoff_s
-        self._record = self.redis.register_script(_RECORD)
-        self._before = self.redis.register_script(_BEFORE)
         self._add_members = self.redis.register_script(_ADD_MEMBERS)
         self._cards = self.redis.register_script(_CARDS)
 
@@ -145,7 +109,7 @@ class SignalStore:
             return await pipe.execute()
         return await self._retry(op, run)
 
-    async def record_events(self, records: list[ClickRec | SignupRec]) -> None:
+    async def record_events(self, records: Sequence[ClickRec | SignupRec]) -> None:
         """Count clicks per IP / visitor, code and hour, and signups per IP / device and day."""
         members: dict[str, list[str]] = defaultdict(list)
         for r in records:
@@ -164,35 +128,6 @@ class SignalStore:
         sets = [self.keys.window(key) if key else "" for r in recs for key in windows.reads(r)]
         [res] = await self._pipeline("snapshot", lambda pipe: _queue(pipe, self._cards, [], [_json(sets)]))
         return [windows.signals_of(res[4 * i:4 * i + 4]) for i in range(len(recs))]
-
-    async def ledger_before(self, asks: list[tuple[str, int]]) -> list[tuple[Decimal, int]]:
-        """For (promoter_id, order_ts): the promoter's counted sales earlier in the order's
-        month, and his points from earlier months."""
-        k = self.keys
-
-        def fill(pipe: Any) -> None:
-            for promoter, ts in asks:
-                month = month_of(ts)
-                orders, amounts, _, _, months = k.ledger(promoter or "-", month)
-                total_prefix = k.ledger(promoter or "-", 0)[3][:-1]
-                _queue(pipe, self._before, [orders, amounts, months], [ts, month, total_prefix])
-        if not asks:
-            return []
-        res = await self._pipeline("ledger_before", fill)
-        return [(Decimal(r[0].decode()), int(r[1])) for r in res]
-
-    async def record_ledger(self, convs: list[Conversion]) -> None:
-        """Enter decided conversions in their promoters' ledgers (idempotent per order)."""
-        def fill(pipe: Any) -> None:
-            for c in convs:
-                if not c.promoter_id:
-                    continue
-                month = month_of(c.order_ts)
-                keys = list(self.keys.ledger(c.promoter_id, month))
-                _queue(pipe, self._record, keys, [c.order_id, c.order_ts, str(counted_amount(c)), c.points,
-                                                  month, LEDGER_TTL_S])
-        if convs:
-            await self._pipeline("record_ledger", fill)
 
 
 def drop_namespace(redis_url: str, namespace: str) -> int:

@@ -1,7 +1,8 @@
 """The refstream Faust app: models -> topics -> tables -> agents.
 
 raw clicks, signups ──route──> visitor-join ──join_visitors──> account-join ─┐
-raw orders ───────────route──────────────────────────────────> account-join ─┴─join_accounts──> conversions
+raw orders ───────────route──────────────────────────────────> account-join ─┴─join_accounts──> promoter-join
+promoter-join ──join_promoters──> conversions (decisions without a promoter: join_accounts ──> conversions)
 visitor-join, account-join, conversions, late-events, dead-letters ──sink──> ClickHouse
 promoters, exclusions, reviews ──reference──> ClickHouse (+ promoters and exclusions in every
 worker's in-memory directory; reviews are applied in ClickHouse, in conversions_current)
@@ -21,12 +22,13 @@ from faust.types import TopicT
 from streams.adapters.reference_feed import follow_reference
 from streams.adapters.signals import SignalStore
 from streams.agents.alerts import register_alerts
-from streams.agents.joins import AccountJoin, JoinAgent, VisitorJoin, by_partition
+from streams.agents.joins import AccountJoin, JoinAgent, PromoterJoin, VisitorJoin, by_partition
 from streams.agents.outputs import DeadLetters
 from streams.agents.router import Router
 from streams.agents.sink import SinkStep
 from streams.config import Settings
 from streams.delivery import GuardedApp, finished
+from streams.delivery.changelog import BatchedTable
 from streams.logic.reference import ExclusionDirectory, PromoterDirectory
 from streams.metrics import Metrics, observe_lag
 from streams.topology import (
@@ -34,6 +36,7 @@ from streams.topology import (
     CONVERSIONS,
     DEAD_LETTERS,
     LATE_EVENTS,
+    PROMOTER_JOIN,
     RAW_TOPICS,
     REVIEWS,
     SINK_INPUTS,
@@ -60,6 +63,7 @@ class Topics:
     reviews: TopicT  # where the review queue publishes decisions (read through `stored_inputs`)
     visitor_join: TopicT
     account_join: TopicT
+    promoter_join: TopicT  # the account join's decisions, by promoter_id, to the promoter stage
     conversions: TopicT
     late_events: TopicT
     dead_letters: TopicT
@@ -75,6 +79,7 @@ def make_topics(app: RefstreamApp, s: Settings) -> Topics:
         reviews=app.topic(t.topic(REVIEWS), **RAW),
         visitor_join=app.topic(t.topic(VISITOR_JOIN), **internal),
         account_join=app.topic(t.topic(ACCOUNT_JOIN), **internal),
+        promoter_join=app.topic(t.topic(PROMOTER_JOIN), **internal),
         conversions=app.topic(t.topic(CONVERSIONS), **RAW),
         late_events=app.topic(t.topic(LATE_EVENTS), **RAW),
         dead_letters=app.topic(t.topic(DEAD_LETTERS), **RAW),
@@ -145,24 +150,30 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> RefstreamApp:
 
 def _stream_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metrics,
                    raw_partitions: dict[str, int]) -> PromoterDirectory:
-    """Router, both joins with their tables, and the reference directories the joins read."""
-    visitors = app.batched(app.Table("visitors", partitions=s.partitions, key_type=bytes, value_type=bytes))
-    accounts = app.batched(app.Table("accounts", partitions=s.partitions, key_type=bytes, value_type=bytes))
+    """Router, the joins and the promoter stage with their tables, and the reference
+    directories the account join reads."""
+    def table(name: str) -> BatchedTable:
+        return app.batched(app.Table(name, partitions=s.partitions, key_type=bytes, value_type=bytes))
+
+    visitors, accounts = table("visitors"), table("accounts")
+    books = table("promoter-books")  # the promoter stage's `pricing.PromoterBook`s
     directory = PromoterDirectory(None)  # follow_reference hashes the promoters' IPs on arrival
     exclusions = ExclusionDirectory()
     signals = SignalStore(s.redis_url, s.redis_namespace,
                           on_failure=lambda op: metrics.redis_failures.labels(op).inc())
 
     router = Router(s, topics, metrics, DeadLetters(topics.dead_letters, metrics, s.pii_salt.encode()), signals)
-    visitor_sources, account_sources = Topology(s).join_sources(raw_partitions)
+    visitor_sources, account_sources, promoter_sources = Topology(s).join_sources(raw_partitions)
     visitor_join = VisitorJoin(s, visitors, topics, metrics, visitor_sources)
     account_join = AccountJoin(s, accounts, topics, metrics, account_sources, directory.as_of,
                                exclusions.owner, signals)
+    promoter_join = PromoterJoin(s, books, topics, metrics, promoter_sources)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # a union of callables mypy cannot match
     def on_assigned(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         visitor_join.forget_assignment()
         account_join.forget_assignment()
+        promoter_join.forget_assignment()
 
     @app.task
     async def load_reference() -> None:
@@ -193,6 +204,10 @@ def _stream_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metr
     async def join_accounts(stream: Any) -> None:
         await directory.ready.wait()
         await take_steps(account_join, stream)
+
+    @app.agent(topics.promoter_join)
+    async def join_promoters(stream: Any) -> None:
+        await take_steps(promoter_join, stream)
 
     return directory
 

@@ -1,7 +1,7 @@
 """The joins' Faust glue: join-topic messages in, `JoinEngine` steps, outputs to topics.
 
 A step is the messages of one partition that arrived together (up to `JOIN_BATCH`):
-decode them (one not written by a router is dead-lettered), run the engine
+decode them (one not written by a refstream worker is dead-lettered), run the engine
 (streams/logic/engine.py, with the join's logic from streams/logic/join_logics.py), send what
 it returned, then hand the step's state writes to the changelog as record batches
 (`BatchedTable`, streams/delivery/changelog.py).
@@ -9,9 +9,10 @@ it returned, then hand the step's state writes to the changelog as record batche
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from schemas.records import AttributionRec, Batch, DeadLetter, batch_decoder, json_encoder
+from schemas.records import Batch, DeadLetter, JoinRecord, batch_decoder, json_encoder
 from streams.adapters.signals import SignalStore
 from streams.agents.outputs import DeadLetters, Every, feed_join
 from streams.config import Settings
@@ -19,18 +20,18 @@ from streams.delivery.changelog import BatchedTable
 from streams.logic import attribution as attr
 from streams.logic import conversions as conv
 from streams.logic.engine import SWEEP_EVERY_S, JoinEngine, JoinLogic, Outputs
-from streams.logic.join_logics import AccountLogic, VisitorLogic
+from streams.logic.join_logics import AccountLogic, PromoterLogic, VisitorLogic
 from streams.logic.privacy import dead_letter
 from streams.logic.rules.ruleset import load_rules
 from streams.metrics import Metrics
-from streams.topology import visitor_source
+from streams.topology import account_source, visitor_source
 
 
 class JoinAgent:
     """One join: `process` runs a step for the events of one partition."""
 
     def __init__(self, settings: Settings, logic: JoinLogic[Any, Any], table: BatchedTable, topics: Any,
-                 metrics: Metrics, sources: tuple[str, ...]) -> None:
+                 metrics: Metrics, sources: tuple[str, ...], lateness_ms: int | None = None) -> None:
         self.settings = settings
         self.name = logic.name
         self.table = table
@@ -38,8 +39,10 @@ class JoinAgent:
         self.metrics = metrics
         self._salt = settings.pii_salt.encode()
         self.dead_letters = DeadLetters(topics.dead_letters, metrics, self._salt)
-        self.engine = JoinEngine(logic, table, sources=sources, lateness_ms=settings.lateness_ms,
+        lateness = settings.lateness_ms if lateness_ms is None else lateness_ms
+        self.engine = JoinEngine(logic, table, sources=sources, lateness_ms=lateness,
                                  partitions=settings.partitions, salt=self._salt)
+        self._heard = Every(SWEEP_EVERY_S)
 
     def forget_assignment(self) -> None:
         """Partitions moved: the engine rebuilds its deadline heaps from the recovered table."""
@@ -53,20 +56,28 @@ class JoinAgent:
         for event in events:
             try:
                 batches.append(batch_decoder.decode(event.value))
-            except Exception as exc:  # not written by a router: someone else wrote to the join topic
+            except Exception as exc:  # not written by refstream: someone else wrote to the join topic
                 undecodable.append(self._undecodable(event.message, exc))
         out = await self.engine.process(p, batches)
         self._observe(p, out)
         await self._send(out, undecodable)
-        await self.send_downstream(p, out.watermark, out.attributions)
+        await self.send_downstream(p, out)
         await self.table.flush()
 
-    async def send_downstream(self, p: int, watermark: int | None,
-                              batches: dict[int, list[AttributionRec]]) -> None:
-        """Only the visitor join feeds another join."""
+    async def send_downstream(self, p: int, out: Outputs) -> None:
+        """What this join feeds the next one (the visitor join the account join, the account
+        join the promoter stage); the last join feeds none."""
+
+    async def _feed(self, topic: Any, clock: str, watermark: int | None,
+                    batches: Mapping[int, Sequence[JoinRecord]]) -> None:
+        """Records to the next join's `topic`, with this partition's watermark as its `clock`;
+        every partition of the next join hears that clock at least every SWEEP_EVERY_S."""
+        clocks = {clock: watermark} if watermark is not None else {}
+        heartbeat = bool(clocks) and self._heard.due(clock)
+        await feed_join(topic, self.settings.partitions, batches, clocks, heartbeat)
 
     def _undecodable(self, message: Any, exc: Exception) -> DeadLetter:
-        reason = f"not a join batch ({type(exc).__name__}: {exc}); only refstream routers write {message.topic}"
+        reason = f"not a join batch ({type(exc).__name__}: {exc}); only refstream workers write {message.topic}"
         return dead_letter(reason, message, self._salt)
 
     def _observe(self, p: int, out: Outputs) -> None:
@@ -107,19 +118,14 @@ class VisitorJoin(JoinAgent):
         rules = attr.AttributionRules(s.window_ms, s.attribution_model, s.max_clicks_per_visitor)
         logic = VisitorLogic(rules, load_rules(s.rules_file), s.lateness_ms, s.partitions)
         super().__init__(settings, logic, table, topics, metrics, sources)
-        self._heard = Every(SWEEP_EVERY_S)
 
-    async def send_downstream(self, p: int, watermark: int | None,
-                              batches: dict[int, list[AttributionRec]]) -> None:
-        """Attributions to the account join, with this partition's watermark as its clock;
-        every account partition hears that clock at least every SWEEP_EVERY_S."""
-        clocks = {visitor_source(p): watermark} if watermark is not None else {}
-        heartbeat = bool(clocks) and self._heard.due(p)
-        await feed_join(self.topics.account_join, self.settings.partitions, batches, clocks, heartbeat)
+    async def send_downstream(self, p: int, out: Outputs) -> None:
+        await self._feed(self.topics.account_join, visitor_source(p), out.watermark, out.attributions)
 
 
 class AccountJoin(JoinAgent):
-    """orders + attributions by account_id -> checked, priced conversions
+    """orders + attributions by account_id -> checked decisions, by promoter_id to the promoter
+    stage (those without a promoter straight to `conversions`, unpriced)
     (`promoters`, `exclusions`: the reference directories' lookups; `signals`: Redis)."""
 
     def __init__(self, settings: Settings, table: BatchedTable, topics: Any, metrics: Metrics,
@@ -128,7 +134,20 @@ class AccountJoin(JoinAgent):
         s = settings
         rules = conv.ConversionRules(s.binding_ms, s.refund_window_ms, s.attribution_model)
         ctx = conv.Context(rules, load_rules(s.rules_file), promoters, exclusions)
-        super().__init__(settings, AccountLogic(ctx, signals), table, topics, metrics, sources)
+        super().__init__(settings, AccountLogic(ctx, signals, s.partitions), table, topics, metrics, sources)
+
+    async def send_downstream(self, p: int, out: Outputs) -> None:
+        await self._feed(self.topics.promoter_join, account_source(p), out.watermark, out.decisions)
+
+
+class PromoterJoin(JoinAgent):
+    """decisions by promoter_id -> priced conversions (streams/logic/pricing.py). Its sources
+    are the account join's partitions; lateness 0: decisions are derived, never late."""
+
+    def __init__(self, settings: Settings, table: BatchedTable, topics: Any, metrics: Metrics,
+                 sources: tuple[str, ...]) -> None:
+        logic = PromoterLogic(load_rules(settings.rules_file))
+        super().__init__(settings, logic, table, topics, metrics, sources, lateness_ms=0)
 
 
 def by_partition(events: list[Any]) -> list[list[Any]]:

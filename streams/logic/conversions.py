@@ -3,23 +3,25 @@
 State per `account_id`: the account's signup with its attribution (from the visitor join)
 and the orders that may become or already are conversions. Every paid order of an
 attributed account within the binding period is a conversion; refunds, cancellations and
-chargebacks reverse it. Each conversion is checked and priced (streams/logic/rules). A
-conversion is re-emitted with a higher `revision` whenever its content changes, and re-sent
-unchanged when a redelivery touches it (idempotent outputs).
+chargebacks reverse it. Each one is checked here (streams/logic/rules) and decided as a
+`DecisionRec`, not priced: its price depends on the promoter's other orders, which the
+promoter stage (streams/logic/pricing.py) holds. A decision is re-emitted with a higher
+`revision` whenever its content changes, and re-sent unchanged when a redelivery touches
+it (idempotent outputs). An order whose promoter changes (re-attribution) is first
+withdrawn from the old promoter (`reroute`).
 """
 from __future__ import annotations
 
-import hashlib
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 import msgspec
 
-from schemas.records import AttributionRec, Conversion, OrderRec
+from schemas.records import AttributionRec, DecisionRec, OrderRec
+from streams.logic.pricing import content_digest
 from streams.logic.rules import windows
 from streams.logic.rules.checks import Evidence, PromoterRef, Signals, identity_match, reasons, status_of
-from streams.logic.rules.commission import payable, price
 from streams.logic.rules.ruleset import RuleBook
 
 #: later events win; at equal event time the more final status wins
@@ -53,14 +55,6 @@ class Context:
     exclusion: ExclusionLookup = no_exclusions
 
 
-@dataclass(frozen=True, slots=True)
-class Live:
-    """Cross-partition inputs of one decision, read from Redis just before it."""
-
-    volume_before: Decimal = Decimal(0)  # promoter's counted sales earlier this month
-    points_before: int = 0  # promoter's points from earlier months
-
-
 class StatusEvent(msgspec.Struct, array_like=True):
     event_id: str
     ts: int
@@ -68,10 +62,13 @@ class StatusEvent(msgspec.Struct, array_like=True):
 
 
 class OrderState(msgspec.Struct, array_like=True):
-    order: OrderRec  # the paid event when there is one, else the first seen
+    order: OrderRec  # the earliest paid event when there is one (whatever arrived first), else the first seen
     events: list[StatusEvent]
     revision: int = 0
     digest: int = 0  # hash of the last emitted content
+    #: the promoter its last decision went to ('' for none yet, or no promoter): a later
+    #: decision for another one first withdraws it there (`reroute`)
+    promoter_id: str = ""
 
     @property
     def paid(self) -> bool:
@@ -103,20 +100,29 @@ def candidates(state: AccountState, rules: ConversionRules) -> list[str]:
     return [oid for oid, o in state.orders.items() if o.paid and in_binding(s.signup_ts, o.order.ts, rules)]
 
 
+def paid_orders(state: AccountState) -> list[tuple[int, str]]:
+    """(event time, order_id) of the account's paid orders, in that order: the customer's
+    order history that pricing's customer rules read."""
+    return sorted((o.order.ts, o.order.order_id) for o in state.orders.values() if o.paid)
+
+
 def first_order(state: AccountState, rules: ConversionRules) -> str | None:
     """The account's first paid order (event time, then order_id): it earns the new-customer bonus."""
-    paid = [o.order for o in state.orders.values() if o.paid]
-    return min(paid, key=lambda o: (o.ts, o.order_id)).order_id if paid else None
+    paid = paid_orders(state)
+    return paid[0][1] if paid else None
 
 
 def decide(
-    o: OrderState, state: AccountState, ctx: Context, live: Live, is_first: bool, now_ms: int,
-) -> Conversion:
-    """The conversion for one candidate order: checks, status, reasons, price, and the
-    evidence behind the reasons (for the review queue)."""
+    o: OrderState, state: AccountState, ctx: Context, is_first: bool, now_ms: int,
+    paid: list[tuple[int, str]] | None = None,
+) -> DecisionRec:
+    """The decision for one candidate order: checks, status, reasons, the evidence behind
+    the reasons (for the review queue) and what pricing needs of the customer; no price.
+    `paid` is `paid_orders(state)` when the caller has it (one sort per account)."""
     signup = state.signup
     assert signup is not None and signup.click is not None
     click, order, order_status = signup.click, o.order, o.status
+    paid = paid_orders(state) if paid is None else paid
     ruleset = ctx.book.at(order.ts)
     promoter = ctx.promoter(click.tracking_code, order.ts)
     ident = signup.ident
@@ -124,11 +130,8 @@ def decide(
                         ctx.exclusion(order.account_id, ident.email_domain if ident else None, order.ts),
                         state.signals or Signals())
     reason_codes = reasons(evidence, ruleset)
-    status = status_of(reason_codes)
-    pricing = payable(price(order.amount, promoter.level if promoter else 1, live.points_before,
-                            live.volume_before, is_first, ruleset), status)
-    conv = Conversion(
-        order_id=order.order_id, revision=o.revision, status=status, reasons=reason_codes,
+    dec = DecisionRec(
+        order_id=order.order_id, revision=o.revision, status=status_of(reason_codes), reasons=reason_codes,
         promoter_id=promoter.promoter_id if promoter else "",
         tracking_code=click.tracking_code, campaign=click.campaign or "",
         account_id=order.account_id, visitor_id=signup.visitor_id,
@@ -139,34 +142,50 @@ def decide(
         discount=order.discount, currency=order.currency, order_status=order_status,
         renewal=order.renewal, attribution_model=ctx.rules.model,
         attribution_final=signup.final, decided_at=now_ms,
-        level=pricing.level, rate=pricing.rate, tier=pricing.tier, commission=pricing.commission,
-        bonus=pricing.bonus, points=pricing.points, cap_applied=pricing.cap_applied,
         first_order=is_first, rule_version=ruleset.version,
         flood_clicks=evidence.signals.flood_clicks, farm_signups=evidence.signals.farm_signups,
         exclusion_owner=evidence.exclusion_owner or "", identity_match=identity_match(promoter, evidence),
+        base_level=promoter.level if promoter else 1,
+        customer_order=bisect_left(paid, (order.ts, order.order_id)) + 1,
+        customer_first_ts=paid[0][0], existing_customer=paid[0][0] < click.ts,
+        status_ts=max(o.events, key=_latest).ts, expires=_kept_until(signup, ctx.rules),
     )
-    content = msgspec.msgpack.encode(msgspec.structs.replace(conv, revision=0, decided_at=0))
-    digest = int.from_bytes(hashlib.blake2b(content, digest_size=8).digest(), "big")
+    digest = content_digest(dec)
     if digest != o.digest:
         o.revision += 1
         o.digest = digest
-        conv.revision = o.revision
-    return conv
+        dec.revision = o.revision
+    return dec
 
 
-def decide_all(
-    state: AccountState, touched: set[str], ctx: Context, live: Callable[[str], Live], now_ms: int,
-) -> list[Conversion]:
+def decide_all(state: AccountState, touched: set[str], ctx: Context, now_ms: int) -> list[DecisionRec]:
     """Decide every candidate order; return those that changed, plus the `touched` ones
     (re-sent unchanged, so a redelivery repairs an output lost in a crash)."""
-    first = first_order(state, ctx.rules)
+    paid = paid_orders(state)
+    first = paid[0][1] if paid else None
     out = []
     for oid in candidates(state, ctx.rules):
         o = state.orders[oid]
         before = o.revision
-        conv = decide(o, state, ctx, live(oid), oid == first, now_ms)
+        dec = decide(o, state, ctx, oid == first, now_ms, paid)
         if oid in touched or o.revision != before:
-            out.append(conv)
+            out.append(dec)
+    return out
+
+
+def reroute(state: AccountState, decided: list[DecisionRec]) -> list[DecisionRec]:
+    """The withdrawals `decided` needs: for each order whose last decision went to another
+    promoter, a copy of its new decision with `removed=True` addressed to the old one (which
+    forgets the order and re-prices its others). Records where each order goes now.
+
+    Idempotent under redelivery: the state is stored only after the step's outputs were
+    sent, so a re-run step withdraws again (the old promoter ignores a second withdrawal)."""
+    out = []
+    for d in decided:
+        o = state.orders[d.order_id]
+        if o.promoter_id and o.promoter_id != d.promoter_id:
+            out.append(msgspec.structs.replace(d, promoter_id=o.promoter_id, removed=True))
+        o.promoter_id = d.promoter_id
     return out
 
 
@@ -194,7 +213,8 @@ def add_order(state: AccountState, order: OrderRec) -> set[str]:
         o = state.orders[order.order_id] = OrderState(order, [])
     if not any(e.event_id == order.event_id for e in o.events):
         o.events.append(StatusEvent(order.event_id, order.ts, order.status))
-        if order.status == "paid" and o.order.status != "paid":
+        earlier = (order.ts, order.event_id) < (o.order.ts, o.order.event_id)
+        if order.status == "paid" and (o.order.status != "paid" or earlier):
             o.order = order
         o.events = deciding_events(o.events)
     return {order.order_id}

@@ -33,6 +33,7 @@ from schemas.records import (
     Batch,
     Conversion,
     DeadLetter,
+    DecisionRec,
     JoinRecord,
     LateEvent,
     json_encoder,
@@ -103,6 +104,9 @@ class Outputs:
 
     #: attributions for the account join, by its partition (visitor join only)
     attributions: dict[int, list[AttributionRec]] = field(default_factory=dict)
+    #: decisions for the promoter stage, by its partition, withdrawals before the decisions
+    #: that move an order (account join only)
+    decisions: dict[int, list[DecisionRec]] = field(default_factory=dict)
     conversions: list[Conversion] = field(default_factory=list)
     late: list[LateEvent] = field(default_factory=list)
     #: raw events refused because their key's state is full (they stay in their raw table)
@@ -136,8 +140,9 @@ class JoinLogic(ABC, Generic[S, A]):
 
     def source_of(self, rec: JoinRecord) -> str | None:
         """The raw source partition (`topic/partition`) whose clock `rec` advances and
-        against which it may be late; None for a derived record, which is never late."""
-        return None if isinstance(rec, AttributionRec) else rec.src.rsplit("/", 1)[0]
+        against which it may be late; None for a derived record (an attribution, a
+        decision), which is never late."""
+        return None if isinstance(rec, (AttributionRec, DecisionRec)) else rec.src.rsplit("/", 1)[0]
 
     @abstractmethod
     def knows(self, state: S, rec: JoinRecord) -> bool:
@@ -313,7 +318,7 @@ class JoinEngine(Generic[S, A]):
                 reports.extend(trial)
                 continue
             after = self._encode(state)  # what it takes (updates too) must still fit
-            # derived records (attributions) replace what they update and are always taken
+            # derived records (attributions, decisions) replace what they update and are always taken
             if len(after) > self.max_state_bytes and self.logic.source_of(item[0]) is not None:
                 state = self._state_decoder.decode(before)
                 reports.refused.append(self._refusal(item[0], key, len(after)))
@@ -346,15 +351,15 @@ class JoinEngine(Generic[S, A]):
         out.dead_letters += reports.refused
 
     def _late(self, rec: JoinRecord, key: bytes, clock: EventClock) -> LateEvent:
+        assert not isinstance(rec, (AttributionRec, DecisionRec))  # derived records are never late
         kind = type(rec).__name__.removesuffix("Rec").lower()
         wm = clock.watermark or 0
-        assert not isinstance(rec, AttributionRec)  # derived records are never late
         return LateEvent(kind=kind, event_id=rec.event_id, ts=rec.ts, watermark=wm, lateness_ms=wm - rec.ts,
                          join=self.logic.name, source=rec.src, key=key.decode())
 
     def _refusal(self, rec: JoinRecord, key: bytes, size: int) -> DeadLetter:
         """A dead letter for a raw event the key's state has no room for."""
-        assert not isinstance(rec, AttributionRec)  # derived records are never refused
+        assert not isinstance(rec, (AttributionRec, DecisionRec))  # derived records are never refused
         topic, partition, offset = rec.src.rsplit("/", 2)
         shown_key = scrub(key.decode(errors="replace")[:128], self.salt)
         reason = (f"{self.logic.name} join state of {shown_key!r} is full ({size:,} bytes, at most "
@@ -364,7 +369,9 @@ class JoinEngine(Generic[S, A]):
 
     @staticmethod
     def _ts(rec: JoinRecord) -> int:
-        return rec.signup_ts if isinstance(rec, AttributionRec) else rec.ts
+        if isinstance(rec, AttributionRec):
+            return rec.signup_ts
+        return rec.order_ts if isinstance(rec, DecisionRec) else rec.ts
 
     # -- storage and deadlines ------------------------------------------------------
     def _load(self, raw: bytes | None) -> S:

@@ -1,19 +1,21 @@
-"""The pipeline's two join steps as `JoinLogic` (streams/logic/engine.py).
+"""The pipeline's three join steps as `JoinLogic` (streams/logic/engine.py).
 
 `VisitorLogic`: clicks + signups by visitor_id -> attributions (streams/logic/attribution.py).
-`AccountLogic`: orders + attributions by account_id -> checked, priced conversions
-(streams/logic/conversions.py), with the cross-partition counters and the promoters'
-ledger behind `SignalBackend` (Redis in a worker: streams/adapters/signals.py).
+`AccountLogic`: orders + attributions by account_id -> checked decisions
+(streams/logic/conversions.py), with the cross-partition fraud counters behind
+`SignalBackend` (Redis in a worker: streams/adapters/signals.py).
+`PromoterLogic`: decisions by promoter_id -> priced conversions (streams/logic/pricing.py),
+priced in event-time order per promoter, so prices do not depend on arrival order.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Protocol
 
-from schemas.records import AttributionRec, ClickRec, Conversion, JoinRecord, OrderRec, SignupRec
+from schemas.records import AttributionRec, ClickRec, Conversion, DecisionRec, JoinRecord, OrderRec, SignupRec
 from streams.logic import attribution as attr
 from streams.logic import conversions as conv
+from streams.logic import pricing
 from streams.logic.engine import JoinLogic, Outputs, wall_ms
 from streams.logic.partitioning import partition_for
 from streams.logic.rules.checks import Signals
@@ -77,18 +79,10 @@ class VisitorLogic(JoinLogic[attr.VisitorState, list[AttributionRec]]):
 
 
 class SignalBackend(Protocol):
-    """The counters and ledger shared by every partition and worker (`SignalStore`)."""
+    """The fraud counters shared by every partition and worker (`SignalStore`)."""
 
     async def snapshot(self, recs: list[AttributionRec]) -> list[Signals]:
         """Flood and farming counters for the attributed click and the signup of each record."""
-        ...
-
-    async def ledger_before(self, asks: list[tuple[str, int]]) -> list[tuple[Decimal, int]]:
-        """For (promoter_id, order_ts): counted sales earlier that month, points of earlier months."""
-        ...
-
-    async def record_ledger(self, convs: list[Conversion]) -> None:
-        """Enter decided conversions in their promoters' ledgers (idempotent per order)."""
         ...
 
 
@@ -98,21 +92,26 @@ Touched = tuple[set[str], bool]
 
 
 class AccountLogic(JoinLogic[conv.AccountState, Touched]):
-    """orders + attributions by account_id -> checked, priced conversions.
+    """orders + attributions by account_id -> checked decisions, to the promoter stage by
+    its partition (`partitions` of them).
 
-    Per step: apply the records to state, read the counters the decisions need (one round
-    trip each for the fraud counters and the promoters' ledgers), decide, then enter the
-    decided conversions in the ledgers before they are sent. When the watermark closes the
-    counters' windows, they are read for good and the account re-decided (`on_due`). Click
-    spamming is a promoter-wide statistic: `conversions_current` applies it (sinks/tables.py).
+    Per step: apply the records to state, read the fraud counters the decisions need (one
+    round trip), decide. A decision goes to its promoter's partition, after a withdrawal
+    from the promoter its order was last sent to if that one differs; a decision without a
+    promoter (unknown_promoter) has nothing to price and goes out as a conversion at once.
+    When the watermark closes the counters' windows, they are read for good and the account
+    re-decided (`on_due`). Click spamming is a promoter-wide statistic: `conversions_current`
+    applies it (sinks/tables.py).
     """
 
     name = "account"
     state_type = conv.AccountState
 
-    def __init__(self, ctx: conv.Context, signals: SignalBackend, now_ms: Callable[[], int] = wall_ms) -> None:
+    def __init__(self, ctx: conv.Context, signals: SignalBackend, partitions: int,
+                 now_ms: Callable[[], int] = wall_ms) -> None:
         self.ctx = ctx
         self.signals = signals
+        self.partitions = partitions
         self.now_ms = now_ms
 
     def key_of(self, rec: JoinRecord) -> bytes:
@@ -137,7 +136,7 @@ class AccountLogic(JoinLogic[conv.AccountState, Touched]):
         touched = {key: set().union(*(ids for ids, _ in results)) for key, results in applied.items()}
         fresh = [key for key, results in applied.items() if any(snap for _, snap in results)]
         await self._snapshot(states, fresh)
-        await self._decide_and_emit(states, touched, out)
+        self._decide_and_emit(states, touched, out)
         for state in states.values():
             conv.prune(state, self.ctx.rules)
 
@@ -156,7 +155,7 @@ class AccountLogic(JoinLogic[conv.AccountState, Touched]):
         await self._snapshot(closing, list(closing))
         for st in closing.values():
             st.signals_final = True
-        await self._decide_and_emit(closing, {k: set() for k in closing}, out)
+        self._decide_and_emit(closing, {k: set() for k in closing}, out)
 
     def advance(self, state: conv.AccountState, key: bytes, watermark: int, out: Outputs) -> bool:
         return conv.advance(state, watermark, self.ctx.rules)
@@ -167,32 +166,71 @@ class AccountLogic(JoinLogic[conv.AccountState, Touched]):
         for key, snap in zip(keys, await self.signals.snapshot(recs)):
             states[key].signals = snap
 
-    async def _decide_and_emit(self, states: dict[bytes, conv.AccountState], touched: dict[bytes, set[str]],
-                               out: Outputs) -> None:
-        """Decide, enter the decisions in the promoters' ledgers, then queue them for sending."""
-        decisions = await self._decide(states, touched)
-        await self.signals.record_ledger(decisions)
-        out.conversions += decisions
-
-    async def _decide(self, states: dict[bytes, conv.AccountState],
-                      touched: dict[bytes, set[str]]) -> list[Conversion]:
+    def _decide_and_emit(self, states: dict[bytes, conv.AccountState], touched: dict[bytes, set[str]],
+                         out: Outputs) -> None:
         now = self.now_ms()
-        asks: list[tuple[str, int]] = []
-        index: dict[tuple[bytes, str], int] = {}
         for key, state in states.items():
-            if state.signup is None or state.signup.click is None:
-                continue
-            code = state.signup.click.tracking_code
-            for oid in conv.candidates(state, self.ctx.rules):
-                ts = state.orders[oid].order.ts
-                promoter = self.ctx.promoter(code, ts)
-                index[key, oid] = len(asks)
-                asks.append((promoter.promoter_id if promoter else "", ts))
-        answers = await self.signals.ledger_before(asks)
-        out: list[Conversion] = []
-        for key, state in states.items():
-            def live(oid: str, key: bytes = key) -> conv.Live:
-                volume, points = answers[index[key, oid]]
-                return conv.Live(volume_before=volume, points_before=points)
-            out.extend(conv.decide_all(state, touched[key], self.ctx, live, now))
-        return out
+            decided = conv.decide_all(state, touched[key], self.ctx, now)
+            for d in conv.reroute(state, decided):  # withdrawals first: the order leaves its old promoter
+                self._send(d, out)
+            for d in decided:
+                if d.promoter_id:
+                    self._send(d, out)
+                else:  # nobody to price it for
+                    out.conversions.append(pricing.unpriced(d, now))
+
+    def _send(self, d: DecisionRec, out: Outputs) -> None:
+        out.decisions.setdefault(partition_for(d.promoter_id.encode(), self.partitions), []).append(d)
+
+
+#: what `PromoterLogic.apply` returns: the open order to re-price, or a closed month's conversion
+Priced = tuple[str | None, Conversion | None]
+
+
+class PromoterLogic(JoinLogic[pricing.PromoterBook, Priced]):
+    """decisions by promoter_id -> priced conversions (streams/logic/pricing.py).
+
+    Decisions are derived records: never late, never refused (`source_of` is None), so the
+    watermark comes only from the account partitions' clocks. Per step, each promoter's
+    open months are re-priced once, whatever number of decisions it got; a decision for a
+    closed month is priced alone in `apply`. Closing a month (`advance`) fixes prices
+    that were already sent, so it emits nothing.
+    """
+
+    name = "promoter"
+    state_type = pricing.PromoterBook
+
+    def __init__(self, book: RuleBook, now_ms: Callable[[], int] = wall_ms) -> None:
+        self.book = book
+        self.now_ms = now_ms
+
+    def key_of(self, rec: JoinRecord) -> bytes:
+        if not isinstance(rec, DecisionRec):
+            raise TypeError(f"the promoter stage takes decisions, not {type(rec).__name__}")
+        return rec.promoter_id.encode()
+
+    def knows(self, state: pricing.PromoterBook, rec: JoinRecord) -> bool:
+        # the engine takes derived records anyway; this only says what the state holds
+        return isinstance(rec, DecisionRec) and (rec.order_id in state.open or rec.order_id in state.final)
+
+    def apply(self, state: pricing.PromoterBook, key: bytes, rec: JoinRecord) -> Priced:
+        assert isinstance(rec, DecisionRec)  # key_of let nothing else in
+        return pricing.add(state, rec, self.book, self.now_ms())
+
+    async def on_batch(self, states: dict[bytes, pricing.PromoterBook], applied: dict[bytes, list[Priced]],
+                       out: Outputs) -> None:
+        now = self.now_ms()
+        for key, results in applied.items():
+            touched = {oid for oid, _ in results if oid is not None}
+            out.conversions += [c for _, c in results if c is not None]
+            if touched:
+                out.conversions += pricing.reprice(states[key], touched, self.book, now)
+
+    def empty(self, state: pricing.PromoterBook) -> bool:
+        return not (state.open or state.final or state.customers or state.closed)
+
+    def deadline(self, state: pricing.PromoterBook) -> int | None:
+        return pricing.due(state, self.book)
+
+    def advance(self, state: pricing.PromoterBook, key: bytes, watermark: int, out: Outputs) -> bool:
+        return pricing.advance(state, watermark, self.book)

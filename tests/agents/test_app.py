@@ -12,8 +12,9 @@ RAW = {"clicks", "signups", "orders"}
 
 
 @pytest.mark.parametrize("role, agents, bulk, pages, tables", [
-    ("all", {"join_visitors", "join_accounts", "reference", "sink_to_clickhouse"}, RAW, {"/counts", "/api"}, 2),
-    ("stream", {"join_visitors", "join_accounts"}, RAW, set(), 2),
+    ("all", {"join_visitors", "join_accounts", "join_promoters", "reference", "sink_to_clickhouse"}, RAW,
+     {"/counts", "/api"}, 3),
+    ("stream", {"join_visitors", "join_accounts", "join_promoters"}, RAW, set(), 3),
     ("sink", {"reference", "sink_to_clickhouse"}, set(), {"/counts", "/api"}, 0),
 ])
 def test_a_role_registers_only_its_agents_and_pages(role: str, agents: set, bulk: set, pages: set, tables: int,

@@ -16,7 +16,7 @@ from tests.support.pipeline import Pipeline, expected_counts, raw_messages, sett
 
 pytestmark = pytest.mark.integration
 RESTART_DELAY_S = float(os.environ.get("REFSTREAM_TEST_RESTART_DELAY_S", 0))
-COMPARED = ("order_id", "status", "reasons", "promoter_id", "tracking_code", "account_id", "amount",
+COMPARED = ("order_id", "status", "reasons", "promoter_id", "tracking_code", "account_id", "amount", "level", "tier", "cap",
             "click_event_id", "signup_event_id", "order_status", "rate", "commission", "bonus", "points",
             "attribution_final")
 

@@ -140,6 +140,8 @@ def test_every_rule_through_the_stack(stack, topic_prefix, tmp_path) -> None:
         (t0 + 6 * MIN) / 1000)), "--orders")
     assert "approved" in statement and "o-0" in statement and "65.00" in statement
 
+    # the live pipeline's conversions are the replay's (p.cli asserts exit status 0: none differ)
+    assert p.cli("replay", "--against-stored").startswith("0 of ")
     same = p.cli("replay", "--rules", str(write_rules(tmp_path / "same.toml", "")))
     assert same.startswith("0 of ")
     looser = p.cli("replay", "--rules", str(write_rules(tmp_path / "loose.toml", "injection_max_s = 1")))

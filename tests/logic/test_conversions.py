@@ -4,18 +4,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+import msgspec
 import pytest
 
-from schemas.records import AttributionRec, ClickRef, OrderRec, SignupIdent
+from schemas.records import AttributionRec, ClickRef, DecisionRec, OrderRec, SignupIdent
 from streams.logic import conversions as conv
+from streams.logic.rules.checks import PromoterRef, Signals
 
 DAY = 86_400_000
 RULES = conv.ConversionRules(binding_ms=180 * DAY, refund_window_ms=90 * DAY)
 PROMOTERS = {"A": "p-alice", "B": "p-bob"}
 
 
-def lookup(code: str, ts: int) -> conv.PromoterRef | None:
-    return conv.PromoterRef(promoter_id=PROMOTERS[code]) if code in PROMOTERS else None
+def lookup(code: str, ts: int) -> PromoterRef | None:
+    return PromoterRef(promoter_id=PROMOTERS[code]) if code in PROMOTERS else None
 
 
 CTX = conv.Context(RULES, promoter=lookup)
@@ -80,7 +82,7 @@ CASES = [
 def apply(state: conv.AccountState, step, now_ms: int = 0) -> list:
     """What the account join does with one record: update, decide, prune."""
     touched = conv.add_order(state, step) if isinstance(step, OrderRec) else conv.add_attribution(state, step)
-    out = conv.decide_all(state, touched, CTX, lambda oid: conv.Live(), now_ms)
+    out = conv.decide_all(state, touched, CTX, now_ms)
     conv.prune(state, RULES)
     return out
 
@@ -156,7 +158,7 @@ def test_due_says_when_expiry_can_happen(case: ExpiryCase) -> None:
 # --- the evidence behind the reasons, on every conversion ----------------------------------------
 
 BUYER = SignupIdent(ip_hash="ip-buyer", device_id="dev-buyer", email_hash="em-buyer", email_domain="buyer.example")
-SELF = conv.PromoterRef(promoter_id="p-self", device_id="dev-buyer", ip_hash="ip-buyer")
+SELF = PromoterRef(promoter_id="p-self", device_id="dev-buyer", ip_hash="ip-buyer")
 
 
 @dataclass
@@ -164,22 +166,22 @@ class EvidenceCase:
     name: str
     expected: tuple  # status, reasons, flood_clicks, farm_signups, exclusion_owner, identity_match
     code: str = "A"  # A: p-alice, S: a promoter sharing the buyer's device and IP, Z: nobody
-    signals: conv.Signals | None = None  # None: not read yet
+    signals: Signals | None = None  # None: not read yet
     exclusion: str | None = None
 
 
 EVIDENCE = [
     EvidenceCase("clean: no evidence", ("approved", [], 0, 0, "", "")),
     EvidenceCase("counters under the thresholds are shown too",
-                 ("approved", [], 7, 2, "", ""), signals=conv.Signals(flood_ip=7, flood_visitor=1, farm_ip=2)),
+                 ("approved", [], 7, 2, "", ""), signals=Signals(flood_ip=7, flood_visitor=1, farm_ip=2)),
     EvidenceCase("the IP's clicks when more than the visitor's",
-                 ("rejected", ["click_flooding"], 21, 0, "", ""), signals=conv.Signals(flood_ip=21, flood_visitor=3)),
+                 ("rejected", ["click_flooding"], 21, 0, "", ""), signals=Signals(flood_ip=21, flood_visitor=3)),
     EvidenceCase("the visitor's clicks when more than the IP's",
-                 ("rejected", ["click_flooding"], 30, 0, "", ""), signals=conv.Signals(flood_ip=2, flood_visitor=30)),
+                 ("rejected", ["click_flooding"], 30, 0, "", ""), signals=Signals(flood_ip=2, flood_visitor=30)),
     EvidenceCase("the device's signups when more than the IP's",
-                 ("rejected", ["signup_farming"], 0, 4, "", ""), signals=conv.Signals(farm_ip=2, farm_device=4)),
+                 ("rejected", ["signup_farming"], 0, 4, "", ""), signals=Signals(farm_ip=2, farm_device=4)),
     EvidenceCase("the IP's signups when more than the device's",
-                 ("rejected", ["signup_farming"], 0, 9, "", ""), signals=conv.Signals(farm_ip=9, farm_device=1)),
+                 ("rejected", ["signup_farming"], 0, 9, "", ""), signals=Signals(farm_ip=9, farm_device=1)),
     EvidenceCase("customer of direct sales",
                  ("rejected", ["customer_owned_by_direct_sales"], 0, 0, "direct_sales", ""), exclusion="direct_sales"),
     EvidenceCase("customer of a channel partner",
@@ -190,12 +192,12 @@ EVIDENCE = [
     EvidenceCase("everything at once",
                  ("rejected", ["customer_owned_by_channel", "self_referral", "click_flooding", "signup_farming"],
                   25, 5, "channel_partner", "device"),
-                 code="S", signals=conv.Signals(flood_visitor=25, farm_device=5), exclusion="channel_partner"),
+                 code="S", signals=Signals(flood_visitor=25, farm_device=5), exclusion="channel_partner"),
 ]
 
 
 def evidence_context(case: EvidenceCase) -> conv.Context:
-    promoters = {"A": conv.PromoterRef(promoter_id="p-alice"), "S": SELF}
+    promoters = {"A": PromoterRef(promoter_id="p-alice"), "S": SELF}
     return conv.Context(RULES, promoter=lambda code, ts: promoters.get(code),
                         exclusion=lambda account, domain, ts: case.exclusion)
 
@@ -205,7 +207,7 @@ def test_the_evidence_lands_on_the_conversion(case: EvidenceCase) -> None:
     click = ClickRef("c1", -3_600_000, case.code)
     state = conv.AccountState(signup=AttributionRec("acc", "s1", 0, "v", click, True, BUYER), signals=case.signals)
     conv.add_order(state, order("o1", DAY))
-    c = conv.decide(state.orders["o1"], state, evidence_context(case), conv.Live(), True, 0)
+    c = conv.decide(state.orders["o1"], state, evidence_context(case), True, 0)
     assert (c.status, c.reasons, c.flood_clicks, c.farm_signups, c.exclusion_owner, c.identity_match) == case.expected
 
 
@@ -214,12 +216,135 @@ def test_evidence_that_changes_is_a_new_revision() -> None:
     the counts alone is new content, shown with a new revision; the same counts again are not."""
     case = EvidenceCase("counts", ())
     state = conv.AccountState(signup=AttributionRec("acc", "s1", 0, "v", ClickRef("c1", -3_600_000, "A"), True),
-                              signals=conv.Signals(flood_ip=3))
+                              signals=Signals(flood_ip=3))
     conv.add_order(state, order("o1", DAY))
-    decide = lambda: conv.decide(state.orders["o1"], state, evidence_context(case), conv.Live(), True, 0)  # noqa: E731
+    decide = lambda: conv.decide(state.orders["o1"], state, evidence_context(case), True, 0)  # noqa: E731
     first = decide()
-    state.signals = conv.Signals(flood_ip=5)
+    state.signals = Signals(flood_ip=5)
     second = decide()
     third = decide()
     assert [(c.revision, c.flood_clicks, c.status) for c in (first, second, third)] == [
         (1, 3, "approved"), (2, 5, "approved"), (2, 5, "approved")]
+
+
+# --- what pricing needs of the customer, on every decision --------------------------------------
+
+CUSTOMER_CTX = conv.Context(RULES, promoter=lambda code, ts: {
+    "A": PromoterRef(promoter_id="p-alice"), "L": PromoterRef(promoter_id="p-lou", level=3)}.get(code))
+KEPT = 270 * DAY  # binding period + refund window after the signup
+
+
+@dataclass
+class CustomerCase:
+    name: str
+    steps: list
+    #: order_id -> (base_level, customer_order, customer_first_ts, existing_customer, status_ts, expires)
+    #: of its last decision
+    expected: dict[str, tuple]
+
+
+CUSTOMER = [
+    CustomerCase("first order of a new customer", [attribution("A"), order("o1", DAY)],
+                 {"o1": (1, 1, DAY, False, DAY, KEPT)}),
+    CustomerCase("the promoter's reference level", [attribution("L"), order("o1", DAY)],
+                 {"o1": (3, 1, DAY, False, DAY, KEPT)}),
+    CustomerCase("no promoter: level 1", [attribution("Z"), order("o1", DAY)],
+                 {"o1": (1, 1, DAY, False, DAY, KEPT)}),
+    CustomerCase("a later order ranks second, from the first one's time",
+                 [attribution("A"), order("o1", DAY), order("o2", 3 * DAY)],
+                 {"o1": (1, 1, DAY, False, DAY, KEPT), "o2": (1, 2, DAY, False, 3 * DAY, KEPT)}),
+    CustomerCase("an earlier order arriving later takes the first rank",
+                 [attribution("A"), order("o2", 3 * DAY), order("o1", DAY)],
+                 {"o1": (1, 1, DAY, False, DAY, KEPT), "o2": (1, 2, DAY, False, 3 * DAY, KEPT)}),
+    CustomerCase("at equal times the order id ranks", [attribution("A"), order("ob", DAY), order("oa", DAY)],
+                 {"oa": (1, 1, DAY, False, DAY, KEPT), "ob": (1, 2, DAY, False, DAY, KEPT)}),
+    CustomerCase("an order never paid does not count",
+                 [attribution("A"), order("o0", DAY, "cancelled"), order("o1", 2 * DAY)],
+                 {"o1": (1, 1, 2 * DAY, False, 2 * DAY, KEPT)}),
+    CustomerCase("a refunded order still counts, the refund's time is the status time",
+                 [attribution("A"), order("o1", DAY), order("o1", 2 * DAY, "refunded"), order("o2", 3 * DAY)],
+                 {"o1": (1, 1, DAY, False, 2 * DAY, KEPT), "o2": (1, 2, DAY, False, 3 * DAY, KEPT)}),
+    CustomerCase("paid before the attributed click: an existing customer",
+                 [attribution("A", signup_ts=10 * DAY), order("o0", DAY), order("o1", 11 * DAY)],
+                 {"o1": (1, 2, DAY, True, 11 * DAY, 10 * DAY + KEPT)}),
+    CustomerCase("paid after the click, before the signup: a new customer",
+                 [attribution("A", signup_ts=10 * DAY), order("o0", 10 * DAY - 1_800_000), order("o1", 11 * DAY)],
+                 {"o1": (1, 2, 10 * DAY - 1_800_000, False, 11 * DAY, 10 * DAY + KEPT)}),
+]
+
+
+@pytest.mark.parametrize("case", CUSTOMER, ids=lambda c: c.name)
+def test_the_customer_lands_on_the_decision(case: CustomerCase) -> None:
+    state, last = conv.AccountState(), dict[str, DecisionRec]()
+    for step in case.steps:
+        touched = conv.add_order(state, step) if isinstance(step, OrderRec) else conv.add_attribution(state, step)
+        last.update((d.order_id, d) for d in conv.decide_all(state, touched, CUSTOMER_CTX, 0))
+        conv.prune(state, RULES)
+    assert {oid: (d.base_level, d.customer_order, d.customer_first_ts, d.existing_customer, d.status_ts, d.expires)
+            for oid, d in last.items()} == case.expected
+    assert all(d.first_order == (d.customer_order == 1) and not d.removed and d.commission == 0
+               for d in last.values())
+
+
+# --- an order that changes promoter is withdrawn from the old one first -------------------------
+
+
+@dataclass
+class MoveCase:
+    name: str
+    steps: list
+    sent: list[tuple[str, str, bool]]  # (promoter_id, order_id, removed) the last step sends, in order
+    remembered: dict[str, str]  # order_id -> OrderState.promoter_id afterwards
+
+
+MOVES = [
+    MoveCase("a first decision withdraws nothing", [attribution("A"), order("o1", DAY)],
+             [("p-alice", "o1", False)], {"o1": "p-alice"}),
+    MoveCase("re-attribution: withdrawn from the old promoter, then decided for the new one",
+             [attribution("A"), order("o1", DAY), attribution("B")],
+             [("p-alice", "o1", True), ("p-bob", "o1", False)], {"o1": "p-bob"}),
+    MoveCase("the same promoter again withdraws nothing",
+             [attribution("A"), order("o1", DAY), attribution("A", final=True)],
+             [("p-alice", "o1", False)], {"o1": "p-alice"}),
+    MoveCase("every order of the account moves, withdrawals first",
+             [attribution("A"), order("o1", DAY), order("o2", 2 * DAY), attribution("B")],
+             [("p-alice", "o1", True), ("p-alice", "o2", True), ("p-bob", "o1", False), ("p-bob", "o2", False)],
+             {"o1": "p-bob", "o2": "p-bob"}),
+    MoveCase("to an unknown code: withdrawn, then decided without a promoter",
+             [attribution("A"), order("o1", DAY), attribution("Z")],
+             [("p-alice", "o1", True), ("", "o1", False)], {"o1": ""}),
+    MoveCase("from an unknown code: nothing to withdraw",
+             [attribution("Z"), order("o1", DAY), attribution("A")], [("p-alice", "o1", False)], {"o1": "p-alice"}),
+    MoveCase("a redelivered order of a moved account withdraws nothing more",
+             [attribution("A"), order("o1", DAY), attribution("B"), order("o1", DAY)],
+             [("p-bob", "o1", False)], {"o1": "p-bob"}),
+]
+
+
+@pytest.mark.parametrize("case", MOVES, ids=lambda c: c.name)
+def test_a_promoter_change_withdraws_the_order_first(case: MoveCase) -> None:
+    state, sent = conv.AccountState(), []
+    for step in case.steps:
+        touched = conv.add_order(state, step) if isinstance(step, OrderRec) else conv.add_attribution(state, step)
+        decided = conv.decide_all(state, touched, CTX, 0)
+        withdrawn = conv.reroute(state, decided)
+        new = {d.order_id: d for d in decided}
+        # a withdrawal is the new decision addressed to the old promoter
+        assert all(w == msgspec.structs.replace(new[w.order_id], promoter_id=w.promoter_id, removed=True)
+                   for w in withdrawn)
+        sent = [(d.promoter_id, d.order_id, d.removed) for d in withdrawn + decided]
+        conv.prune(state, RULES)
+    assert sent == case.sent
+    assert {oid: o.promoter_id for oid, o in state.orders.items()} == case.remembered
+
+
+def test_an_order_state_stored_before_promoter_id_still_decodes() -> None:
+    class Before(msgspec.Struct, array_like=True):  # OrderState without its trailing promoter_id
+        order: OrderRec
+        events: list[conv.StatusEvent]
+        revision: int = 0
+        digest: int = 0
+
+    raw = msgspec.msgpack.encode(Before(order("o1", DAY), [conv.StatusEvent("e1", DAY, "paid")], 3, 7))
+    o = msgspec.msgpack.decode(raw, type=conv.OrderState)
+    assert (o.revision, o.digest, o.promoter_id) == (3, 7, "")

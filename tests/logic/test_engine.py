@@ -1,4 +1,5 @@
-"""The join engine in-process: both join logics over a dict store and fake Redis signals."""
+"""The join engine in-process: the three join logics over dict stores and fake Redis signals,
+alone and chained (account join -> promoter stage)."""
 from __future__ import annotations
 
 import asyncio
@@ -14,11 +15,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.records import AttributionRec, Batch, ClickRec, ClickRef, Conversion, JoinRecord, OrderRec, SignupRec
+from schemas.records import (
+    AttributionRec,
+    Batch,
+    ClickRec,
+    ClickRef,
+    Conversion,
+    DecisionRec,
+    JoinRecord,
+    OrderRec,
+    SignupRec,
+)
 from streams.logic import attribution as attr
 from streams.logic import conversions as conv
+from streams.logic import pricing
 from streams.logic.engine import CLOCK_KEY, FULL_STATE_BYTES, MAX_STATE_BYTES, JoinEngine, MemoryStore, Outputs
-from streams.logic.join_logics import AccountLogic, VisitorLogic
+from streams.logic.join_logics import AccountLogic, PromoterLogic, VisitorLogic
+from streams.logic.partitioning import partition_for
+from streams.logic.pricing import REVISION_BITS
 from streams.logic.rules.checks import PromoterRef, Signals
 from streams.logic.rules.ruleset import RuleBook
 
@@ -28,6 +42,7 @@ HOUR = 3_600_000
 DAY = 86_400_000
 VISITOR_SOURCES = ("clicks/0", "signups/0")
 ACCOUNT_SOURCES = ("orders/0", "visitor/0")
+PROMOTER_SOURCES = ("account/0",)  # the account partitions' watermarks
 CONV_RULES = conv.ConversionRules(binding_ms=180 * DAY, refund_window_ms=90 * DAY)
 PROMOTERS = {"A": PromoterRef(promoter_id="p-alice"), "B": PromoterRef(promoter_id="p-bob")}
 _offsets = itertools.count()
@@ -42,9 +57,9 @@ def signup(eid: str, ts: int, account: str = "acc", visitor: str = "v") -> Signu
     return SignupRec(eid, ts, account, visitor, src=f"signups/0/{next(_offsets)}")
 
 
-def order(oid: str, ts: int, status: str = "paid", account: str = "acc") -> OrderRec:
+def order(oid: str, ts: int, status: str = "paid", account: str = "acc", amount: str = "100.00") -> OrderRec:
     # one event id per distinct event: a redelivery repeats an event whole, never its id alone
-    return OrderRec(f"{oid}-{status}-{ts}", ts, oid, account, "db-pro", Decimal("100.00"), "USD", status,
+    return OrderRec(f"{oid}-{status}-{ts}", ts, oid, account, "db-pro", Decimal(amount), "USD", status,
                     src=f"orders/0/{next(_offsets)}")
 
 
@@ -77,23 +92,16 @@ Item = JoinRecord | Clocks | Reassign | Counts
 
 
 class FakeSignals:
-    """`SignalBackend` in memory: fixed counters, ledger entries by order id."""
+    """`SignalBackend` in memory: fixed counters."""
 
     def __init__(self) -> None:
         self.counts = Signals()
-        self.ledger: dict[str, Conversion] = {}
         self.snapshots: list[list[str]] = []
 
     async def snapshot(self, recs: list[AttributionRec]) -> list[Signals]:
         if recs:
             self.snapshots.append([r.account_id for r in recs])
         return [self.counts for _ in recs]
-
-    async def ledger_before(self, asks: list[tuple[str, int]]) -> list[tuple[Decimal, int]]:
-        return [(Decimal(0), 0) for _ in asks]
-
-    async def record_ledger(self, convs: list[Conversion]) -> None:
-        self.ledger.update((c.order_id, c) for c in convs)
 
 
 # -- running a join --------------------------------------------------------------------
@@ -112,14 +120,18 @@ class Run:
         self.engine = self.new_engine()
 
     def new_engine(self) -> JoinEngine[Any, Any]:
-        logic: VisitorLogic | AccountLogic
+        logic: VisitorLogic | AccountLogic | PromoterLogic
+        sources: tuple[str, ...]
+        lateness = LATENESS
         if self.join == "visitor":
             rules = attr.AttributionRules(WINDOW, "last_click", max_clicks=64)
             logic, sources = VisitorLogic(rules, RuleBook([]), LATENESS, partitions=1), VISITOR_SOURCES
-        else:
+        elif self.join == "account":
             ctx = conv.Context(CONV_RULES, RuleBook([]), lambda code, ts: PROMOTERS.get(code))
-            logic, sources = AccountLogic(ctx, self.signals, now_ms=lambda: 0), ACCOUNT_SOURCES
-        return JoinEngine(logic, self.store, sources=sources, lateness_ms=LATENESS, partitions=1,
+            logic, sources = AccountLogic(ctx, self.signals, partitions=1, now_ms=lambda: 0), ACCOUNT_SOURCES
+        else:  # decisions are derived records: never late
+            logic, sources, lateness = PromoterLogic(RuleBook([]), now_ms=lambda: 0), PROMOTER_SOURCES, 0
+        return JoinEngine(logic, self.store, sources=sources, lateness_ms=lateness, partitions=1,
                           sweep_every_s=0, now_ms=lambda: 0,
                           max_state_bytes=self.max_state or MAX_STATE_BYTES,
                           full_state_bytes=self.full_state or FULL_STATE_BYTES)
@@ -146,13 +158,15 @@ class Run:
         """What the cases' expectations can name."""
         sent = [a for out in self.outputs for part in out.attributions.values() for a in part]
         conversions = {c.order_id: (c.revision, c.status) for out in self.outputs for c in out.conversions}
+        routed = [d for out in self.outputs for part in out.decisions.values() for d in part]
         return {
             "sent": [(a.account_id, a.click.tracking_code if a.click else None, a.final) for a in sent],
             "final": {a.account_id: a.click.tracking_code if a.click else None for a in sent if a.final},
             "late": [e.event_id for out in self.outputs for e in out.late],
             "refused": [json.loads(d.value)[1] for out in self.outputs for d in out.dead_letters],
             "conversions": conversions,
-            "ledger": sorted(self.signals.ledger),
+            "decisions": {d.order_id: (d.revision, d.status) for d in routed if not d.removed},
+            "routed": [(d.promoter_id, d.order_id, d.removed) for d in routed],
             "keys": sorted(k.decode() for k in self.store.data if not k.startswith(b"\x00")),
         }
 
@@ -251,35 +265,42 @@ CASES = [
     # account join
     Case("paid order of an attributed account", "account",
          [[attribution("A"), order("o1", DAY)]],
-         {"conversions": {"o1": (1, "approved")}, "ledger": ["o1"]}),
+         {"decisions": {"o1": (1, "approved")}, "routed": [("p-alice", "o1", False)]}),
     Case("order before its attribution", "account",
          [[order("o1", DAY)], [attribution("A")]],
-         {"conversions": {"o1": (1, "approved")}}),
+         {"decisions": {"o1": (1, "approved")}}),
     Case("a refund reverses, redelivered it changes nothing", "account",
          [[attribution("A"), order("o1", DAY)], [order("o1", 2 * DAY, "refunded")], [order("o1", 2 * DAY, "refunded")]],
-         {"conversions": {"o1": (2, "reversed")}}),
+         {"decisions": {"o1": (2, "reversed")}}),
     Case("a refund behind the watermark updates a known order", "account",
          [[attribution("A", final=True), order("o1", DAY)], [Clocks(5 * DAY)], [order("o1", 2 * DAY, "refunded")]],
-         {"conversions": {"o1": (2, "reversed")}, "late": []}),
+         {"decisions": {"o1": (2, "reversed")}, "late": []}),
     Case("an order of an unknown account behind the watermark is late", "account",
          [[Clocks(5 * DAY)], [order("o1", 2 * DAY)]],
          {"late": [f"o1-paid-{2 * DAY}"], "keys": []}),
     Case("attributions are never late", "account",
          [[Clocks(5 * DAY)], [attribution("A", signup_ts=DAY), order("o1", 6 * DAY)]],
-         {"late": [], "conversions": {"o1": (1, "approved")}}),
+         {"late": [], "decisions": {"o1": (1, "approved")}}),
     Case("orders waiting for a signup go when the watermark passes them", "account",
          [[order("o1", DAY)], [Clocks(2 * DAY)]],
-         {"conversions": {}, "keys": []}),
+         {"decisions": {}, "keys": []}),
     Case("the counters are read for good when their windows close", "account",
          [[attribution("A", signup_ts=HOUR, final=True), order("o1", 2 * HOUR)],
           [Counts(Signals(flood_ip=50))], [Clocks(DAY + HOUR)], [Clocks(2 * DAY)]],
-         {"conversions": {"o1": (2, "rejected")}, "keys": ["acc"]}),
+         {"decisions": {"o1": (2, "rejected")}, "keys": ["acc"]}),
     Case("an attributed account expires after binding and refund window", "account",
          [[attribution("A", final=True), order("o1", DAY)], [Clocks(300 * DAY)]],
-         {"conversions": {"o1": (1, "approved")}, "keys": []}),
+         {"decisions": {"o1": (1, "approved")}, "keys": []}),
     Case("re-assignment: a fresh engine expires the recovered accounts", "account",
          [[attribution("A", final=True), order("o1", DAY)], [Reassign(), Clocks(300 * DAY)]],
          {"keys": []}),
+    Case("a re-attributed order is withdrawn from its old promoter first", "account",
+         [[attribution("A"), order("o1", DAY)], [attribution("B")]],
+         {"routed": [("p-alice", "o1", False), ("p-alice", "o1", True), ("p-bob", "o1", False)],
+          "decisions": {"o1": (2, "approved")}, "conversions": {}}),
+    Case("no promoter: nothing to price, a conversion at once", "account",
+         [[attribution("Z"), order("o1", DAY)]],
+         {"routed": [], "conversions": {"o1": (1 << REVISION_BITS, "rejected")}}),
 ]
 
 
@@ -322,7 +343,7 @@ def test_an_order_with_thousands_of_events_stays_small() -> None:
         rec.event_id = f"o1-{i}"
     r = run("account", [[attribution("A", signup_ts=0, final=True)], storm[:500], storm[500:]])
     assert max(len(v) for v in r.store.data.values()) < 2_000
-    assert r.views()["refused"] == [] and r.views()["conversions"]["o1"][1] == "reversed"
+    assert r.views()["refused"] == [] and r.views()["decisions"]["o1"][1] == "reversed"
 
 
 def test_a_full_account_refuses_new_orders_but_takes_refunds_of_known_ones() -> None:
@@ -333,7 +354,7 @@ def test_a_full_account_refuses_new_orders_but_takes_refunds_of_known_ones() -> 
     refund.event_id = "o3-refund"
     r = run("account", [[attribution("A", final=True)], orders[:10], orders[10:20], [refund]], **bound)
     assert r.views()["refused"] == [f"o{i}-paid-{1_000 + i}" for i in range(10, 20)]
-    assert r.views()["conversions"]["o3"][1] == "reversed"
+    assert r.views()["decisions"]["o3"][1] == "reversed"
     assert max(len(v) for v in r.store.data.values()) <= bound["max_state"]
 
 
@@ -428,5 +449,155 @@ def test_redelivery_sends_the_same_last_revision_of_every_conversion(records: li
     steps = cut(records, cuts)
     once = run("account", steps)
     twice = run("account", [s for step in steps for s in (step, step)])
-    assert twice.views()["conversions"] == once.views()["conversions"]
+    assert twice.views()["decisions"] == once.views()["decisions"]
     assert twice.store.data == once.store.data
+
+
+# -- the account join feeding the promoter stage -----------------------------------------
+@dataclass
+class Pipeline:
+    """The account join and the promoter stage in-process (one partition each): every
+    account step's decisions go to the stage with the account partition's watermark as the
+    clock of `account/0`, as streams/agents/joins.py sends them."""
+
+    account: Run = field(default_factory=lambda: Run("account"))
+    promoter: Run = field(default_factory=lambda: Run("promoter"))
+
+    def step(self, items: Sequence[Item]) -> None:
+        before = len(self.account.outputs)
+        self.account.step(items)
+        for out in self.account.outputs[before:]:
+            clock: list[Item] = [Clocks(out.watermark)] if out.watermark is not None else []
+            decisions: list[Item] = list(out.decisions.get(0, []))
+            if decisions or clock:
+                self.promoter.step(decisions + clock)
+
+    def final(self) -> dict[str, Conversion]:
+        """What `conversions_current` shows: per order its highest revision, revision and
+        decision time left out (they count steps, not content)."""
+        sent = [c for run in (self.account, self.promoter) for out in run.outputs for c in out.conversions]
+        last: dict[str, Conversion] = {}
+        for c in sorted(sent, key=lambda c: c.revision):
+            last[c.order_id] = c
+        return {oid: msgspec.structs.replace(c, revision=0, decided_at=0) for oid, c in last.items()}
+
+
+def pipeline(steps: Sequence[Sequence[Item]], close: bool = True) -> Pipeline:
+    p = Pipeline()
+    for items in steps:
+        p.step(items)
+    if close:
+        p.step([Clocks(400 * DAY)])  # every month closed, every account expired
+    return p
+
+
+def accounts(*codes: str | None) -> list[Item]:
+    """A final attribution at day 0 for accounts a1, a2, ... on these codes."""
+    return [attribution(code, 0, True, f"a{i}") for i, code in enumerate(codes, 1)]
+
+
+@dataclass
+class OrderCase:
+    name: str
+    first: list[list[Item]]  # account-join steps, in one arrival order
+    second: list[list[Item]]  # the same records in another
+    #: order_id -> (promoter_id, status, tier, commission) of the final conversion
+    expected: dict[str, tuple[str, str, int, Decimal]]
+
+
+O1, O2, O3 = (order("o1", DAY, account="a1", amount="8000"), order("o2", 2 * DAY, account="a2", amount="5000"),
+              order("o3", 3 * DAY, account="a3"))
+REFUND = order("o1", 4 * DAY, "refunded", account="a1")
+ORDER_CASES = [
+    OrderCase("tiers from the month's earlier orders, whatever arrives first",
+              [accounts("A", "A", "A"), [O1], [O2], [O3]], [accounts("A", "A", "A"), [O3], [O2], [O1]],
+              {"o1": ("p-alice", "approved", 0, Decimal(1200)), "o2": ("p-alice", "approved", 0, Decimal(750)),
+               "o3": ("p-alice", "approved", 1, Decimal(16))}),
+    OrderCase("in one step or in many",
+              [accounts("A", "A", "A"), [O1, O2, O3]], [accounts("A", "A", "A"), [O2], [O3], [O1]],
+              {"o1": ("p-alice", "approved", 0, Decimal(1200)), "o2": ("p-alice", "approved", 0, Decimal(750)),
+               "o3": ("p-alice", "approved", 1, Decimal(16))}),
+    OrderCase("a refund within the month takes its volume back from the later orders",
+              [accounts("A", "A", "A"), [O1, O2], [O3], [REFUND]], [accounts("A", "A", "A"), [REFUND, O3], [O2, O1]],
+              {"o1": ("p-alice", "reversed", 0, Decimal(0)), "o2": ("p-alice", "approved", 0, Decimal(750)),
+               "o3": ("p-alice", "approved", 0, Decimal(15))}),
+    OrderCase("an order moved to another promoter leaves the old one's volume",
+              [[*accounts("A", "A"), attribution("B", 0, False, "a3")], [O1, O2, O3],
+               [attribution("B", 0, False, "a1")], [attribution("B", 0, True, "a1"), attribution("A", 0, True, "a3")]],
+              [[*accounts("B", "A", "A")], [O3, O2], [O1]],
+              {"o1": ("p-bob", "approved", 0, Decimal(1200)), "o2": ("p-alice", "approved", 0, Decimal(750)),
+               "o3": ("p-alice", "approved", 0, Decimal(15))}),
+]
+
+
+@pytest.mark.parametrize("case", ORDER_CASES, ids=lambda c: c.name)
+def test_prices_do_not_depend_on_arrival_order(case: OrderCase) -> None:
+    first, second = pipeline(case.first).final(), pipeline(case.second).final()
+    assert first == second
+    assert {oid: (c.promoter_id, c.status, c.tier, c.commission) for oid, c in first.items()} == case.expected
+
+
+def books(p: Pipeline) -> dict[str, tuple[list[str], list[str], list[int]]]:
+    """Each promoter's open orders, final orders and closed months in the stage's store."""
+    decoded = {k.decode(): msgspec.msgpack.decode(v, type=pricing.PromoterBook)
+               for k, v in p.promoter.store.data.items() if not k.startswith(b"\x00")}
+    return {k: (sorted(b.open), sorted(b.final), sorted(b.closed)) for k, b in decoded.items()}
+
+
+def test_the_stage_forgets_moved_orders_then_keeps_only_closed_months() -> None:
+    p = pipeline(ORDER_CASES[3].first, close=False)
+    assert books(p) == {"p-alice": (["o2", "o3"], [], []), "p-bob": (["o1"], [], [])}
+    p.step([Clocks(400 * DAY)])
+    assert books(p) == {"p-alice": ([], [], [197001]), "p-bob": ([], [], [197001])}
+    assert p.account.views()["keys"] == []
+
+
+@pytest.mark.parametrize("rec, key", [
+    (pricing.unpriced(DecisionRec(order_id="o1", revision=1, status="approved", reasons=[], promoter_id="p-alice",
+                                  tracking_code="A", campaign="", account_id="a1", visitor_id="v", click_event_id="c",
+                                  click_ts=0, signup_event_id="s", signup_ts=0, order_event_id="e", order_ts=DAY,
+                                  cart_id="", product="p", category="", amount=Decimal(1), discount=Decimal(0),
+                                  currency="USD", order_status="paid", renewal=False, attribution_model="last_click",
+                                  attribution_final=True, decided_at=0), 0), TypeError),
+    (order("o1", DAY), TypeError),
+    (attribution("A"), TypeError),
+])
+def test_the_promoter_stage_takes_only_decisions(rec: Any, key: type[Exception]) -> None:
+    with pytest.raises(key):
+        PromoterLogic(RuleBook([])).key_of(rec)
+
+
+def test_decisions_go_to_their_promoters_partition() -> None:
+    ctx = conv.Context(CONV_RULES, RuleBook([]), lambda code, ts: PROMOTERS.get(code))
+    # 6 promoter-join partitions (p-alice's 1, p-bob's 3), the account join's own count apart
+    engine = JoinEngine(AccountLogic(ctx, FakeSignals(), partitions=6, now_ms=lambda: 0), MemoryStore(),
+                        sources=ACCOUNT_SOURCES, lateness_ms=LATENESS, partitions=4)
+    out = asyncio.run(engine.process(0, [Batch([attribution("A", account="a1"), order("o1", DAY, account="a1"),
+                                                attribution("B", account="a2"), order("o2", DAY, account="a2")])]))
+    assert (partition_for(b"p-alice", 6), partition_for(b"p-bob", 6)) == (1, 3)
+    assert {p: [d.promoter_id for d in ds] for p, ds in out.decisions.items()} == {1: ["p-alice"], 3: ["p-bob"]}
+
+
+@st.composite
+def promoter_traffic(draw: st.DrawFn) -> list[JoinRecord]:
+    """Final attributions and order events of a few accounts of two promoters: each order
+    paid once (its own time and amount), maybe refunded later."""
+    out: list[JoinRecord] = [attribution(draw(st.sampled_from(["A", "B"])), 0, True, f"a{i}") for i in range(3)]
+    for i in range(draw(st.integers(1, 8))):
+        account, ts = f"a{draw(st.integers(0, 2))}", draw(st.integers(1, 60)) * DAY
+        out.append(order(f"o{i}", ts, account=account, amount=str(draw(st.sampled_from([100, 4_000, 9_000])))))
+        if draw(st.integers(0, 3)) == 0:
+            out.append(order(f"o{i}", ts + draw(st.integers(0, 40)) * DAY, "refunded", account=account))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(records=promoter_traffic(), rnd=st.randoms(use_true_random=False), cuts=st.lists(st.integers(0, 30), max_size=4))
+def test_final_conversions_do_not_depend_on_arrival_order_or_redelivery(records: list[JoinRecord], rnd: Any,
+                                                                        cuts: list[int]) -> None:
+    shuffled = list(records)
+    rnd.shuffle(shuffled)
+    steps = cut(shuffled, cuts)
+    in_order = pipeline([records]).final()
+    assert pipeline(steps).final() == in_order
+    assert pipeline([s for step in steps for s in (step, step)]).final() == in_order

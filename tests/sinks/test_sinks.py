@@ -492,21 +492,52 @@ def test_stored_events_read_back_as_the_records_written(db):
 EVIDENCE = dict(flood_clicks=23, farm_signups=5, exclusion_owner="channel_partner", identity_match="device")
 
 
+CAPPED = dict(cap="customer", cap_applied=True)  # which limit cut the commission (migration 6)
+
+
 def test_conversion_row_follows_the_conversions_columns():
-    """Every value lands in the column of its name, the evidence after the pricing."""
+    """Every value lands in the column of its name, the evidence after the pricing, then the cap."""
     columns = TABLES["conversions"].insert_columns
-    c = conversion("o1", reasons=["self_referral"], commission=Decimal("1.5"), rule_version="v2", **EVIDENCE)
+    c = conversion("o1", reasons=["self_referral"], commission=Decimal("1.5"), rule_version="v2",
+                   **EVIDENCE, **CAPPED)
     assert rows_for([c]) == {"conversions": [tuple(getattr(c, name) for name in columns)]}
-    assert columns[-4:] == tuple(EVIDENCE)
+    assert columns[-5:] == (*EVIDENCE, "cap")
 
 
 def test_conversion_evidence_round_trips_through_clickhouse(db):
-    write_records(ClickHouseWriter(db), [conversion("o1", **EVIDENCE), conversion("o2")])
-    rows = db.query("SELECT order_id, flood_clicks, farm_signups, exclusion_owner, identity_match"
+    write_records(ClickHouseWriter(db), [conversion("o1", **EVIDENCE, **CAPPED), conversion("o2")])
+    rows = db.query("SELECT order_id, flood_clicks, farm_signups, exclusion_owner, identity_match, cap"
                     " FROM conversions FINAL ORDER BY order_id").result_rows
-    assert [tuple(r) for r in rows] == [("o1", 23, 5, "channel_partner", "device"), ("o2", 0, 0, "", "")]
+    assert [tuple(r) for r in rows] == [("o1", 23, 5, "channel_partner", "device", "customer"),
+                                        ("o2", 0, 0, "", "", "")]
     back = [msgspec.convert(r, Conversion) for r in queries.conversions_for(db)]
-    assert back == [conversion("o1", **EVIDENCE), conversion("o2")]
+    assert back == [conversion("o1", **EVIDENCE, **CAPPED), conversion("o2")]
+
+
+PRICED = 16  # a conversion's revision: decision revision << 16 + price changes (streams/logic/pricing.py)
+
+
+@pytest.mark.parametrize("revisions, newest", [
+    ([1 << PRICED, (1 << PRICED) + 1], (1 << PRICED) + 1),  # re-priced
+    ([(1 << PRICED) + 9, 2 << PRICED], 2 << PRICED),  # a new decision outranks every price of the old one
+    ([(65_535 << PRICED) + 65_535, 1 << PRICED], 2**32 - 1),  # the largest fits UInt32
+])
+def test_conversions_current_keeps_the_newest_priced_revision(db, revisions: list[int], newest: int):
+    write_records(ClickHouseWriter(db), [conversion("o1", r, cap=f"r{r}") for r in revisions])
+    assert [(r["revision"], r["cap"]) for r in queries.conversions_for(db)] == [(newest, f"r{newest}")]
+
+
+def test_migration_6_adds_the_cap_to_an_older_database(client):
+    """A database of migrations 1-5 (conversions without `cap`) gets the column, and the
+    placeholder `conversions_current` shows it."""
+    old = [m for m in MIGRATIONS if m.version <= 5]
+    migrate(client, old)
+    client.command("ALTER TABLE conversions DROP COLUMN cap")  # as version 1 created it before
+    client.command("CREATE OR REPLACE VIEW conversions_current AS " + VIEWS["conversions_current"])
+    assert "cap" not in [r[0] for r in client.query("DESCRIBE TABLE conversions_current").result_rows]
+    assert migrate(client) == [6]
+    write_records(ClickHouseWriter(client), [conversion("o1", **CAPPED)])
+    assert [r["cap"] for r in queries.conversions_for(client)] == ["customer"]
 
 
 # --- review decisions ---------------------------------------------------------------------------

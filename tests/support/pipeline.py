@@ -27,6 +27,18 @@ from tests import ROOT
 NAMESPACES: set[tuple[str, str]] = set()
 
 
+#: tiers, levels and caps that the tests' traffic (tens of orders per promoter) reaches
+COMPARABLE_RULES = """\
+[[rule_set]]
+version = "comparable"
+tiers = [{ volume = "150", bonus_rate = "0.01" }, { volume = "600", bonus_rate = "0.02" }]
+level_points = [1500, 6000]
+renewal_level_rates = ["0.10", "0.12", "0.14", "0.16", "0.18"]
+cap_per_promoter_month = "120"
+cap_per_customer = "45"
+"""
+
+
 @dataclass
 class Pipeline:
     """One pipeline deployment: its topics (prefix), consumer group, ClickHouse dir and workers."""
@@ -41,13 +53,14 @@ class Pipeline:
     @classmethod
     def create(cls, stack: Any, prefix: str, workdir: Path, comparable: bool = False,
                **overrides: Any) -> Pipeline:
-        """`comparable`: price without volume tiers and point levels, so that runs whose
-        messages arrive in another order must give identical conversions (those two follow
-        arrival order across partitions: docs/architecture.md, Known limits)."""
+        """`comparable`: price with a rule book whose every price depends on the promoter's
+        other orders (low volume tiers, levels from a few points, monthly and customer caps,
+        renewal rates), so that runs whose messages arrive in another order, crash or
+        rebalance are compared on the rules that arrival order could change."""
         workdir.mkdir(parents=True, exist_ok=True)
         if comparable:
             rules = workdir / "comparable-rules.toml"
-            rules.write_text('[[rule_set]]\nversion = "comparable"\ntiers = []\nlevel_points = []\n')
+            rules.write_text(COMPARABLE_RULES)
             overrides.setdefault("rules_file", str(rules))
         env = stack.settings_env(
             topic_prefix=prefix, app_id=f"app-{prefix}{uuid.uuid4().hex[:4]}", data_dir=str(workdir),
@@ -274,7 +287,7 @@ def event(**fields: Any) -> bytes:
 
 
 #: fields of conversions_current compared between runs of the same traffic
-COMPARED = ("order_id", "status", "reasons", "promoter_id", "amount", "level", "tier", "rate", "commission", "bonus",
+COMPARED = ("order_id", "status", "reasons", "promoter_id", "amount", "level", "tier", "rate", "commission", "bonus", "cap",
             "points", "rule_version", "attribution_final")
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -71,6 +72,23 @@ class RuleSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     points_per_unit: int = 100
     #: points earned in earlier months needed for levels 2, 3, ...
     level_points: tuple[int, ...] = (100_000, 500_000, 2_000_000, 10_000_000)
+    #: level rates of renewal orders (`renewal = true`); empty: `level_rates`
+    renewal_level_rates: tuple[Decimal, ...] = ()
+    #: commission only on orders within this many months of the customer's first paid order (0: always)
+    recurring_months: int = 0
+    #: commission on at most this many paid orders per customer (0: no limit)
+    max_orders_per_customer: int = 0
+    #: customers who had paid before their attributed click earn their promoter commission too
+    existing_customers_earn: bool = True
+    #: most commission per referred customer (0: no cap), over his lifetime or per window of
+    #: `cap_per_customer_months` months from his first paid order
+    cap_per_customer: Decimal = Decimal(0)
+    cap_per_customer_months: int = 0
+    #: most commission per promoter and calendar month (0: no cap)
+    cap_per_promoter_month: Decimal = Decimal(0)
+    #: days after a calendar month ends during which its rejections and reversals still lower
+    #: its volume, caps and points (and re-price its later orders); at least 2
+    month_close_days: int = 7
     # after the decision (docs/payouts.md). Per order, the version in force at its event time:
     #: days of event time after the order before an approved conversion is payable
     holding_days: int = 30
@@ -95,6 +113,15 @@ class RuleSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
                 raise ValueError(f"minimum_payouts: {currency!r} is not an ISO-4217 code like USD")
             if minimum < 0:
                 raise ValueError(f"minimum_payouts: the minimum for {currency} must not be negative")
+        if min(self.cap_per_customer, self.cap_per_promoter_month) < 0 or min(
+                self.recurring_months, self.max_orders_per_customer, self.cap_per_customer_months) < 0:
+            raise ValueError("caps, recurring_months, max_orders_per_customer and cap_per_customer_months "
+                             "must not be negative (0 means no limit)")
+        if self.month_close_days < 2:
+            raise ValueError("month_close_days must be at least 2: a month's last decisions reach the pricing "
+                             "stage up to a day after it ends")
+        if self.renewal_level_rates and len(self.renewal_level_rates) != len(self.level_rates):
+            raise ValueError("renewal_level_rates needs one rate per level, like level_rates")
         if self.minimum_payout < 0 or self.instalment_above < 0 or self.instalment_months < 1 or self.holding_days < 0:
             raise ValueError("minimum_payout and instalment_above must not be negative, instalment_months must be "
                              "at least 1 and holding_days not negative")
@@ -105,9 +132,16 @@ class RuleSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 class RuleBook:
-    """Rule sets by effective date; `at(ts)` is the one in force at event time `ts`."""
+    """Rule sets by effective date; `at(ts)` is the one in force at event time `ts`.
+    `time_zone` (IANA name) is the program's: its calendar months (tiers, monthly caps,
+    levels) end at midnight there."""
 
-    def __init__(self, rule_sets: list[RuleSet]) -> None:
+    def __init__(self, rule_sets: list[RuleSet], time_zone: str = "UTC") -> None:
+        try:
+            self.zone = ZoneInfo(time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"time_zone {time_zone!r} is not an IANA time zone like UTC or Asia/Shanghai") from None
+        self.time_zone = time_zone
         if not rule_sets:
             rule_sets = [RuleSet()]
         self.rule_sets = sorted(rule_sets, key=lambda r: r.effective_from)
@@ -139,13 +173,19 @@ def parse_rules(doc: Mapping[str, object]) -> RuleBook:
     items = doc.get("rule_set", [])
     if not isinstance(items, list):
         raise ValueError("rule_set must be an array of tables: [[rule_set]]")
+    unknown = set(doc) - {"rule_set", "time_zone"}
+    if unknown:
+        raise ValueError(f"unknown top-level rule book fields {sorted(unknown)}: only time_zone and [[rule_set]]")
+    time_zone = doc.get("time_zone", "UTC")
+    if not isinstance(time_zone, str):
+        raise ValueError("time_zone must be a string like \"Asia/Shanghai\"")
     sets = []
     for table in items:
         item: dict[str, object] = dict(table)
         if "effective_from" in item:
             item["effective_from"] = _ms(item["effective_from"])
         sets.append(msgspec.convert(item, RuleSet, strict=False))
-    return RuleBook(sets)
+    return RuleBook(sets, time_zone)
 
 
 def load_rules(path: str) -> RuleBook:

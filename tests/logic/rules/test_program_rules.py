@@ -4,9 +4,10 @@ in Python (what replay and the account join decide) and as the SQL the sink agen
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import pytest
@@ -16,6 +17,7 @@ from schemas.records import AttributionRec, ClickRef, Conversion, OrderRec
 from sinks.clickhouse import ClickHouseWriter
 from sinks.tables import quote
 from streams.logic import conversions as conv
+from streams.logic import pricing
 from streams.logic.reference import PromoterDirectory
 from streams.logic.rules import spamming
 from streams.logic.rules.ruleset import RuleBook, RuleSet
@@ -56,7 +58,7 @@ def decided(status: str = "approved", reasons: list[str] | None = None, code: st
 @dataclass
 class SpamCase:
     name: str
-    delays_h: list[float]  # click -> signup of each attributed signup of code T1
+    delays_h: Sequence[float]  # click -> signup of each attributed signup of code T1
     flagged: bool  # code T1 is spamming
     conversion: Conversion = field(default_factory=decided)
     expected: tuple[str, list[str]] = ("approved", [])  # status, reasons in conversions_current
@@ -114,13 +116,14 @@ def test_click_spamming_python_and_sql_agree(db, case: SpamCase) -> None:
 # --- the retroactive enterprise reversal -------------------------------------------------------
 
 ORDER_TS = T0 + 2 * DAY
+AccountType = Literal["personal", "enterprise"]
 RULES = conv.ConversionRules(binding_ms=180 * DAY, refund_window_ms=90 * DAY)
 
 
 @dataclass
 class EnterpriseCase:
     name: str
-    versions: list[tuple[int, str]]  # (ts, account_type) of promoter P1 on code T1
+    versions: list[tuple[int, AccountType]]  # (ts, account_type) of promoter P1 on code T1
     known_at: int  # the join last decided the order knowing the versions up to here
     expected: tuple[str, list[str], Decimal]  # status, sorted reasons, commission in conversions_current
     amount: str = "100"
@@ -148,20 +151,23 @@ ENTERPRISE_CASES = [
 
 
 def decide(case: EnterpriseCase, known_at: int) -> Conversion:
-    """The account join's decision of order o1 with the promoter versions known at `known_at`."""
+    """The account join's decision of order o1 with the promoter versions known at `known_at`,
+    as the promoter stage prices it."""
     directory = PromoterDirectory(salt=None)
     for ts, account_type in case.versions:
         if ts <= known_at:
             directory.add(Promoter(event_id=f"p-{ts}", ts=ts, promoter_id="P1", tracking_code="T1",
                                    account_type=account_type))
-    ctx = conv.Context(RULES, RuleBook([]), directory.as_of)
+    book = RuleBook([])
+    ctx = conv.Context(RULES, book, directory.as_of)
     state = conv.AccountState()
     conv.add_attribution(state, AttributionRec("buyer", "s1", T0 + H, "v", ClickRef("c1", T0, "T1"), True))
     conv.add_order(state, OrderRec("o1-paid", ORDER_TS, "o1", "buyer", "pro", Decimal(case.amount), "USD", "paid"))
     if case.refunded:
         conv.add_order(state, OrderRec("o1-ref", ORDER_TS + H, "o1", "buyer", "pro", Decimal(case.amount), "USD",
                                        "refunded"))
-    return conv.decide(state.orders["o1"], state, ctx, conv.Live(), True, 0)
+    [priced] = pricing.price_all([conv.decide(state.orders["o1"], state, ctx, True, 0)], book)
+    return priced
 
 
 @pytest.mark.parametrize("case", ENTERPRISE_CASES, ids=lambda c: c.name)
@@ -172,9 +178,9 @@ def test_enterprise_reversal_python_and_sql_agree(db, case: EnterpriseCase) -> N
     now = decide(case, known_at=max(ts for ts, _ in case.versions))
     py = (now.status, sorted(now.reasons), now.commission + now.bonus, now.points)
     write_records(ClickHouseWriter(db),
-        [decide(case, case.known_at)]
-        + [Promoter(event_id=f"p-{ts}", ts=ts, promoter_id="P1", tracking_code="T1", account_type=account_type)
-           for ts, account_type in case.versions])
+        [decide(case, case.known_at),
+         *(Promoter(event_id=f"p-{ts}", ts=ts, promoter_id="P1", tracking_code="T1", account_type=account_type)
+           for ts, account_type in case.versions)])
     install(db, RuleSet())
     status, reasons, commission, bonus, points = current(db, "o1")
     assert py == (status, sorted(reasons), commission + bonus, points)

@@ -46,7 +46,21 @@ DOC_DEFAULTS = {  # docs/rules.md, in brackets
     "level_points": (100_000, 500_000, 2_000_000, 10_000_000),
     "holding_days": 30, "holding_ms": 30 * 86_400_000, "instalment_above": D(0), "instalment_months": 3,
     "minimum_payout": D(100), "points_cashable": False,
+    "renewal_level_rates": (), "recurring_months": 0, "max_orders_per_customer": 0, "existing_customers_earn": True,
+    "cap_per_customer": D(0), "cap_per_customer_months": 0, "cap_per_promoter_month": D(0), "month_close_days": 7,
 }
+
+NEW_FIELDS = """
+[[rule_set]]
+renewal_level_rates = ["0.05", "0.06", "0.07", "0.08", "0.09"]
+recurring_months = 12
+max_orders_per_customer = 3
+existing_customers_earn = false
+cap_per_customer = "500"
+cap_per_customer_months = 6
+cap_per_promoter_month = "20000.50"
+month_close_days = 10
+"""
 
 
 @dataclass
@@ -57,6 +71,7 @@ class Case:
     expected: dict = field(default_factory=dict)  # attributes of the rule set in force at `ts`
     error: str | None = None  # ValueError expected: its message holds the path and this text
     path: str = "rules.toml"  # "": load_rules('') (the defaults)
+    zone: str = "UTC"  # the rule book's time zone
 
 
 CASES = [
@@ -75,6 +90,35 @@ CASES = [
          expected={"level_rates": (D("0.1"), D("0.2"), D("0.3"), D("0.35"), D("0.4"))}),
     Case("unset fields keep their defaults", '[[rule_set]]\nversion = "x"\nhigh_value_amount = "75000.50"\n',
          expected=DOC_DEFAULTS | {"version": "x", "high_value_amount": D("75000.50")}),
+    # pricing rules of issue 14
+    Case("renewal rates, customer rules and caps", NEW_FIELDS, expected={
+        "renewal_level_rates": (D("0.05"), D("0.06"), D("0.07"), D("0.08"), D("0.09")), "recurring_months": 12,
+        "max_orders_per_customer": 3, "existing_customers_earn": False, "cap_per_customer": D(500),
+        "cap_per_customer_months": 6, "cap_per_promoter_month": D("20000.50"), "month_close_days": 10,
+        "level_rates": DOC_DEFAULTS["level_rates"]}),
+    Case("renewal rates need one per level", '[[rule_set]]\nrenewal_level_rates = ["0.05", "0.06"]\n',
+         error="one rate per level"),
+    Case("renewal rates follow a shorter level table", '[[rule_set]]\nlevel_rates = ["0.1", "0.2"]\n'
+         'renewal_level_rates = ["0.05", "0.06"]\n', expected={"renewal_level_rates": (D("0.05"), D("0.06"))}),
+    Case("negative customer cap", '[[rule_set]]\ncap_per_customer = "-1"\n', error="must not be negative"),
+    Case("negative month cap", '[[rule_set]]\ncap_per_promoter_month = "-0.01"\n', error="must not be negative"),
+    Case("negative recurring months", "[[rule_set]]\nrecurring_months = -1\n", error="must not be negative"),
+    Case("negative max orders", "[[rule_set]]\nmax_orders_per_customer = -2\n", error="must not be negative"),
+    Case("negative cap window", "[[rule_set]]\ncap_per_customer_months = -6\n", error="must not be negative"),
+    Case("month_close_days 2 is the least", "[[rule_set]]\nmonth_close_days = 2\n",
+         expected={"month_close_days": 2}),
+    Case("month_close_days below 2", "[[rule_set]]\nmonth_close_days = 1\n", error="at least 2"),
+    Case("existing_customers_earn must be a boolean", '[[rule_set]]\nexisting_customers_earn = "no"\n',
+         error="existing_customers_earn"),
+    # the rule book's time zone (top level)
+    Case("time zone", 'time_zone = "Asia/Shanghai"\n' + TWO_VERSIONS, ts=MARCH, expected=V2, zone="Asia/Shanghai"),
+    Case("time zone without rule sets: the defaults", 'time_zone = "America/New_York"\n', expected=DOC_DEFAULTS,
+         zone="America/New_York"),
+    Case("unknown time zone", 'time_zone = "Mars/Olympus_Mons"\n', error="Mars/Olympus_Mons"),
+    Case("time zone must be a string", "time_zone = 8\n", error="time_zone"),
+    Case("unknown top-level field", 'timezone = "UTC"\n', error="timezone"),
+    Case("a rule set field at top level is unknown there", "cap_per_order = 5\n[[rule_set]]\n",
+         error="cap_per_order"),
     Case("duplicate versions", '[[rule_set]]\nversion = "v1"\n[[rule_set]]\nversion = "v1"\n'
          'effective_from = "2026-03-01T00:00:00Z"\n', error="unique"),
     Case("two unnamed rule sets clash on the default version", "[[rule_set]]\n[[rule_set]]\neffective_from = 5\n",
@@ -104,8 +148,10 @@ def test_rules(case: Case, tmp_path: Path) -> None:
             load_rules(path)
         assert path in str(err.value) and case.error in str(err.value)
         return
-    rules = load_rules(path).at(case.ts)
+    book = load_rules(path)
+    rules = book.at(case.ts)
     assert {k: getattr(rules, k) for k in case.expected} == case.expected
+    assert (book.time_zone, book.zone.key) == (case.zone, case.zone)
 
 
 def test_the_example_in_docs_rules_md_parses() -> None:
@@ -114,7 +160,9 @@ def test_the_example_in_docs_rules_md_parses() -> None:
     import tomllib
 
     doc = (ROOT / "docs" / "rules.md").read_text()
-    book = parse_rules(tomllib.loads(re.search(r"```toml\n(.*?)```", doc, re.S).group(1)))
+    example = re.search(r"```toml\n(.*?)```", doc, re.S)
+    assert example is not None
+    book = parse_rules(tomllib.loads(example.group(1)))
     assert [r.version for r in book.rule_sets] == ["2026-01", "2026-07"]
     assert book.at(1_782_864_000_000).cap_per_order == Decimal(80000)
     later = book.at(1_782_864_000_000)
