@@ -48,6 +48,7 @@ class Signup(_Event, kw_only=True):
     account_type: Literal["personal", "enterprise"] = "personal"
     realname_id_hash: str | None = None
     device_id: str | None = None
+    coupon_code: str | None = None  # a promoter's coupon code entered at signup
 
 
 OrderStatus = Literal["paid", "refunded", "cancelled", "chargeback"]
@@ -65,6 +66,7 @@ class Order(_Event, kw_only=True):
     discount: Decimal = Decimal(0)
     status: OrderStatus
     renewal: bool = False
+    coupon_code: str | None = None  # a promoter's coupon code redeemed with the order
 
 
 class Promoter(_Event, kw_only=True):
@@ -82,6 +84,10 @@ class Promoter(_Event, kw_only=True):
     email_hash: str | None = None
     device_id: str | None = None
     ip: str | None = None
+    #: coupon codes the promoter owns from this version on (KOLs read them aloud)
+    coupon_codes: list[str] = []
+    #: the promoter who recruited this one (two-level referrals), as of this version
+    parent_promoter_id: str | None = None
 
 
 class Exclusion(_Event, kw_only=True):
@@ -105,7 +111,16 @@ class Review(_Event, kw_only=True):
     actor: str
 
 
-Event = Click | Signup | Order | Promoter | Exclusion | Review
+class FxRate(_Event, kw_only=True):
+    """How many units of the program currency one unit of `currency` is worth, from
+    `effective_from` (default: `ts`) until the currency's next rate (docs/events.md)."""
+
+    currency: str
+    rate: Decimal
+    effective_from: Timestamp | None = None
+
+
+Event = Click | Signup | Order | Promoter | Exclusion | Review | FxRate
 
 #: input topic name (before the prefix) -> model
 MODELS: dict[str, type[Event]] = {
@@ -115,4 +130,5 @@ MODELS: dict[str, type[Event]] = {
     "promoters": Promoter,
     "exclusions": Exclusion,
     "reviews": Review,
+    "fx_rates": FxRate,
 }

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from schemas.events import Exclusion, Promoter
+from schemas.events import Exclusion, FxRate, Promoter
 
 
 class ClickRec(msgspec.Struct, tag="c", array_like=True):
@@ -43,6 +43,7 @@ class SignupRec(msgspec.Struct, tag="s", array_like=True):
     realname_id_hash: str | None = None
     device_id: str | None = None
     src: str = ""
+    coupon_code: str | None = None
 
 
 class OrderRec(msgspec.Struct, tag="o", array_like=True):
@@ -60,6 +61,7 @@ class OrderRec(msgspec.Struct, tag="o", array_like=True):
     category: str | None = None
     renewal: bool = False
     src: str = ""
+    coupon_code: str | None = None
 
 
 class ClickRef(msgspec.Struct, array_like=True, frozen=True):
@@ -97,6 +99,7 @@ class AttributionRec(msgspec.Struct, tag="a", array_like=True):
     click: ClickRef | None
     final: bool = False
     ident: SignupIdent | None = None
+    coupon: str | None = None  # the coupon code entered at signup (trailing: older states decode)
 
 
 
@@ -152,6 +155,16 @@ class Conversion(msgspec.Struct, kw_only=True):
     #: which limit cut the commission: '' | order | customer | promoter_month (caps) |
     #: existing_customer | recurring_months | customer_orders (renewal rules); docs/rules.md
     cap: str = ""
+    # multi-currency (docs/rules.md "Currencies"): commission, bonus, caps, tiers and payouts
+    # are in `program_currency`; `amount` and `currency` stay the order's own
+    program_currency: str = ""  # '' when the rule book sets no program currency (no conversion)
+    program_amount: Decimal = Decimal(0)  # amount x fx_rate, rounded half-even to 4 places
+    fx_rate: Decimal = Decimal(0)  # program-currency units per order-currency unit used (1 for the same)
+    # coupon codes: how the account was attributed, and the code when by coupon
+    attributed_by: str = "click"  # click | coupon
+    coupon_code: str = ""
+    #: two-level referrals: on a parent's override line, the child promoter whose order it is
+    override_of: str = ""
 
 
 class DecisionRec(Conversion, tag="d", array_like=True, kw_only=True):
@@ -167,6 +180,8 @@ class DecisionRec(Conversion, tag="d", array_like=True, kw_only=True):
     status_ts: int = 0  # event time of the order's latest status event (when it was reversed)
     expires: int = 0  # event time after which the account join sends no more decisions of it
     removed: bool = False  # the order left this promoter (re-attributed): forget it here
+    parent_promoter_id: str = ""  # who recruited the promoter, when he earns an override of this order
+    promoter_joined_at: int = 0  # when the promoter joined the program (the override's months limit)
 
 
 JoinRecord = ClickRec | SignupRec | OrderRec | AttributionRec | DecisionRec
@@ -220,6 +235,7 @@ class StoredEvents(NamedTuple):
     orders: list[OrderRec]
     promoters: list[Promoter]
     exclusions: list[Exclusion]
+    fx_rates: list[FxRate] = []
 
 
 batch_encoder = msgspec.msgpack.Encoder()

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.events import MODELS, Click, Event, Exclusion, Order, Promoter, Review, Signup
+from schemas.events import MODELS, Click, Event, Exclusion, FxRate, Order, Promoter, Review, Signup
 
 _decoders: dict[str, msgspec.json.Decoder[Event]] = {
     topic: msgspec.json.Decoder(model) for topic, model in MODELS.items()}
@@ -32,6 +32,10 @@ MAX_MESSAGE_BYTES = 65_536
 #: money is stored as Decimal(18, 4): 14 integer digits, 4 decimals
 MAX_AMOUNT = Decimal(10) ** 14
 _MONEY_STEP = Decimal("0.0001")
+#: an exchange rate is stored as Decimal(24, 12) (conversions' `fx_rate`, table `fx_rates`):
+#: positive, below 10^12, at most 12 decimal places, so it is stored exactly
+MAX_FX_RATE = Decimal(10) ** 12
+_FX_STEP = Decimal("1e-12")
 #: every timestamp field (`ts`, `joined_at`, `since`), ints and ISO strings alike, lies in
 #: [MIN_TS_MS, now + REFSTREAM_MAX_FUTURE_S]. Below 1e11 an int is almost certainly epoch
 #: *seconds*, so 1973-03-03T09:46:40Z is the earliest time the contract accepts.
@@ -81,11 +85,12 @@ _IDS: dict[type, tuple[str, ...]] = {
     Promoter: ("event_id", "promoter_id", "tracking_code"),
     Exclusion: ("event_id",),
     Review: ("event_id", "actor"),
+    FxRate: ("event_id",),
 }
 _OPTIONAL_IDS: dict[type, tuple[str, ...]] = {
     Click: ("campaign", "material_id"),
-    Signup: ("device_id",),
-    Order: ("cart_id", "sku", "category"),
+    Signup: ("device_id", "coupon_code"),  # a coupon code: the limits of a tracking code
+    Order: ("cart_id", "sku", "category", "coupon_code"),
     Promoter: ("account_id", "device_id"),
     Exclusion: ("account_id",),
     Review: ("order_id", "promoter_id"),
@@ -95,7 +100,8 @@ _HASHES: dict[type, tuple[str, ...]] = {
     Promoter: ("email_hash", "realname_id_hash"),
 }
 _DOMAINS: dict[type, tuple[str, ...]] = {Signup: ("email_domain",), Exclusion: ("email_domain",)}
-_TIMES: dict[type, tuple[str, ...]] = {Promoter: ("ts", "joined_at"), Exclusion: ("ts", "since")}
+_TIMES: dict[type, tuple[str, ...]] = {Promoter: ("ts", "joined_at"), Exclusion: ("ts", "since"),
+                                        FxRate: ("ts", "effective_from")}
 
 
 #: characters a reason may not hold: control (newlines, tabs), format (bidi overrides, zero
@@ -197,6 +203,19 @@ def _check(event: Event, raw: bytes) -> str | None:
         return "an exclusion needs account_id or email_domain"
     if isinstance(event, Review):
         return _check_review(event)
+    if isinstance(event, FxRate):
+        return _check_fx_rate(event)
+    return None
+
+
+def _check_fx_rate(event: FxRate) -> str | None:
+    if not _CURRENCY.fullmatch(event.currency):
+        return f"currency {event.currency!r} is not an ISO-4217 code like EUR"
+    rate = event.rate
+    if not rate.is_finite() or not 0 < rate < MAX_FX_RATE:
+        return f"rate must be a number above 0 and below {MAX_FX_RATE:,}"
+    if rate != rate.quantize(_FX_STEP):
+        return "rate may have at most 12 decimal places"
     return None
 
 

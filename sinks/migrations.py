@@ -42,7 +42,7 @@ def _views() -> list[str]:
 
 def _add_columns(table: str, names: list[str]) -> list[str]:
     cols = {c.name: c for c in TABLES[table].columns}
-    return [f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(n)} {cols[n].type}" for n in names]
+    return [f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {cols[n].sql()}" for n in names]
 
 
 MIGRATIONS: list[Migration] = [
@@ -82,6 +82,20 @@ MIGRATIONS: list[Migration] = [
         6,
         "pricing independent of arrival order: which limit cut a conversion's commission",
         _add_columns("conversions", ["cap"]) + _views(),  # the views' SELECT * must see it
+    ),
+    Migration(
+        7,
+        "multi-currency: exchange rates; conversions in the program currency, coupon and override columns",
+        # the defaults price older rows in their order's currency (rate 1), attributed by click
+        _add_columns("conversions", ["program_currency", "program_amount", "fx_rate", "attributed_by",
+                                     "coupon_code", "override_of"])
+        + [TABLES["fx_rates"].create_sql()] + _views(),
+    ),
+    Migration(
+        8,
+        "coupon codes on signups and orders, promoters' coupon codes and recruiters",
+        _add_columns("signups", ["coupon_code"]) + _add_columns("orders", ["coupon_code"])
+        + _add_columns("promoters", ["coupon_codes", "parent_promoter_id"]) + _views(),
     ),
 ]
 

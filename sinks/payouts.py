@@ -20,6 +20,9 @@ _INT_TIMES = {"DateTime64": "int"}
 
 ENTITLEMENT_COLUMNS = ("order_id", "revision", "promoter_id", "currency", "status", "commission", "bonus",
                        "points", "order_ts", "payable_at", "rule_version")
+#: what each entitlement column is read from: commission and bonus are in the program currency,
+#: so a promoter is paid in it (not in his customers' order currencies)
+_ENTITLEMENT_SOURCE = {"currency": "toString(program_currency) AS currency"}
 LINE_COLUMNS = PAYOUT_LINES.insert_columns[2:]  # after batch_id, attempt: the planner's `Line` fields
 PAYOUT_COLUMNS = PAYOUTS.insert_columns[2:]  # the planner's `Payout` fields
 BATCH_COLUMNS = PAYOUT_BATCHES.insert_columns
@@ -27,14 +30,21 @@ BATCH_COLUMNS = PAYOUT_BATCHES.insert_columns
 # Only rows that can give a line: approved and matured by the cut-off, or booked before (a
 # reversal or rejection after booking is a clawback). The planner decides the rest exactly.
 ENTITLEMENTS_SQL = f"""
-SELECT {', '.join(ENTITLEMENT_COLUMNS)}
-FROM conversions_current
-WHERE (promoter_id != '' AND status = 'approved'
-       AND payable_at <= fromUnixTimestamp64Milli({{cutoff:Int64}}, 'UTC'))
-    OR order_id IN (
-        SELECT order_id FROM payout_lines_current
-        WHERE batch_status IN {{booked:Array(String)}} AND order_id != ''
-    )
+SELECT * FROM (
+    SELECT {', '.join(_ENTITLEMENT_SOURCE.get(c, c) for c in ENTITLEMENT_COLUMNS)}
+    FROM conversions_current
+    WHERE (promoter_id != '' AND status = 'approved'
+           AND payable_at <= fromUnixTimestamp64Milli({{cutoff:Int64}}, 'UTC'))
+        OR order_id IN (
+            SELECT order_id FROM payout_lines_current
+            WHERE batch_status IN {{booked:Array(String)}} AND order_id != ''
+        )
+    UNION ALL  -- sales champions' bonuses (docs/rules.md), payable once decided
+    SELECT line_id AS order_id, toUInt32(1) AS revision, promoter_id, toString(currency) AS currency,
+        'approved' AS status, toDecimal128(0, 4) AS commission, bonus, toInt64(0) AS points,
+        decided_at AS order_ts, decided_at AS payable_at, '' AS rule_version
+    FROM champion_bonuses WHERE decided_at <= fromUnixTimestamp64Milli({{cutoff:Int64}}, 'UTC')
+)
 ORDER BY promoter_id, order_id
 """
 

@@ -22,16 +22,18 @@ WITH
         SELECT tracking_code, count() AS n FROM attributions_current
         WHERE tracking_code != '' GROUP BY tracking_code
     ),
+    -- per promoter, whatever attributed the order (his codes, his coupons); override lines
+    -- (override_of set) are his money, not his orders
     o AS (
-        SELECT promoter_id, tracking_code, count() AS n, sum(amount) AS gmv,
+        SELECT promoter_id, countIf(override_of = '') AS n, sumIf(program_amount, override_of = '') AS gmv,
                sum(commission + bonus) AS commission
         FROM conversions_current WHERE status = {status:String}
-        GROUP BY promoter_id, tracking_code
+        GROUP BY promoter_id
     ),
     x AS (
-        SELECT promoter_id, tracking_code, countIf(status = 'held') AS held,
+        SELECT promoter_id, countIf(status = 'held') AS held,
                countIf(status = 'rejected') AS rejected, countIf(status = 'reversed') AS reversed
-        FROM conversions_current GROUP BY promoter_id, tracking_code
+        FROM conversions_current WHERE override_of = '' GROUP BY promoter_id
     )
 SELECT
     p.promoter_id AS promoter_id,
@@ -47,8 +49,8 @@ SELECT
 FROM promoters_current AS p
 LEFT JOIN c ON c.tracking_code = p.tracking_code
 LEFT JOIN s ON s.tracking_code = p.tracking_code
-LEFT JOIN o ON o.promoter_id = p.promoter_id AND o.tracking_code = p.tracking_code
-LEFT JOIN x ON x.promoter_id = p.promoter_id AND x.tracking_code = p.tracking_code
+LEFT JOIN o ON o.promoter_id = p.promoter_id
+LEFT JOIN x ON x.promoter_id = p.promoter_id
 ORDER BY gmv DESC, promoter_id, tracking_code
 SETTINGS join_use_nulls = 0
 """
@@ -57,9 +59,10 @@ SETTINGS join_use_nulls = 0
 def promoter_summary(client: Any, *, status: str = "approved") -> list[dict]:
     """One row per tracking code of `promoters_current`: promoter_id, tracking_code,
     clicks (distinct click events on the code), signups (accounts attributed to the code),
-    orders and gmv (count and sum of amount of conversions with `status`, credited to
-    this promoter through this code), commission (commission + bonus of those), and how many
-    of the code's conversions are held, rejected and reversed."""
+    orders and gmv (count and sum of program_amount of the promoter's conversions with
+    `status`, through any of his codes or coupons; override lines excluded), commission
+    (commission + bonus of those and of his override lines), and how many of his conversions
+    are held, rejected and reversed. A promoter with several codes shows these on each."""
     result = client.query(PROMOTER_SUMMARY_SQL, parameters={"status": status})
     rows = rows_as_dicts(result)
     for row in rows:
@@ -101,7 +104,8 @@ SELECT
     (SELECT count() FROM clicks FINAL) AS clicks,
     (SELECT count() FROM signups FINAL) AS signups,
     (SELECT count() FROM orders FINAL) AS orders,
-    (SELECT count() FROM conversions_current) AS conversions_current,
+    (SELECT count() FROM conversions_current WHERE override_of = '') AS conversions_current,
+    (SELECT count() FROM conversions_current WHERE override_of != '') AS override_lines,
     (SELECT count() FROM conversions_current WHERE NOT attribution_final) AS conversions_open,
     (SELECT count() FROM attributions_current) AS attributions_current,
     (SELECT count() FROM dead_letters FINAL) AS dead_letters,
@@ -136,16 +140,18 @@ def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
 
 # The month's orders per status (the statement before payouts; `statement_v2` is the money view).
 STATEMENT_SQL = """
-SELECT status, count() AS orders, sum(amount) AS amount, sum(commission) AS commission, sum(bonus) AS bonus,
-       sum(points) AS points, arraySort(groupArray(order_id)) AS order_ids
+SELECT status, toString(program_currency) AS currency, count() AS orders, sum(program_amount) AS amount,
+       sum(commission) AS commission, sum(bonus) AS bonus, sum(points) AS points,
+       arraySort(groupArray(order_id)) AS order_ids
 FROM conversions_current
 WHERE promoter_id = {promoter:String} AND toStartOfMonth(order_ts) = toDate({month:String})
-GROUP BY status
-ORDER BY status
+GROUP BY status, currency
+ORDER BY status, currency
 """
 
 STATEMENT_ORDERS_SQL = """
-SELECT order_id, order_ts, status, arrayStringConcat(reasons, ',') AS reasons, amount, rate, tier,
+SELECT order_id, order_ts, status, arrayStringConcat(reasons, ',') AS reasons, amount, currency,
+       program_amount, toString(program_currency) AS program_currency, fx_rate, rate, tier,
        cap_applied, commission, bonus, points, rule_version, account_id, tracking_code
 FROM conversions_current
 WHERE promoter_id = {promoter:String} AND toStartOfMonth(order_ts) = toDate({month:String})
@@ -154,8 +160,9 @@ ORDER BY order_ts, order_id
 
 
 def statement(client: Any, promoter: str, month: str) -> tuple[list[dict], list[dict]]:
-    """A promoter's statement for `month` (YYYY-MM): one line per status (counts, amounts,
-    commission, bonus, points, its order ids), and every order behind those lines."""
+    """A promoter's statement for `month` (YYYY-MM): one line per status and program currency
+    (counts, amounts and commission, bonus in that currency, points, its order ids), and every
+    order behind those lines (with its own amount and currency, and the rate used)."""
     params = {"promoter": promoter, "month": f"{month}-01"}
     lines = client.query(STATEMENT_SQL, parameters=params)
     orders = client.query(STATEMENT_ORDERS_SQL, parameters=params, query_formats=_INT_TIMES)

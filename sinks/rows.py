@@ -16,9 +16,10 @@ decision replaces an older one.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Any
 
-from schemas.events import Exclusion, Promoter, Review
+from schemas.events import Exclusion, FxRate, Promoter, Review
 from schemas.records import (
     AttributionRec,
     ClickRec,
@@ -31,7 +32,8 @@ from schemas.records import (
 
 Row = tuple
 Rows = dict[str, list[Row]]
-Record = ClickRec | SignupRec | OrderRec | Conversion | LateEvent | DeadLetter | Promoter | Exclusion | Review
+Record = (ClickRec | SignupRec | OrderRec | Conversion | LateEvent | DeadLetter | Promoter | Exclusion | FxRate
+          | Review)
 Versioned = tuple[int, AttributionRec]
 
 
@@ -46,14 +48,14 @@ def signup_row(r: SignupRec) -> Row:
     return (
         r.event_id, r.ts, r.account_id, r.visitor_id, r.ip_hash or "", r.user_agent or "",
         r.email_domain or "", r.email_hash or "", r.account_type or "", r.realname_id_hash or "",
-        r.device_id or "",
+        r.device_id or "", r.coupon_code or "",
     )
 
 
 def order_row(r: OrderRec) -> Row:
     return (
         r.event_id, r.ts, r.order_id, r.account_id, r.cart_id or "", r.product, r.sku or "",
-        r.category or "", r.amount, r.discount, r.currency, r.status, r.renewal,
+        r.category or "", r.amount, r.discount, r.currency, r.status, r.renewal, r.coupon_code or "",
     )
 
 
@@ -67,6 +69,9 @@ def attribution_row(r: AttributionRec, version: int) -> Row:
 
 
 def conversion_row(r: Conversion) -> Row:
+    # a conversion without a program currency (unpriced, or from before multi-currency) is
+    # in its order's currency: the same as the columns' defaults for older rows
+    same = not r.program_currency
     return (
         r.order_id, r.revision, r.status, list(r.reasons), r.promoter_id, r.tracking_code,
         r.campaign, r.account_id, r.visitor_id, r.click_event_id, r.click_ts, r.signup_event_id,
@@ -75,6 +80,8 @@ def conversion_row(r: Conversion) -> Row:
         r.attribution_final, r.decided_at, r.level, r.rate, r.tier, r.commission, r.bonus,
         r.points, r.cap_applied, r.first_order, r.rule_version, r.flood_clicks, r.farm_signups,
         r.exclusion_owner, r.identity_match, r.cap,
+        r.currency if same else r.program_currency, r.amount if same else r.program_amount,
+        Decimal(1) if same else r.fx_rate, r.attributed_by or "click", r.coupon_code, r.override_of,
     )
 
 
@@ -96,12 +103,22 @@ def promoter_row(r: Promoter) -> Row:
         r.promoter_id, r.tracking_code, r.level, r.account_type, r.account_id or "", r.is_employee,
         r.is_partner_staff, r.verified, r.joined_at or 0, r.ts, r.event_id, r.realname_id_hash or "",
         r.email_hash or "", r.device_id or "", r.ip or "",  # ip: hashed by the sink before this
+        list(r.coupon_codes), r.parent_promoter_id or "",
     )
 
 
 def exclusion_row(r: Exclusion) -> Row:
     since = r.since if isinstance(r.since, int) else r.ts
     return (r.account_id or "", (r.email_domain or "").lower(), r.owner, since, r.ts, r.event_id)
+
+
+def fx_rate_row(r: FxRate) -> Row:
+    if not isinstance(r.ts, int) or not isinstance(r.effective_from, (int, type(None))):
+        raise TypeError(
+            f"fx rate {r.event_id!r}: ts/effective_from must be epoch-millis ints (run schemas.validate first)"
+        )
+    since = r.ts if r.effective_from is None else r.effective_from
+    return (r.currency, r.rate, since, r.ts, r.event_id)
 
 
 def review_row(r: Review) -> Row:
@@ -120,6 +137,7 @@ ROW_BUILDERS: dict[type, tuple[str, Callable[[Any], Row]]] = {
     DeadLetter: ("dead_letters", dead_letter_row),
     Promoter: ("promoters", promoter_row),
     Exclusion: ("exclusions", exclusion_row),
+    FxRate: ("fx_rates", fx_rate_row),
     Review: ("reviews", review_row),
 }
 

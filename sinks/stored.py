@@ -7,7 +7,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from schemas.events import Exclusion, Promoter
+from schemas.events import Exclusion, FxRate, Promoter
 from schemas.records import ClickRec, OrderRec, SignupRec, StoredEvents
 from sinks.clickhouse import rows_as_dicts
 
@@ -30,13 +30,14 @@ def click(r: Row) -> ClickRec:
 def signup(r: Row) -> SignupRec:
     return SignupRec(r["event_id"], r["ts"], r["account_id"], r["visitor_id"], _opt(r["ip_hash"]),
                      _opt(r["user_agent"]), _opt(r["email_domain"]), _opt(r["email_hash"]),
-                     r["account_type"] or "personal", _opt(r["realname_id_hash"]), _opt(r["device_id"]))
+                     r["account_type"] or "personal", _opt(r["realname_id_hash"]), _opt(r["device_id"]),
+                     coupon_code=_opt(r.get("coupon_code", "")))
 
 
 def order(r: Row) -> OrderRec:
     return OrderRec(r["event_id"], r["ts"], r["order_id"], r["account_id"], r["product"], Decimal(r["amount"]),
                     r["currency"], r["status"], Decimal(r["discount"]), _opt(r["cart_id"]), _opt(r["sku"]),
-                    _opt(r["category"]), bool(r["renewal"]))
+                    _opt(r["category"]), bool(r["renewal"]), coupon_code=_opt(r.get("coupon_code", "")))
 
 
 def promoter(r: Row) -> Promoter:
@@ -45,7 +46,14 @@ def promoter(r: Row) -> Promoter:
                     account_id=_opt(r["account_id"]), is_employee=r["is_employee"],
                     is_partner_staff=r["is_partner_staff"], verified=r["verified"],
                     realname_id_hash=_opt(r["realname_id_hash"]), email_hash=_opt(r["email_hash"]),
-                    device_id=_opt(r["device_id"]), ip=_opt(r["ip_hash"]))  # stored hashed
+                    device_id=_opt(r["device_id"]), ip=_opt(r["ip_hash"]),  # stored hashed
+                    joined_at=r["joined_at"] or None, coupon_codes=list(r.get("coupon_codes", [])),
+                    parent_promoter_id=_opt(r.get("parent_promoter_id", "")))
+
+
+def fx_rate(r: Row) -> FxRate:
+    return FxRate(event_id=r["event_id"], ts=r["ts"], currency=r["currency"], rate=Decimal(r["rate"]),
+                  effective_from=r["effective_from"])
 
 
 def exclusion(r: Row) -> Exclusion:
@@ -65,4 +73,4 @@ def load(client: Any, until_ms: int | None = None) -> StoredEvents:
 
     return StoredEvents([click(r) for r in rows("clicks")], [signup(r) for r in rows("signups")],
                         [order(r) for r in rows("orders")], [promoter(r) for r in rows("promoters")],
-                        [exclusion(r) for r in rows("exclusions")])
+                        [exclusion(r) for r in rows("exclusions")], [fx_rate(r) for r in rows("fx_rates")])

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 TS = "DateTime64(3, 'UTC')"  # epoch milliseconds; inserted as plain ints (the raw ticks)
 MONEY = "Decimal(18, 4)"
+#: exchange rates: below 10^12 with at most 12 decimal places (schemas.validate), stored exactly
+FX_RATE = "Decimal(24, 12)"
 STR = "String"
 ENUM = "LowCardinality(String)"  # small sets of values: statuses, kinds, currencies
 BOOL = "Bool"
@@ -25,6 +27,12 @@ class Column:
     name: str
     type: str
     default: str | None = None  # filled by ClickHouse (not part of inserted rows) when set
+    #: inserted all the same: the default only fills the rows written before the column existed
+    written: bool = False
+
+    def sql(self) -> str:
+        """The column's definition, as CREATE TABLE and ADD COLUMN take it."""
+        return f"{quote(self.name)} {self.type}" + (f" DEFAULT {self.default}" if self.default else "")
 
 
 @dataclass(frozen=True)
@@ -39,18 +47,15 @@ class Table:
     @property
     def insert_columns(self) -> tuple[str, ...]:
         """Column names of the rows `sinks.rows` produces, in tuple order."""
-        return tuple(c.name for c in self.columns if c.default is None)
+        return tuple(c.name for c in self.columns if c.default is None or c.written)
 
     @property
     def insert_types(self) -> tuple[str, ...]:
         """ClickHouse types of `insert_columns`: lets an insert skip the DESCRIBE round trip."""
-        return tuple(c.type for c in self.columns if c.default is None)
+        return tuple(c.type for c in self.columns if c.default is None or c.written)
 
     def create_sql(self) -> str:
-        cols = ",\n    ".join(
-            f"{quote(c.name)} {c.type}" + (f" DEFAULT {c.default}" if c.default else "")
-            for c in self.columns
-        )
+        cols = ",\n    ".join(c.sql() for c in self.columns)
         parts = [f"CREATE TABLE IF NOT EXISTS {quote(self.name)} (\n    {cols}\n)", f"ENGINE = {self.engine}"]
         if self.partition_by:
             parts.append(f"PARTITION BY {self.partition_by}")
@@ -65,7 +70,7 @@ def quote(identifier: str) -> str:
     return "`" + identifier.replace("`", "``") + "`"
 
 
-def _cols(*spec: tuple[str, str] | tuple[str, str, str]) -> tuple[Column, ...]:
+def _cols(*spec: tuple[str, str] | tuple[str, str, str] | tuple[str, str, str, bool]) -> tuple[Column, ...]:
     return tuple(Column(*s) for s in spec)
 
 
@@ -90,6 +95,7 @@ SIGNUPS = Table(
         ("event_id", STR), ("ts", TS), ("account_id", STR), ("visitor_id", STR),
         ("ip_hash", STR), ("user_agent", STR), ("email_domain", STR), ("email_hash", STR),
         ("account_type", ENUM), ("realname_id_hash", STR), ("device_id", STR),
+        ("coupon_code", STR),  # migration 8
     ),
     engine="ReplacingMergeTree",
     partition_by="toYYYYMM(ts)",
@@ -102,6 +108,7 @@ ORDERS = Table(
         ("event_id", STR), ("ts", TS), ("order_id", STR), ("account_id", STR), ("cart_id", STR),
         ("product", ENUM), ("sku", STR), ("category", ENUM), ("amount", MONEY),
         ("discount", MONEY), ("currency", ENUM), ("status", ENUM), ("renewal", BOOL),
+        ("coupon_code", STR),  # migration 8
     ),
     engine="ReplacingMergeTree",
     partition_by="toYYYYMM(ts)",
@@ -144,6 +151,12 @@ CONVERSIONS = Table(
         ("identity_match", ENUM),
         # which limit cut the commission, '' for none (migration 6; `cap_applied` = cap != '')
         ("cap", ENUM),
+        # multi-currency, coupons, two-level referrals (migration 7; docs/rules.md "Currencies"):
+        # commission and bonus are in program_currency. The defaults fill older rows, priced in
+        # their order's currency; the sink writes every column
+        ("program_currency", ENUM, "currency", True), ("program_amount", MONEY, "amount", True),
+        ("fx_rate", FX_RATE, "1", True), ("attributed_by", ENUM, "'click'", True),
+        ("coupon_code", STR), ("override_of", STR),
     ),
     # revision: decision revision << 16 + price changes (streams/logic/pricing.py), so UInt32
     # holds 65,535 decision revisions of an order
@@ -216,9 +229,21 @@ PROMOTERS = Table(
         ("verified", BOOL), ("joined_at", TS), ("ts", TS), ("event_id", STR),
         # the promoter's identity for self-referral checks (migration 2)
         ("realname_id_hash", STR), ("email_hash", STR), ("device_id", STR), ("ip_hash", STR),
+        # coupon codes and the recruiter (migration 8)
+        ("coupon_codes", "Array(String)"), ("parent_promoter_id", STR),
     ),
     engine="ReplacingMergeTree",
     order_by="(tracking_code, ts, event_id)",
+)
+
+FX_RATES = Table(
+    "fx_rates",
+    _cols(
+        ("currency", ENUM), ("rate", FX_RATE), ("effective_from", TS), ("ts", TS), ("event_id", STR),
+    ),
+    engine="ReplacingMergeTree",
+    order_by="(currency, effective_from, ts, event_id)",
+    comment="program-currency units per unit of currency, from effective_from (reference data)",
 )
 
 EXCLUSIONS = Table(
@@ -260,8 +285,8 @@ DEAD_LETTERS = Table(
 
 TABLES: dict[str, Table] = {
     t.name: t
-    for t in (CLICKS, SIGNUPS, ORDERS, ATTRIBUTIONS, CONVERSIONS, PROMOTERS, EXCLUSIONS, LATE_EVENTS,
-              DEAD_LETTERS, REVIEWS, PAYOUT_BATCHES, PAYOUT_LINES, PAYOUTS)
+    for t in (CLICKS, SIGNUPS, ORDERS, ATTRIBUTIONS, CONVERSIONS, PROMOTERS, EXCLUSIONS, FX_RATES,
+              LATE_EVENTS, DEAD_LETTERS, REVIEWS, PAYOUT_BATCHES, PAYOUT_LINES, PAYOUTS)
 }
 
 #: the views over the payout tables: a batch's rows are those of the attempt its batch row names
@@ -281,8 +306,8 @@ PAYOUT_VIEWS: dict[str, str] = {
 #: view name -> SELECT. `*_current` views are the deduplicated, latest-state contract
 #: that dashboards and `sinks.queries` read.
 #:
-#: `spam_codes`, `conversions_current`, `review_audit`, `promoter_balances` and
-#: `promoter_statement` are placeholders here, with the columns of the real views: the program
+#: `spam_codes`, `conversions_current`, `review_audit`, `champion_bonuses`, `promoter_balances`
+#: and `promoter_statement` are placeholders here, with the columns of the real views: the program
 #: rules ClickHouse applies (click spamming, the retroactive enterprise reversal, review
 #: decisions, each rule version's holding period) live with their Python definitions
 #: (`streams/logic/rules/views.py`, which sinks may not import), and the sink agent and the
@@ -309,6 +334,9 @@ VIEWS: dict[str, str] = {
         {_NO_TIME} AS payable_before, {_NO_TIME} AS payable_after, 'not applied: rules not installed' AS note
     FROM (SELECT event_id, min((ts, order_id, promoter_id, toString(decision), reason, actor)) AS copy
           FROM reviews GROUP BY event_id)""",
+    "champion_bonuses": f"""SELECT toUInt32(0) AS month, toLowCardinality('') AS currency, toUInt64(0) AS rank,
+        '' AS promoter_id, {_ZERO} AS sales, toDecimal128(0, 4) AS bonus, {_NO_TIME} AS decided_at, '' AS line_id
+    WHERE 0""",
     "promoter_balances": f"""SELECT '' AS promoter_id, toLowCardinality('') AS currency, {_ZERO} AS earned,
         {_ZERO} AS pending, {_ZERO} AS held, {_ZERO} AS clawed_back, {_ZERO} AS paid, {_ZERO} AS in_payment,
         {_ZERO} AS balance, toInt64(0) AS points_earned, toInt64(0) AS points_cashed, {_ZERO} AS points_paid
@@ -323,6 +351,11 @@ VIEWS: dict[str, str] = {
     "promoters_current": (
         "SELECT * FROM promoters FINAL "
         "ORDER BY tracking_code, ts DESC, event_id DESC LIMIT 1 BY tracking_code"
+    ),
+    # the rate of each currency in force now (wall clock), as `streams.logic.fx.FxDirectory` picks it
+    "fx_rates_current": (
+        "SELECT * FROM fx_rates FINAL WHERE effective_from <= now64(3, 'UTC') "
+        "ORDER BY currency, effective_from DESC, event_id DESC LIMIT 1 BY currency"
     ),
     **PAYOUT_VIEWS,
 }

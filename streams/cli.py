@@ -128,8 +128,11 @@ def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
         num = frozenset({"orders", "amount", "commission", "bonus", "points"})
         print(queries.format_table(("status", "orders", "amount", "commission", "bonus", "points"), lines, num))
         payable = [ln for ln in lines if ln["status"] in PAYABLE_STATUSES]
-        total = sum((ln["commission"] + ln["bonus"] for ln in payable), Decimal(0))
-        print(f"\ncommission + bonus on approved and held orders: {total:,.2f}")
+        by_currency: dict[str, Decimal] = {}
+        for ln in payable:  # money is in each line's program currency
+            by_currency[ln["currency"]] = by_currency.get(ln["currency"], Decimal(0)) + ln["commission"] + ln["bonus"]
+        for currency, total in sorted(by_currency.items()):
+            print(f"\ncommission + bonus on approved and held orders: {total:,.2f} {currency}")
     if args.orders:
         if behind:
             print("\norders behind the figures:")

@@ -23,13 +23,13 @@ from streams.config import ROLES as ROLE_NAMES
 from streams.config import Settings
 
 CLICKS, SIGNUPS, ORDERS = "clicks", "signups", "orders"
-PROMOTERS, EXCLUSIONS = "promoters", "exclusions"
+PROMOTERS, EXCLUSIONS, FX_RATES = "promoters", "exclusions", "fx_rates"
 REVIEWS = "reviews"
 VISITOR_JOIN, ACCOUNT_JOIN, PROMOTER_JOIN = "visitor-join", "account-join", "promoter-join"
 CONVERSIONS, LATE_EVENTS, DEAD_LETTERS, ALERTS = "conversions", "late-events", "dead-letters", "alerts"
 
 RAW_TOPICS = (CLICKS, SIGNUPS, ORDERS)  # raw events, routed to the joins
-REFERENCE_TOPICS = (PROMOTERS, EXCLUSIONS)  # compacted reference data
+REFERENCE_TOPICS = (PROMOTERS, EXCLUSIONS, FX_RATES)  # compacted reference data
 #: inputs the sink's `reference` agent validates and writes straight to ClickHouse: the
 #: reference data, and review decisions (not compacted, not read by the joins)
 STORED_INPUTS = REFERENCE_TOPICS + (REVIEWS,)
@@ -62,7 +62,7 @@ class Role:
     writes: tuple[str, ...]
 
 
-#: router and joins; the joins' reference directories follow promoters and exclusions
+#: router and joins; the joins' reference directories follow promoters, exclusions and fx_rates
 STREAM = Role("stream", reads=RAW_TOPICS + JOIN_TOPICS, follows=REFERENCE_TOPICS,
               writes=JOIN_TOPICS + RESULT_TOPICS)
 #: ClickHouse sink and the writer of the stored inputs (bad messages are dead-lettered), spike alerts,

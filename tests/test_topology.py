@@ -12,15 +12,16 @@ from streams.topology import ROLES, Topology
 STORED = {"visitor-join", "account-join"}  # carry the raw events the sink stores
 JOINS = STORED | {"promoter-join"}  # decisions to the promoter stage: not stored
 RESULTS = {"conversions", "late-events", "dead-letters"}
+REFERENCE = {"promoters", "exclusions", "fx_rates"}  # followed by every stream worker, stored by the sink
 
 
 @pytest.mark.parametrize("role, reads, follows, writes", [
-    ("stream", {"clicks", "signups", "orders"} | JOINS, {"promoters", "exclusions"}, JOINS | RESULTS),
+    ("stream", {"clicks", "signups", "orders"} | JOINS, REFERENCE, JOINS | RESULTS),
     # reviews are stored as they come: read by the sink, never followed by the joins' directories
     # ... and written by the sink's review queue (approve / reject on the dashboard)
-    ("sink", {"promoters", "exclusions", "reviews"} | STORED | RESULTS, set(), {"dead-letters", "alerts", "reviews"}),
-    ("all", {"clicks", "signups", "orders", "promoters", "exclusions", "reviews"} | JOINS | RESULTS,
-     {"promoters", "exclusions"}, JOINS | RESULTS | {"alerts", "reviews"}),
+    ("sink", REFERENCE | {"reviews"} | STORED | RESULTS, set(), {"dead-letters", "alerts", "reviews"}),
+    ("all", {"clicks", "signups", "orders", "reviews"} | REFERENCE | JOINS | RESULTS,
+     REFERENCE, JOINS | RESULTS | {"alerts", "reviews"}),
 ])
 def test_roles(role: str, reads: set[str], follows: set[str], writes: set[str]) -> None:
     r = ROLES[role]
@@ -62,7 +63,7 @@ def test_every_input_topic_is_read_by_the_sink_or_the_router() -> None:
     """An input nobody reads would be accepted by the topic creation and silently ignored."""
     from streams.topology import INPUT_TOPICS, RAW_TOPICS
 
-    assert set(INPUT_TOPICS) == set(RAW_TOPICS) | {"promoters", "exclusions", "reviews"}
+    assert set(INPUT_TOPICS) == set(RAW_TOPICS) | REFERENCE | {"reviews"}
     assert set(INPUT_TOPICS) <= set(ROLES["stream"].reads) | set(ROLES["sink"].reads)
 
 

@@ -23,8 +23,8 @@ create() {  # name partitions config...
 for t in clicks signups orders; do
   create "$t" "$REFSTREAM_PARTITIONS" cleanup.policy=delete retention.ms=$((14 * DAY_MS))
 done
-# Reference data: the latest record per key (tracking_code, account_id) is the state.
-for t in promoters exclusions; do
+# Reference data: the latest record per key (tracking_code, account_id, currency/start) is the state.
+for t in promoters exclusions fx_rates; do
   create "$t" 1 cleanup.policy=compact
 done
 # Review decisions: every decision counts (latest wins), so never compacted; kept for good,

@@ -1,4 +1,4 @@
-"""Every worker's copy of the reference topics (`promoters`, `exclusions`), read from the
+"""Every worker's copy of the reference topics (`promoters`, `exclusions`, `fx_rates`), read from the
 beginning without a consumer group, like a global table. Invalid messages are skipped
 here; the sink's `reference` agent dead-letters them once for the whole group."""
 from __future__ import annotations
@@ -8,11 +8,12 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas.events import Exclusion, Promoter
+from schemas.events import Exclusion, FxRate, Promoter
 from streams.config import Settings
+from streams.logic.fx import FxDirectory
 from streams.logic.privacy import Pseudonyms
 from streams.logic.reference import ExclusionDirectory, PromoterDirectory, ReferenceReader
-from streams.topology import EXCLUSIONS, PROMOTERS
+from streams.topology import REFERENCE_TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,11 @@ def reference_reader(settings: Settings) -> ReferenceReader:
 
 
 async def follow_reference(settings: Settings, directory: PromoterDirectory,
-                           exclusions: ExclusionDirectory) -> None:
-    """Load the promoters and exclusions topics from the start, set `directory.ready`,
-    then keep following them."""
-    topics = (settings.topic(PROMOTERS), settings.topic(EXCLUSIONS))
+                           exclusions: ExclusionDirectory, rates: FxDirectory) -> None:
+    """Load the promoters, exclusions and fx_rates topics from the start, set `directory.ready`
+    (once all three caught up), then keep following them."""
+    names = {settings.topic(name): name for name in REFERENCE_TOPICS}
+    topics = tuple(names)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
     )
@@ -44,16 +46,19 @@ async def follow_reference(settings: Settings, directory: PromoterDirectory,
             now = int(time.time() * 1000)
             for records in batches.values():
                 for rec in records:
-                    event = reader.read(PROMOTERS if rec.topic == topics[0] else EXCLUSIONS, rec.value, now)
+                    event = reader.read(names[rec.topic], rec.value, now)
                     if isinstance(event, Promoter):
                         directory.add(event)  # the directory is made with salt None: hashed here
                     elif isinstance(event, Exclusion):
                         exclusions.add(event)
+                    elif isinstance(event, FxRate):
+                        rates.add(event)
             if not directory.ready.is_set():
                 positions = {tp: await consumer.position(tp) for tp in tps}
                 if all(positions[tp] >= end[tp] for tp in tps):
                     log.info("reference data loaded", extra={"tracking_codes": len(directory),
-                                                              "exclusions": len(exclusions)})
+                                                              "exclusions": len(exclusions),
+                                                              "fx_currencies": len(rates)})
                     directory.ready.set()
     finally:
         await consumer.stop()

@@ -4,8 +4,8 @@ raw clicks, signups ──route──> visitor-join ──join_visitors──> a
 raw orders ───────────route──────────────────────────────────> account-join ─┴─join_accounts──> promoter-join
 promoter-join ──join_promoters──> conversions (decisions without a promoter: join_accounts ──> conversions)
 visitor-join, account-join, conversions, late-events, dead-letters ──sink──> ClickHouse
-promoters, exclusions, reviews ──reference──> ClickHouse (+ promoters and exclusions in every
-worker's in-memory directory; reviews are applied in ClickHouse, in conversions_current)
+promoters, exclusions, fx_rates, reviews ──reference──> ClickHouse (+ promoters, exclusions and
+fx_rates in every worker's in-memory directories; reviews are applied in ClickHouse, in conversions_current)
 
 Roles (REFSTREAM_ROLE): `stream` runs route and the joins, `sink` the ClickHouse agents,
 `all` both (docs/operations.md, "Roles").
@@ -29,6 +29,7 @@ from streams.agents.sink import SinkStep
 from streams.config import Settings
 from streams.delivery import GuardedApp, finished
 from streams.delivery.changelog import BatchedTable
+from streams.logic.fx import FxDirectory
 from streams.logic.reference import ExclusionDirectory, PromoterDirectory
 from streams.metrics import Metrics, observe_lag
 from streams.topology import (
@@ -59,7 +60,7 @@ class Topics:
     """The app's Faust topics, named as `streams.topology` says."""
 
     raw_events: TopicT  # clicks, signups, orders
-    stored_inputs: TopicT  # promoters, exclusions, reviews: validated, then straight to ClickHouse
+    stored_inputs: TopicT  # promoters, exclusions, fx_rates, reviews: validated, then straight to ClickHouse
     reviews: TopicT  # where the review queue publishes decisions (read through `stored_inputs`)
     visitor_join: TopicT
     account_join: TopicT
@@ -92,6 +93,7 @@ class RefstreamApp(GuardedApp):
 
     metrics: Metrics
     directory: PromoterDirectory | None = None  # stream and all roles
+    rates: FxDirectory | None = None  # stream and all roles: exchange rates as of a time
     sink: SinkStep | None = None  # sink and all roles
 
 
@@ -139,19 +141,20 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> RefstreamApp:
     )
     metrics = Metrics()
     topics = make_topics(app, s)
-    directory = _stream_agents(app, s, topics, metrics, raw_partitions) if s.role in ("all", "stream") else None
+    directory, rates = (_stream_agents(app, s, topics, metrics, raw_partitions) if s.role in ("all", "stream")
+                        else (None, None))
     sink = _sink_agents(app, s, topics, metrics) if s.role in ("all", "sink") else None
     app.count_readers()  # commits pass only what every agent reading a topic finished
     app.on_reread = lambda tp: metrics.rereads.labels(tp.topic).inc()
-    app.metrics, app.directory, app.sink = metrics, directory, sink
+    app.metrics, app.directory, app.rates, app.sink = metrics, directory, rates, sink
     _pages(app, s, metrics, directory, sink)
     return app
 
 
 def _stream_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metrics,
-                   raw_partitions: dict[str, int]) -> PromoterDirectory:
+                   raw_partitions: dict[str, int]) -> tuple[PromoterDirectory, FxDirectory]:
     """Router, the joins and the promoter stage with their tables, and the reference
-    directories the account join reads."""
+    directories the account join (promoters, exclusions) and the promoter stage (rates) read."""
     def table(name: str) -> BatchedTable:
         return app.batched(app.Table(name, partitions=s.partitions, key_type=bytes, value_type=bytes))
 
@@ -159,6 +162,7 @@ def _stream_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metr
     books = table("promoter-books")  # the promoter stage's `pricing.PromoterBook`s
     directory = PromoterDirectory(None)  # follow_reference hashes the promoters' IPs on arrival
     exclusions = ExclusionDirectory()
+    rates = FxDirectory()  # the promoter stage converts order amounts into the program currency
     signals = SignalStore(s.redis_url, s.redis_namespace,
                           on_failure=lambda op: metrics.redis_failures.labels(op).inc())
 
@@ -166,8 +170,8 @@ def _stream_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metr
     visitor_sources, account_sources, promoter_sources = Topology(s).join_sources(raw_partitions)
     visitor_join = VisitorJoin(s, visitors, topics, metrics, visitor_sources)
     account_join = AccountJoin(s, accounts, topics, metrics, account_sources, directory.as_of,
-                               exclusions.owner, signals)
-    promoter_join = PromoterJoin(s, books, topics, metrics, promoter_sources)
+                               exclusions.owner, signals, directory.by_coupon, directory.parent_of)
+    promoter_join = PromoterJoin(s, books, topics, metrics, promoter_sources, rates=rates.rate)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # a union of callables mypy cannot match
     def on_assigned(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
@@ -177,7 +181,7 @@ def _stream_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metr
 
     @app.task
     async def load_reference() -> None:
-        await follow_reference(s, directory, exclusions)
+        await follow_reference(s, directory, exclusions, rates)
 
     @app.timer(1.0)
     async def heartbeat() -> None:
@@ -207,9 +211,12 @@ def _stream_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metr
 
     @app.agent(topics.promoter_join)
     async def join_promoters(stream: Any) -> None:
+        # after a restart its backlog would otherwise be priced before the rates are loaded
+        # (held as fx_rate_missing, then re-priced): wait for the reference data like the account join
+        await directory.ready.wait()
         await take_steps(promoter_join, stream)
 
-    return directory
+    return directory, rates
 
 
 def _sink_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metrics) -> SinkStep:
@@ -278,7 +285,8 @@ def _pages(app: RefstreamApp, s: Settings, metrics: Metrics, directory: Promoter
     async def health(web: Any, request: Any) -> Any:
         body: dict[str, Any] = {"ok": True, "role": s.role}
         if directory is not None:
-            body.update(promoters_loaded=directory.ready.is_set(), promoters=len(directory))
+            body.update(promoters_loaded=directory.ready.is_set(), promoters=len(directory),
+                        fx_currencies=len(app.rates or ()))
         if sink is not None:
             body["sink"] = sink.stats()
         return web.json(body)

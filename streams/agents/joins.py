@@ -9,7 +9,7 @@ it returned, then hand the step's state writes to the changelog as record batche
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from schemas.records import Batch, DeadLetter, JoinRecord, batch_decoder, json_encoder
@@ -21,6 +21,7 @@ from streams.logic import attribution as attr
 from streams.logic import conversions as conv
 from streams.logic.engine import SWEEP_EVERY_S, JoinEngine, JoinLogic, Outputs
 from streams.logic.join_logics import AccountLogic, PromoterLogic, VisitorLogic
+from streams.logic.pricing import RateLookup, no_rates
 from streams.logic.privacy import dead_letter
 from streams.logic.rules.ruleset import load_rules
 from streams.metrics import Metrics
@@ -130,10 +131,11 @@ class AccountJoin(JoinAgent):
 
     def __init__(self, settings: Settings, table: BatchedTable, topics: Any, metrics: Metrics,
                  sources: tuple[str, ...], promoters: conv.PromoterLookup, exclusions: conv.ExclusionLookup,
-                 signals: SignalStore) -> None:
+                 signals: SignalStore, coupons: conv.PromoterLookup,
+                 parent_of: Callable[[str, int], str | None]) -> None:
         s = settings
         rules = conv.ConversionRules(s.binding_ms, s.refund_window_ms, s.attribution_model)
-        ctx = conv.Context(rules, load_rules(s.rules_file), promoters, exclusions)
+        ctx = conv.Context(rules, load_rules(s.rules_file), promoters, exclusions, coupons, parent_of)
         super().__init__(settings, AccountLogic(ctx, signals, s.partitions), table, topics, metrics, sources)
 
     async def send_downstream(self, p: int, out: Outputs) -> None:
@@ -145,8 +147,8 @@ class PromoterJoin(JoinAgent):
     are the account join's partitions; lateness 0: decisions are derived, never late."""
 
     def __init__(self, settings: Settings, table: BatchedTable, topics: Any, metrics: Metrics,
-                 sources: tuple[str, ...]) -> None:
-        logic = PromoterLogic(load_rules(settings.rules_file))
+                 sources: tuple[str, ...], rates: RateLookup = no_rates) -> None:
+        logic = PromoterLogic(load_rules(settings.rules_file), rates=rates)  # rates: the worker's FxDirectory
         super().__init__(settings, logic, table, topics, metrics, sources, lateness_ms=0)
 
 

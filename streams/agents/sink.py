@@ -237,7 +237,7 @@ class SinkStep:
 
     async def write_reference(self, events: list[Any], dead_letters: DeadLetters) -> bool:
         """Validate the inputs stored as they come (dead-lettering bad messages) and store
-        promoters, exclusions and review decisions, their personal data hashed."""
+        promoters, exclusions, exchange rates and review decisions, their personal data hashed."""
         now = int(time.time() * 1000)
         records: list[Sourced] = []
         for ev in events:

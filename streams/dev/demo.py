@@ -62,6 +62,19 @@ def wait_for(what: str, check, timeout: float, worker: subprocess.Popen, log: Pa
     raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}; see {log}")
 
 
+#: the demo's recruiters earn this share of their recruits' commission (override lines)
+DEMO_OVERRIDE_RATE = Decimal("0.05")
+#: the demo's rule book (unless REFSTREAM_RULES_FILE names one): the SPEC defaults, priced in
+#: USD (the traffic's EUR orders are converted with its fx_rates), with two-level referrals
+DEMO_RULES = f"""\
+currency = "USD"
+
+[[rule_set]]
+version = "demo"
+override_rate = "{DEMO_OVERRIDE_RATE}"
+"""
+
+
 def run(args: argparse.Namespace, base: Settings) -> int:
     from sinks import queries
     from sinks.clickhouse import connect
@@ -82,6 +95,11 @@ def run(args: argparse.Namespace, base: Settings) -> int:
     )
     if not base.clickhouse_dsn:
         shutil.rmtree(ch_dir, ignore_errors=True)
+    if not base.rules_file:
+        data.mkdir(parents=True, exist_ok=True)
+        rules = data / "demo-rules.toml"
+        rules.write_text(DEMO_RULES)
+        settings = dataclasses.replace(settings, rules_file=str(rules))
 
     started = time.monotonic()
     say("starting the local stack")
@@ -97,7 +115,7 @@ def run(args: argparse.Namespace, base: Settings) -> int:
     try:
         traffic = make_traffic(TrafficSpec(seed=args.seed, promoters=args.promoters, visitors=args.visitors,
                                            days=args.days, end_ms=int(time.time() * 1000), malformed=5,
-                                           allowed_lateness_ms=settings.lateness_ms))
+                                           allowed_lateness_ms=settings.lateness_ms, currency="USD"))
         wait_for("the worker to start", lambda: (health(settings.web_port) or {}).get("ok"), 120, worker, log)
         say(f"live dashboard: http://127.0.0.1:{settings.web_port}/dashboard (stats API: /api, docs/api.md)")
         say(f"producing {len(traffic.messages)} messages "
@@ -133,7 +151,7 @@ def run(args: argparse.Namespace, base: Settings) -> int:
     print(queries.format_summary(queries.promoter_summary(client)))
     counts = queries.counts(client)
     print("\nrows: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    ok = check_truth(client, traffic)
+    ok = check_truth(client, traffic, None if base.rules_file else DEMO_OVERRIDE_RATE)
     say(f"done in {time.monotonic() - started:.0f}s; query the results yourself with "
         f"clickhouse-connect at {settings.clickhouse} (view conversions_current)")
     return 0 if ok else 1
@@ -179,7 +197,7 @@ def wait_processed(settings: Settings, traffic, worker, log: Path, timeout: floa
 STATUS_TOLERANCE = 0
 
 
-def check_truth(client, traffic) -> bool:
+def check_truth(client, traffic, override_rate: Decimal | None = None) -> bool:
     """Compare conversions_current with the generator's ground truth; print the verdict.
 
     Attribution must match exactly: the same orders, each with its tracking code and amount.
@@ -192,13 +210,19 @@ def check_truth(client, traffic) -> bool:
     fraud.py; tests/dev/test_generate.py checks the margins), so at most `STATUS_TOLERANCE` (0)
     status mismatches pass. Returns False on any attribution mismatch or more status
     mismatches than that; a wrong reason that leaves the status right shows in the table only.
+
+    Override lines (a recruiter's share of his recruit's order, `override_of` set) are not
+    conversions: they are left out of the comparison and checked on their own when the demo
+    wrote the rule book (`override_rate`; None: not checked). The amount compared is the
+    order's own and its `program_amount` (USD, converted with the traffic's fx_rates).
     """
     from sinks import queries
-    from streams.dev.scoring import format_report, score
+    from streams.dev.scoring import check_overrides, format_report, is_override_line, orders_only, score
 
     rows = queries.conversions_for(client)
-    want = {oid: (e.tracking_code, e.amount) for oid, e in traffic.truth.expected.items()}
-    got = {r["order_id"]: (r["tracking_code"], Decimal(str(r["amount"]))) for r in rows}
+    want = {oid: (e.tracking_code, e.amount, e.program_amount) for oid, e in traffic.truth.expected.items()}
+    got = {r["order_id"]: (r["tracking_code"], Decimal(str(r["amount"])), Decimal(str(r["program_amount"])))
+           for r in orders_only(rows)}
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     wrong = sorted(oid for oid in set(want) & set(got) if want[oid] != got[oid])
@@ -206,13 +230,19 @@ def check_truth(client, traffic) -> bool:
           f"{len(missing)} missing, {len(extra)} unexpected, {len(wrong)} with another code or amount")
     for oid in (missing + extra + wrong)[:10]:
         print(f"  {oid}: expected {want.get(oid)}, got {got.get(oid)}")
+    lines = [r for r in rows if is_override_line(r)]
+    problems = check_overrides(traffic.truth, rows, override_rate) if override_rate is not None else []
+    print(f"override lines: {len(lines)} in conversions_current"
+          + (f", {len(problems)} differing from the truth" if override_rate is not None else " (not checked)"))
+    for problem in problems[:10]:
+        print(f"  {problem}")
     report = score(traffic.truth, rows)
     print("\nchecks vs the truth, per reason code:")
     print(format_report(report))
     statuses_ok = len(report.status_mismatches) <= STATUS_TOLERANCE
     if not statuses_ok:
         print(f"status check failed: {len(report.status_mismatches)} mismatches, tolerance {STATUS_TOLERANCE}")
-    return not (missing or extra or wrong) and statuses_ok
+    return not (missing or extra or wrong or problems) and statuses_ok
 
 
 def only(traffic, topics: tuple[str, ...]):

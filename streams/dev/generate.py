@@ -137,6 +137,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         type=_fraud_count,
                         help="actors of one fraud pattern (0 turns it off; repeatable); patterns: "
                              + ", ".join(f"{p} (default {n})" for p, n in FRAUD_COUNTS.items()))
+    parser.add_argument("--eur", action=argparse.BooleanOptionalAction, default=True,
+                        help="about one customer in eight pays in EUR, with daily fx_rates into USD "
+                             "(default: yes; --no-eur: every order in USD, no fx_rates)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print counts and the expected attribution and statuses, produce nothing")
 
@@ -157,6 +160,7 @@ def spec_from_args(args: argparse.Namespace, settings: Settings, now_ms: int) ->
         visitors=args.visitors, days=args.days, malformed=args.malformed,
         allowed_lateness_ms=settings.lateness_ms, window_ms=settings.window_ms,
         binding_ms=settings.binding_ms, fraud=args.fraud, fraud_counts=dict(args.fraud_count) or None,
+        eur=args.eur,
     )
 
 
@@ -190,8 +194,10 @@ def summary(traffic: Traffic, sent: dict[str, int] | None = None) -> str:
         f"late {sum(c.late.values())}, out of order {c.out_of_order}, malformed {sum(c.malformed.values())}",
         f"  expected: {s['signups']} signups ({s['attributed_signups']} attributed, "
         f"{s['organic_signups']} organic), {s['attributed_orders']} attributed orders "
-        f"({s['reversed_orders']} refunded/cancelled), attributed GMV {s['attributed_gmv']} USD, "
-        f"{s['excluded_accounts']} excluded accounts",
+        f"({s['reversed_orders']} refunded/cancelled), attributed GMV {s['attributed_gmv']} "
+        f"{traffic.spec.currency}, {s['excluded_accounts']} excluded accounts",
+        f"  {s['coupon_orders']} orders attributed by a coupon code, {s['foreign_currency_orders']} paid in EUR "
+        f"(fx_rates), {s['recruited_promoters']} recruited promoters (their recruiters earn override lines)",
         "  expected statuses: " + (", ".join(f"{k} {v}" for k, v in s["statuses"].items()) or "none"),
         "  orders per fraud pattern: " + (", ".join(f"{k} {v}" for k, v in s["patterns"].items()) or "none"),
     ]

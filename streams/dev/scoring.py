@@ -9,16 +9,22 @@ reason code, and agreement on statuses (pure: no I/O).
 - false negative: expected, not flagged (also every expected reason of an order with no row).
 
 Each code is shown with the labelled patterns (`streams.dev.traffic.PATTERNS`) that produce it.
+
+Override lines (two-level referrals: `override_of` set, order id `<order>#override`) are a
+recruiter's share of his recruit's order, not conversions: `score` leaves them out, and
+`check_overrides` compares them with the truth on their own.
 """
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from sinks.queries import format_table
 from streams.dev.traffic import PATTERNS, REASON_CODES, Expected, Truth
+from streams.logic.overrides import OVERRIDE_SUFFIX, WITHDRAWN  # an override line's id, a withdrawn one's reason
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ class Report:
 def score(truth: Truth | Mapping[str, Expected], rows: Iterable[Mapping[str, Any]]) -> Report:
     """Compare `rows` with the expected conversions of `truth`."""
     expected = truth.expected if isinstance(truth, Truth) else truth
-    got = {r["order_id"]: r for r in rows}
+    got = {r["order_id"]: r for r in orders_only(rows)}
     tp: Counter[str] = Counter()
     fp: Counter[str] = Counter()
     fn: Counter[str] = Counter()
@@ -97,6 +103,54 @@ def score(truth: Truth | Mapping[str, Expected], rows: Iterable[Mapping[str, Any
         missing=tuple(sorted(expected.keys() - got.keys())),
         unexpected=tuple(sorted(got.keys() - expected.keys())),
     )
+
+
+def is_override_line(row: Mapping[str, Any]) -> bool:
+    """A recruiter's override line (`override_of` names the recruit), not a conversion."""
+    return bool(row.get("override_of"))
+
+
+def orders_only(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """`rows` without the override lines: one row per order, as the truth counts them."""
+    return [r for r in rows if not is_override_line(r)]
+
+
+def check_overrides(truth: Truth, rows: Iterable[Mapping[str, Any]], rate: Decimal) -> list[str]:
+    """What is wrong with the override lines of `rows` (empty: nothing), for a rule book whose
+    `override_rate` is `rate` on every order (`override_months` 0), docs/rules.md "Two-level
+    referrals": every expected conversion of a recruited promoter has one line, credited to his
+    recruiter, with the order's status and `rate` x the order row's commission; any other line
+    must have been withdrawn (reversed, `override_withdrawn`, no commission)."""
+    rows = list(rows)
+    orders = {r["order_id"]: r for r in orders_only(rows)}
+    lines = {r["order_id"]: r for r in rows if is_override_line(r)}
+    problems = []
+    want: dict[str, tuple[str, str]] = {}  # line order id -> (recruiter, recruit)
+    if rate > 0:
+        for oid, e in truth.expected.items():
+            parent = truth.recruiter(e.promoter_id) if e.promoter_id else ""
+            if parent and parent != e.promoter_id:
+                want[oid + OVERRIDE_SUFFIX] = (parent, e.promoter_id)
+    for lid, (parent, child) in sorted(want.items()):
+        line, order = lines.get(lid), orders.get(lid.removesuffix(OVERRIDE_SUFFIX))
+        if line is None:
+            problems.append(f"{lid}: missing (recruiter {parent} of {child})")
+            continue
+        if (line["promoter_id"], line["override_of"]) != (parent, child):
+            problems.append(f"{lid}: credited to {line['promoter_id']} for {line['override_of']}, "
+                            f"expected {parent} for {child}")
+        expected_status = truth.expected[lid.removesuffix(OVERRIDE_SUFFIX)].status
+        if line["status"] != expected_status:
+            problems.append(f"{lid}: status {line['status']}, expected {expected_status}")
+        if order is not None:
+            share = (Decimal(str(order["commission"])) * rate).quantize(Decimal("0.0001"), ROUND_HALF_EVEN)
+            if Decimal(str(line["commission"])) != share:
+                problems.append(f"{lid}: commission {line['commission']}, expected {share}")
+    for lid, line in sorted(lines.items()):
+        if lid not in want and not (line["status"] == "reversed" and WITHDRAWN in line["reasons"]
+                                    and Decimal(str(line["commission"])) == 0):
+            problems.append(f"{lid}: unexpected line for {line['promoter_id']} ({line['status']})")
+    return problems
 
 
 def format_report(report: Report, examples: int = 3) -> str:

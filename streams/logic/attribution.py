@@ -5,11 +5,17 @@ A signup is attributed to the last (or first) click of the same visitor within t
 attribution window before it. A click that arrives after its signup, but not late, still
 counts: the signup is re-attributed and the new choice is emitted. When the watermark
 passes a signup its attribution is final and is emitted once more with `final=True`.
+
+A signup's coupon code rides along to the account join, which also sees the orders' codes:
+`order_source` (below) is the one rule that says whether an order is attributed by a click
+or by a coupon code (`attribution_precedence`).
 """
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgspec
 
@@ -32,6 +38,7 @@ class OpenSignup(msgspec.Struct, array_like=True):
     click: ClickRef | None
     final: bool = False
     ident: SignupIdent | None = None
+    coupon: str | None = None  # trailing: states written before coupon codes still decode
 
 
 class VisitorState(msgspec.Struct, array_like=True):
@@ -68,7 +75,7 @@ def choose_click(clicks: list[ClickRef], signup_ts: int, rules: AttributionRules
 
 
 def _record(visitor_id: str, s: OpenSignup) -> AttributionRec:
-    return AttributionRec(s.account_id, s.event_id, s.ts, visitor_id, s.click, s.final, s.ident)
+    return AttributionRec(s.account_id, s.event_id, s.ts, visitor_id, s.click, s.final, s.ident, s.coupon)
 
 
 def add_click(
@@ -94,13 +101,13 @@ def add_click(
 
 def add_signup(
     state: VisitorState, account_id: str, visitor_id: str, event_id: str, ts: int,
-    rules: AttributionRules, ident: SignupIdent | None = None,
+    rules: AttributionRules, ident: SignupIdent | None = None, coupon: str | None = None,
 ) -> list[AttributionRec]:
     """Add a signup (idempotent by event_id) and return its current attribution."""
     for s in state.signups:
         if s.event_id == event_id:
             return [_record(visitor_id, s)]
-    s = OpenSignup(account_id, event_id, ts, choose_click(state.clicks, ts, rules), ident=ident)
+    s = OpenSignup(account_id, event_id, ts, choose_click(state.clicks, ts, rules), ident=ident, coupon=coupon)
     state.signups.append(s)
     return [_record(visitor_id, s)]
 
@@ -137,3 +144,40 @@ def advance(
     state.signups = [s for s in state.signups if not (s.final and s.ts + grace_ms < watermark)]
     state.clicks = [c for c in state.clicks if c.ts >= watermark - rules.window_ms]
     return out
+
+
+# -- click or coupon code (the account join) -------------------------------------------------
+CLICK, COUPON = "click", "coupon"
+
+
+class CouponUse(NamedTuple):
+    """A coupon code the customer used: at signup or with a paid order, at event time `ts`."""
+
+    ts: int
+    code: str
+
+
+class Source(NamedTuple):
+    """What attributes one order: `by` click or coupon, the coupon's code ('' for a click) and
+    when the click or the code's use happened (a customer who paid before it is an existing one)."""
+
+    by: str
+    code: str
+    ts: int
+
+
+def order_source(click: ClickRef | None, uses: Sequence[CouponUse],
+                 precedence: Callable[[int], str]) -> Source | None:
+    """What attributes an order, or None (no conversion): the one home of `attribution_precedence`.
+
+    `uses`: the codes the customer used up to and including this order, in event-time order
+    (the signup's, then those of the account's paid orders). The latest use that wins over
+    the click counts: a code wins when there is no click or when the precedence in force at
+    its use (`precedence(ts)`) is "coupon" (the code wins over the cookie, like AffiliateWP);
+    under "click" a code attributes only an account without a click. Else the click counts.
+    So an order redeeming a code goes to that code, and so do the orders after it.
+    """
+    for use in reversed(uses):
+        if click is None or precedence(use.ts) == COUPON:
+            return Source(COUPON, use.code, use.ts)
+    return Source(CLICK, "", click.ts) if click is not None else None

@@ -9,6 +9,12 @@ promoter stage (streams/logic/pricing.py) holds. A decision is re-emitted with a
 `revision` whenever its content changes, and re-sent unchanged when a redelivery touches
 it (idempotent outputs). An order whose promoter changes (re-attribution) is first
 withdrawn from the old promoter (`reroute`).
+
+An account is attributed by its signup's click or by a coupon code: the signup's, or one
+redeemed with a paid order (`attribution.order_source` says which wins, per order). Until its
+binding period ends, an organic account may still be attributed by an order's code, so it
+is kept that long (its signup only: orders behind the watermark cannot follow a coupon
+order still to come).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from schemas.records import AttributionRec, DecisionRec, OrderRec
+from streams.logic.attribution import COUPON, CouponUse, Source, order_source
 from streams.logic.pricing import content_digest
 from streams.logic.rules import windows
 from streams.logic.rules.checks import Evidence, PromoterRef, Signals, identity_match, reasons, status_of
@@ -53,6 +60,22 @@ class Context:
     book: RuleBook = field(default_factory=lambda: RuleBook([]))
     promoter: PromoterLookup = lambda code, ts: None
     exclusion: ExclusionLookup = no_exclusions
+    #: coupon code, event time -> the promoter owning the code then (`PromoterDirectory.by_coupon`)
+    coupon: PromoterLookup = lambda code, ts: None
+    #: promoter id, event time -> who recruited him then (`PromoterDirectory.parent_of`)
+    parent_of: Callable[[str, int], str | None] = lambda promoter_id, ts: None
+
+    def recruiter(self, promoter: PromoterRef | None, ts: int) -> str:
+        """Who earns an override on `promoter`'s order at `ts`: his recruiter, but nobody on
+        self-recruitment or a two-promoter cycle (docs/rules.md "Two-level referrals")."""
+        parent = promoter.parent_promoter_id if promoter else None
+        if not parent or promoter is None or parent == promoter.promoter_id:
+            return ""
+        return "" if self.parent_of(parent, ts) == promoter.promoter_id else parent
+
+    def precedence(self, ts: int) -> str:
+        """`attribution_precedence` of the rule set in force at `ts`."""
+        return self.book.at(ts).attribution_precedence
 
 
 class StatusEvent(msgspec.Struct, array_like=True):
@@ -92,12 +115,46 @@ def in_binding(signup_ts: int, order_ts: int, rules: ConversionRules) -> bool:
     return signup_ts <= order_ts <= signup_ts + rules.binding_ms
 
 
-def candidates(state: AccountState, rules: ConversionRules) -> list[str]:
-    """Orders of the account that are conversions (attributed, paid, within binding)."""
+def _in_binding(state: AccountState, rules: ConversionRules) -> list[OrderState]:
+    """The account's paid orders within its binding period, in event-time order."""
     s = state.signup
-    if s is None or s.click is None:
+    if s is None:
         return []
-    return [oid for oid, o in state.orders.items() if o.paid and in_binding(s.signup_ts, o.order.ts, rules)]
+    found = [o for o in state.orders.values() if o.paid and in_binding(s.signup_ts, o.order.ts, rules)]
+    return sorted(found, key=lambda o: (o.order.ts, o.order.order_id))
+
+
+def coupon_uses(state: AccountState, rules: ConversionRules) -> bool:
+    """True if the customer used a coupon code: at signup or with a paid order in binding."""
+    s = state.signup
+    return s is not None and (bool(s.coupon) or any(o.order.coupon_code for o in _in_binding(state, rules)))
+
+
+def attributed(state: AccountState, rules: ConversionRules) -> bool:
+    """The account has (or may have, as its orders come) conversions: a click or a coupon code."""
+    return state.signup is not None and (state.signup.click is not None or coupon_uses(state, rules))
+
+
+def sources(state: AccountState, ctx: Context) -> dict[str, Source]:
+    """order_id -> what attributes it, for every order that is a conversion (paid, within
+    binding, attributed by the click or a coupon code: `attribution.order_source`)."""
+    s = state.signup
+    if s is None:
+        return {}
+    uses = [CouponUse(s.signup_ts, s.coupon)] if s.coupon else []
+    out = {}
+    for o in _in_binding(state, ctx.rules):
+        if o.order.coupon_code:
+            uses.append(CouponUse(o.order.ts, o.order.coupon_code))
+        source = order_source(s.click, uses, ctx.precedence)
+        if source is not None:
+            out[o.order.order_id] = source
+    return out
+
+
+def candidates(state: AccountState, ctx: Context) -> list[str]:
+    """Orders of the account that are conversions (attributed, paid, within binding)."""
+    return list(sources(state, ctx))
 
 
 def paid_orders(state: AccountState) -> list[tuple[int, str]]:
@@ -114,28 +171,33 @@ def first_order(state: AccountState, rules: ConversionRules) -> str | None:
 
 def decide(
     o: OrderState, state: AccountState, ctx: Context, is_first: bool, now_ms: int,
-    paid: list[tuple[int, str]] | None = None,
+    paid: list[tuple[int, str]] | None = None, source: Source | None = None,
 ) -> DecisionRec:
     """The decision for one candidate order: checks, status, reasons, the evidence behind
     the reasons (for the review queue) and what pricing needs of the customer; no price.
-    `paid` is `paid_orders(state)` when the caller has it (one sort per account)."""
+    `paid` is `paid_orders(state)` and `source` `sources(state, ctx)[order_id]` when the
+    caller has them (one pass per account). A coupon conversion's promoter is the code's
+    owner at the order's time; it has no click (no tracking code, no click checks)."""
     signup = state.signup
-    assert signup is not None and signup.click is not None
-    click, order, order_status = signup.click, o.order, o.status
+    source = sources(state, ctx)[o.order.order_id] if source is None else source
+    assert signup is not None
+    order, order_status = o.order, o.status
+    by_coupon = source.by == COUPON
+    click = None if by_coupon else signup.click
     paid = paid_orders(state) if paid is None else paid
     ruleset = ctx.book.at(order.ts)
-    promoter = ctx.promoter(click.tracking_code, order.ts)
+    promoter = ctx.coupon(source.code, order.ts) if click is None else ctx.promoter(click.tracking_code, order.ts)
     ident = signup.ident
     evidence = Evidence(promoter, signup, order, order_status,
                         ctx.exclusion(order.account_id, ident.email_domain if ident else None, order.ts),
-                        state.signals or Signals())
+                        state.signals or Signals(), source.code)
     reason_codes = reasons(evidence, ruleset)
     dec = DecisionRec(
         order_id=order.order_id, revision=o.revision, status=status_of(reason_codes), reasons=reason_codes,
         promoter_id=promoter.promoter_id if promoter else "",
-        tracking_code=click.tracking_code, campaign=click.campaign or "",
+        tracking_code=click.tracking_code if click else "", campaign=(click.campaign if click else None) or "",
         account_id=order.account_id, visitor_id=signup.visitor_id,
-        click_event_id=click.event_id, click_ts=click.ts,
+        click_event_id=click.event_id if click else "", click_ts=click.ts if click else 0,
         signup_event_id=signup.signup_event_id, signup_ts=signup.signup_ts,
         order_event_id=order.event_id, order_ts=order.ts, cart_id=order.cart_id or "",
         product=order.product, category=order.category or "", amount=order.amount,
@@ -143,12 +205,15 @@ def decide(
         renewal=order.renewal, attribution_model=ctx.rules.model,
         attribution_final=signup.final, decided_at=now_ms,
         first_order=is_first, rule_version=ruleset.version,
-        flood_clicks=evidence.signals.flood_clicks, farm_signups=evidence.signals.farm_signups,
+        flood_clicks=evidence.signals.flood_clicks if click else 0, farm_signups=evidence.signals.farm_signups,
         exclusion_owner=evidence.exclusion_owner or "", identity_match=identity_match(promoter, evidence),
         base_level=promoter.level if promoter else 1,
         customer_order=bisect_left(paid, (order.ts, order.order_id)) + 1,
-        customer_first_ts=paid[0][0], existing_customer=paid[0][0] < click.ts,
-        status_ts=max(o.events, key=_latest).ts, expires=_kept_until(signup, ctx.rules),
+        customer_first_ts=paid[0][0], existing_customer=paid[0][0] < source.ts,
+        status_ts=max(o.events, key=_latest).ts, expires=_kept_until(state, ctx.rules),
+        attributed_by=source.by, coupon_code=source.code,
+        parent_promoter_id=ctx.recruiter(promoter, order.ts),
+        promoter_joined_at=(promoter.joined_at or 0) if promoter else 0,
     )
     digest = content_digest(dec)
     if digest != o.digest:
@@ -164,10 +229,10 @@ def decide_all(state: AccountState, touched: set[str], ctx: Context, now_ms: int
     paid = paid_orders(state)
     first = paid[0][1] if paid else None
     out = []
-    for oid in candidates(state, ctx.rules):
+    for oid, source in sources(state, ctx).items():
         o = state.orders[oid]
         before = o.revision
-        dec = decide(o, state, ctx, oid == first, now_ms, paid)
+        dec = decide(o, state, ctx, oid == first, now_ms, paid, source)
         if oid in touched or o.revision != before:
             out.append(dec)
     return out
@@ -190,13 +255,11 @@ def reroute(state: AccountState, decided: list[DecisionRec]) -> list[DecisionRec
 
 
 def prune(state: AccountState, rules: ConversionRules) -> None:
-    """Forget orders that can never be conversions of this account."""
+    """Forget orders that can never be conversions of this account (after its binding period;
+    an organic account's, by event time: `advance`). Orders before the signup stay: an
+    earlier signup of the account may still arrive."""
     s = state.signup
-    if s is None:
-        return
-    if s.click is None and s.final:
-        state.orders = {}  # organic for good: nothing of this account will convert
-    else:  # orders before the signup stay: an earlier signup of the account may still arrive
+    if s is not None:
         state.orders = {k: o for k, o in state.orders.items() if o.order.ts <= s.signup_ts + rules.binding_ms}
 
 
@@ -249,23 +312,32 @@ def add_attribution(state: AccountState, rec: AttributionRec) -> set[str]:
     return set(state.orders)
 
 
-def _kept_until(s: AttributionRec, rules: ConversionRules) -> int:
-    """Event time until which an account's state is kept: binding period, plus the refund
-    window when attributed (for clawbacks)."""
-    return s.signup_ts + rules.binding_ms + (rules.refund_window_ms if s.click else 0)
+def _kept_until(state: AccountState, rules: ConversionRules) -> int:
+    """Event time until which an account's state is kept: binding period (an order's coupon
+    code may still attribute it), plus the refund window when attributed (for clawbacks)."""
+    s = state.signup
+    assert s is not None
+    return s.signup_ts + rules.binding_ms + (rules.refund_window_ms if attributed(state, rules) else 0)
+
+
+def _organic_for_now(state: AccountState, rules: ConversionRules) -> bool:
+    """Final, no click and no coupon code yet: only an order with a code can attribute it, and
+    the orders before that one stay organic."""
+    s = state.signup
+    return s is not None and s.final and not attributed(state, rules)
 
 
 def signals_close(s: AttributionRec) -> int:
-    """Event time at which the attributed click's hour and the signup's day are over: from
-    then on (watermark past it) their flood and farming counts can no longer grow."""
-    assert s.click is not None
-    return windows.closes_at(s.click.ts, s.signup_ts)
+    """Event time at which the attributed click's hour (if any) and the signup's day are
+    over: from then on (watermark past it) their flood and farming counts can no longer grow."""
+    return windows.closes_at(s.click.ts if s.click is not None else s.signup_ts, s.signup_ts)
 
 
 def needs_final_signals(state: AccountState, watermark: int) -> bool:
+    """Every final account's counters are read for good when their windows close, organic
+    ones too: an order's coupon code may attribute them after Redis dropped the counts."""
     s = state.signup
-    return (s is not None and s.click is not None and s.final and not state.signals_final
-            and signals_close(s) < watermark)
+    return s is not None and s.final and not state.signals_final and signals_close(s) < watermark
 
 
 def due(state: AccountState, rules: ConversionRules) -> int | None:
@@ -273,24 +345,25 @@ def due(state: AccountState, rules: ConversionRules) -> int | None:
     s = state.signup
     if s is None:
         return min((o.order.ts for o in state.orders.values()), default=None)
-    if s.click is None and s.final:
-        return s.signup_ts
-    if not state.signals_final and s.click is not None:
-        return min(signals_close(s), _kept_until(s, rules))
-    return _kept_until(s, rules)
+    times = [_kept_until(state, rules)]
+    if not state.signals_final:
+        times.append(signals_close(s))
+    if _organic_for_now(state, rules) and state.orders:
+        times.append(min(o.order.ts for o in state.orders.values()))
+    return min(times)
 
 
 def advance(state: AccountState, watermark: int, rules: ConversionRules) -> bool:
     """Expire by event time; return True when the whole account state can be deleted.
 
-    Orders waiting for a signup wait until the watermark passes them. An organic account
-    waits for its final attribution (at most the binding period); an attributed one is
-    kept through the binding period plus the refund window, for clawbacks.
+    Orders waiting for a signup wait until the watermark passes them, and so do the orders
+    of an account organic so far (a coupon order still to come is later: they stay organic).
+    An account is kept through its binding period, plus the refund window when attributed
+    (for clawbacks).
     """
     s = state.signup
-    if s is None:
+    if s is None or _organic_for_now(state, rules):
         state.orders = {k: o for k, o in state.orders.items() if o.order.ts >= watermark}
+    if s is None:
         return not state.orders
-    if s.click is None and s.final:
-        return True
-    return _kept_until(s, rules) < watermark
+    return _kept_until(state, rules) < watermark

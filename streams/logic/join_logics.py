@@ -9,6 +9,7 @@ priced in event-time order per promoter, so prices do not depend on arrival orde
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
@@ -16,10 +17,12 @@ from schemas.records import AttributionRec, ClickRec, Conversion, DecisionRec, J
 from streams.logic import attribution as attr
 from streams.logic import conversions as conv
 from streams.logic import pricing
-from streams.logic.engine import JoinLogic, Outputs, wall_ms
+from streams.logic.engine import FULL_STATE_BYTES, JoinLogic, Outputs, wall_ms
 from streams.logic.partitioning import partition_for
 from streams.logic.rules.checks import Signals
 from streams.logic.rules.ruleset import RuleBook
+
+log = logging.getLogger(__name__)
 
 
 class VisitorLogic(JoinLogic[attr.VisitorState, list[AttributionRec]]):
@@ -49,7 +52,7 @@ class VisitorLogic(JoinLogic[attr.VisitorState, list[AttributionRec]]):
             return attr.add_click(state, rec.visitor_id, attr.click_ref(rec, self.book), self.rules)
         assert isinstance(rec, SignupRec)  # key_of let nothing else in
         return attr.add_signup(state, rec.account_id, rec.visitor_id, rec.event_id, rec.ts, self.rules,
-                               attr.signup_ident(rec))
+                               attr.signup_ident(rec), rec.coupon_code)
 
     async def on_batch(self, states: dict[bytes, attr.VisitorState],
                        applied: dict[bytes, list[list[AttributionRec]]], out: Outputs) -> None:
@@ -123,13 +126,16 @@ class AccountLogic(JoinLogic[conv.AccountState, Touched]):
         return isinstance(rec, OrderRec) and conv.knows(state, rec)
 
     def apply(self, state: conv.AccountState, key: bytes, rec: JoinRecord) -> Touched:
+        rules = self.ctx.rules
         if isinstance(rec, OrderRec):
-            return conv.add_order(state, rec), False
+            touched = conv.add_order(state, rec)
+            # an order's coupon code may attribute an account that had no counters yet
+            return touched, bool(rec.coupon_code) and state.signals is None and conv.attributed(state, rules)
         assert isinstance(rec, AttributionRec)  # key_of let nothing else in
         frozen = state.signals is not None and state.signup is not None and state.signup.final
         touched = conv.add_attribution(state, rec)
         # counters as of the final attribution, then frozen
-        return touched, not frozen and state.signup is not None and state.signup.click is not None
+        return touched, not frozen and conv.attributed(state, rules)
 
     async def on_batch(self, states: dict[bytes, conv.AccountState], applied: dict[bytes, list[Touched]],
                        out: Outputs) -> None:
@@ -162,7 +168,7 @@ class AccountLogic(JoinLogic[conv.AccountState, Touched]):
 
     async def _snapshot(self, states: dict[bytes, conv.AccountState], keys: list[bytes]) -> None:
         recs = [s for k in keys if (s := states[k].signup) is not None]
-        assert len(recs) == len(keys)  # only attributed accounts are snapshot
+        assert len(recs) == len(keys)  # only accounts with a signup are snapshot
         for key, snap in zip(keys, await self.signals.snapshot(recs)):
             states[key].signals = snap
 
@@ -184,7 +190,7 @@ class AccountLogic(JoinLogic[conv.AccountState, Touched]):
 
 
 #: what `PromoterLogic.apply` returns: the open order to re-price, or a closed month's conversion
-Priced = tuple[str | None, Conversion | None]
+Priced = tuple[str | None, list[Conversion]]
 
 
 class PromoterLogic(JoinLogic[pricing.PromoterBook, Priced]):
@@ -200,9 +206,11 @@ class PromoterLogic(JoinLogic[pricing.PromoterBook, Priced]):
     name = "promoter"
     state_type = pricing.PromoterBook
 
-    def __init__(self, book: RuleBook, now_ms: Callable[[], int] = wall_ms) -> None:
+    def __init__(self, book: RuleBook, now_ms: Callable[[], int] = wall_ms,
+                 rates: pricing.RateLookup = pricing.no_rates) -> None:
         self.book = book
         self.now_ms = now_ms
+        self.rates = rates  # exchange rates as of a time (streams/logic/fx.py), for `book.currency`
 
     def key_of(self, rec: JoinRecord) -> bytes:
         if not isinstance(rec, DecisionRec):
@@ -215,22 +223,35 @@ class PromoterLogic(JoinLogic[pricing.PromoterBook, Priced]):
 
     def apply(self, state: pricing.PromoterBook, key: bytes, rec: JoinRecord) -> Priced:
         assert isinstance(rec, DecisionRec)  # key_of let nothing else in
-        return pricing.add(state, rec, self.book, self.now_ms())
+        return pricing.add(state, rec, self.book, self.now_ms(), self.rates)
 
     async def on_batch(self, states: dict[bytes, pricing.PromoterBook], applied: dict[bytes, list[Priced]],
                        out: Outputs) -> None:
         now = self.now_ms()
         for key, results in applied.items():
             touched = {oid for oid, _ in results if oid is not None}
-            out.conversions += [c for _, c in results if c is not None]
+            out.conversions += [c for _, convs in results for c in convs]
             if touched:
-                out.conversions += pricing.reprice(states[key], touched, self.book, now)
+                out.conversions += pricing.reprice(states[key], touched, self.book, now, self.rates)
+            self._bound(key, states[key])
 
     def empty(self, state: pricing.PromoterBook) -> bool:
         return not (state.open or state.final or state.customers or state.closed)
+
+    def _bound(self, key: bytes, state: pricing.PromoterBook) -> None:
+        """Decisions are derived records the engine always takes: keep the book a valid
+        changelog record (`pricing.shrink`), and say so when that costs exactness."""
+        shrunk = pricing.shrink(state, self.book, FULL_STATE_BYTES, self.rates)
+        if shrunk:
+            log.warning("promoter book over its size bound: prices fixed early or forgotten",
+                        extra={"promoter": key.decode(errors="replace")[:128], "orders": shrunk,
+                               "bound_bytes": FULL_STATE_BYTES})
 
     def deadline(self, state: pricing.PromoterBook) -> int | None:
         return pricing.due(state, self.book)
 
     def advance(self, state: pricing.PromoterBook, key: bytes, watermark: int, out: Outputs) -> bool:
-        return pricing.advance(state, watermark, self.book)
+        """Close the months the watermark passed; first price what waited for an exchange
+        rate that has come since (such a book is due at every sweep: `pricing.due`)."""
+        out.conversions += pricing.rates_arrived(state, self.book, self.now_ms(), self.rates)
+        return pricing.advance(state, watermark, self.book, self.rates)

@@ -28,6 +28,7 @@ from schemas.records import AttributionRec, ClickRef, Conversion, DecisionRec, S
 from streams.logic import attribution as attr
 from streams.logic import conversions as conv
 from streams.logic import pricing
+from streams.logic.fx import FxDirectory
 from streams.logic.reference import ExclusionDirectory, PromoterDirectory
 from streams.logic.rules import reviews, spamming, windows
 from streams.logic.rules.checks import PAYABLE_STATUSES, REJECTED
@@ -59,10 +60,10 @@ def run(events: StoredEvents, book: RuleBook, window_ms: int, binding_ms: int, r
         if s.account_id in states:
             continue
         click = attr.choose_click(clicks_of.get(s.visitor_id, []), s.ts, rules)
-        rec = AttributionRec(s.account_id, s.event_id, s.ts, s.visitor_id, click, True, attr.signup_ident(s))
-        states[s.account_id] = conv.AccountState(signup=rec)
-        if click is not None:
-            states[s.account_id].signals = counted.snapshot(rec)
+        rec = AttributionRec(s.account_id, s.event_id, s.ts, s.visitor_id, click, True, attr.signup_ident(s),
+                             s.coupon_code)
+        # every account's counters: an order's coupon code may attribute an organic one
+        states[s.account_id] = conv.AccountState(signup=rec, signals=counted.snapshot(rec), signals_final=True)
     # click spamming: per code, its attributed signups and those long after their click
     spam_all: Counter[str] = Counter()
     spam_long: Counter[str] = Counter()
@@ -76,19 +77,21 @@ def run(events: StoredEvents, book: RuleBook, window_ms: int, binding_ms: int, r
         if o.account_id in states:
             conv.add_order(states[o.account_id], o)
     ctx = conv.Context(conv.ConversionRules(binding_ms, refund_window_ms, model), book, promoters.as_of,
-                       exclusions.owner)
+                       exclusions.owner, promoters.by_coupon, promoters.parent_of)
     decisions: list[DecisionRec] = []
     for state in states.values():
         paid = conv.paid_orders(state)
         first = paid[0][1] if paid else None
-        for oid in conv.candidates(state, ctx.rules):
-            d = conv.decide(state.orders[oid], state, ctx, oid == first, 0, paid)
-            assert state.signup is not None and state.signup.click is not None
-            code = state.signup.click.tracking_code
-            if spamming.is_spamming(spam_all[code], spam_long[code], book.at(d.order_ts)):
+        for oid, source in conv.sources(state, ctx).items():
+            d = conv.decide(state.orders[oid], state, ctx, oid == first, 0, paid, source)
+            code = d.tracking_code  # '' for a coupon conversion: no click, no spamming (as in SQL)
+            if code and spamming.is_spamming(spam_all[code], spam_long[code], book.at(d.order_ts)):
                 d = _held(d)  # held orders still count towards their promoter's month
             decisions.append(d)
-    return pricing.price_all(decisions, book)
+    rates = FxDirectory()
+    for rate in events.fx_rates:
+        rates.add(rate)
+    return pricing.price_all(decisions, book, rates=rates.rate)
 
 
 def _held(d: DecisionRec) -> DecisionRec:

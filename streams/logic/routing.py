@@ -30,13 +30,13 @@ def to_record(event: Event, src: str) -> ClickRec | SignupRec | OrderRec:
         return SignupRec(
             event.event_id, millis(event.ts), event.account_id, event.visitor_id, event.ip,
             event.user_agent, event.email_domain, event.email_hash, event.account_type,
-            event.realname_id_hash, event.device_id, src,
+            event.realname_id_hash, event.device_id, src, event.coupon_code,
         )
     if isinstance(event, Order):
         return OrderRec(
             event.event_id, millis(event.ts), event.order_id, event.account_id, event.product, event.amount,
             event.currency, event.status, event.discount, event.cart_id, event.sku, event.category,
-            event.renewal, src,
+            event.renewal, src, event.coupon_code,
         )
     raise TypeError(f"no join record for {type(event).__name__}")
 

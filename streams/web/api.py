@@ -12,6 +12,10 @@ Semantics (see docs/api.md): every figure counts events whose own event time is 
 [from, to): clicks by click time, signups by signup time, orders by order time. Money is
 exact (`Decimal`) and serialised as a string with 4 decimals. `from` is rounded down and
 `to` up to whole minutes (to whole buckets for the time series).
+
+Override lines (two-level referrals, `override_of` set: a recruiter's share of his recruit's
+order, streams/logic/overrides.py) are money, not orders: every count, GMV and reason figure
+is of `ORDER_ROWS` only, while commission includes them (what the program owes).
 """
 from __future__ import annotations
 
@@ -45,6 +49,9 @@ ISSUES = ("rejected", "held", "reversed")  # statuses reported by /api/rejection
 PAID = "paid"  # raw order status counted by all_orders
 TOP_DIMENSIONS: dict[str, str] = {"promoter": "promoter_id", "campaign": "campaign", "product": "product"}
 TOP_METRICS = ("gmv", "conversions", "commission")
+#: conversion rows that are orders: not a recruiter's override line (which repeats its
+#: recruit's order, amount and reasons under another promoter)
+ORDER_ROWS = "override_of = ''"
 #: bounds how long a query may hold the sink's client (and so delay its writes)
 QUERY_SETTINGS: dict[str, Any] = {"max_execution_time": 10}
 
@@ -252,7 +259,7 @@ FROM (
     SELECT account_id, promoter_id, order_ts,
         row_number() OVER (PARTITION BY account_id ORDER BY order_ts, order_id) AS n
     FROM conversions_current
-    WHERE status = {{status:String}}
+    WHERE status = {{status:String}} AND {ORDER_ROWS}
 )
 WHERE {between('order_ts')}{_and(w, PROMOTER_OWN)}
 """
@@ -274,8 +281,9 @@ def timeseries_queries(w: Window, step_ms: int, caps: Capabilities) -> dict[str,
             f" GROUP BY t", params),
         "conversions": Query(
             f"SELECT {bucket('toUnixTimestamp64Milli(order_ts)')} AS t,"
-            f" countIf(status = {{status:String}}) AS orders, sumIf(amount, status = {{status:String}}) AS gmv"
-            f"{commission}, countIf(status IN {{issues:Array(String)}}) AS rejections"
+            f" countIf(status = {{status:String}} AND {ORDER_ROWS}) AS orders,"
+            f" sumIf(amount, status = {{status:String}} AND {ORDER_ROWS}) AS gmv"
+            f"{commission}, countIf(status IN {{issues:Array(String)}} AND {ORDER_ROWS}) AS rejections"
             f" FROM conversions_current WHERE {between('order_ts')}{_and(w, PROMOTER_OWN)} GROUP BY t",
             {**params, "status": COUNTED, "issues": list(ISSUES)}),
     }
@@ -291,7 +299,8 @@ def timeseries_queries(w: Window, step_ms: int, caps: Capabilities) -> dict[str,
 
 
 def top_query(w: Window, dimension: str, by: str, limit: int, caps: Capabilities) -> Query:
-    """Approved conversions grouped by promoter, campaign or product, best first."""
+    """Approved conversions grouped by promoter, campaign or product, best first: orders and
+    GMV without override lines, commission with them (a recruiter's share is his)."""
     column = TOP_DIMENSIONS[dimension]
     if by not in TOP_METRICS:
         raise BadRequest(f"by='{shown(by)}' is not one of {', '.join(TOP_METRICS)}")
@@ -299,7 +308,8 @@ def top_query(w: Window, dimension: str, by: str, limit: int, caps: Capabilities
         raise BadRequest("by=commission needs conversions_current.commission, which this database "
                          "does not have yet")
     commission = ", sum(commission) AS commission" if caps.commission else ""
-    sql = (f"SELECT {column} AS key, count() AS conversions, sum(amount) AS gmv{commission}"
+    sql = (f"SELECT {column} AS key, countIf({ORDER_ROWS}) AS conversions, sumIf(amount, {ORDER_ROWS}) AS gmv"
+           f"{commission}"
            f" FROM conversions_current WHERE status = {{status:String}} AND {between('order_ts')}"
            f"{_and(w, PROMOTER_OWN)} GROUP BY key ORDER BY {by} DESC, key LIMIT {{limit:UInt32}}")
     return Query(sql, {**w.params(), "status": COUNTED, "limit": limit})
@@ -307,8 +317,9 @@ def top_query(w: Window, dimension: str, by: str, limit: int, caps: Capabilities
 
 def rejections_queries(w: Window) -> dict[str, Query]:
     """Rejected, held and reversed conversions per reason (a conversion with several reasons
-    counts under each; one without is `unspecified`), and all conversions for the rates."""
-    own = _and(w, PROMOTER_OWN)
+    counts under each; one without is `unspecified`), and all conversions for the rates.
+    Override lines repeat their recruit's status and reasons: not counted again."""
+    own = f" AND {ORDER_ROWS}{_and(w, PROMOTER_OWN)}"
     params = {**w.params(), "issues": list(ISSUES)}
     return {
         "reasons": Query(

@@ -1,4 +1,5 @@
 """Payout totals per currency (`GET /api/payouts/summary`): pure query builders and shaping.
+A conversion's money counts in its program currency (`program_currency`: its commission's).
 
 Figures (docs/payouts.md; money = commission + bonus):
 
@@ -61,7 +62,7 @@ SELECT currency,
     countIf(status = 'approved' AND payable_ms > {{as_of:Int64}}) AS pending_conversions,
     sumIf(earning, status = 'held') AS held, countIf(status = 'held') AS held_conversions
 FROM (
-    SELECT c.currency AS currency, c.status AS status, {earning} AS earning,
+    SELECT toString(c.program_currency) AS currency, c.status AS status, {earning} AS earning,
         toUnixTimestamp64Milli(c.payable_at) AS payable_ms,
         {d128.format(x='b.booked')} AS booked_amount,
         multiIf(c.status = 'approved' AND payable_ms <= {{as_of:Int64}}, earning,

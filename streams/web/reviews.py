@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from schemas.validate import MAX_ID_LEN, MAX_REASON_LEN, Invalid, decode, valid_id
+from streams.logic.overrides import OVERRIDE_SUFFIX
 from streams.web.api import (
     Args,
     BadRequest,
@@ -43,7 +44,8 @@ _REASON_CODE = re.compile(r"[a-z0-9_]{1,64}")
 
 #: the queue's columns; times as epoch ms (0 = none)
 QUEUE_COLUMNS = """order_id, revision, status, auto_status, reasons, promoter_id, tracking_code, campaign,
-    account_id, product, amount, currency, commission, bonus, rule_version,
+    account_id, product, amount, currency, toString(program_currency) AS program_currency, commission, bonus,
+    rule_version,
     toUnixTimestamp64Milli(order_ts) AS order_ms, toUnixTimestamp64Milli(click_ts) AS click_ms,
     toUnixTimestamp64Milli(signup_ts) AS signup_ms, flood_clicks, farm_signups, exclusion_owner,
     identity_match, review, review_actor, review_reason, toUnixTimestamp64Milli(review_ts) AS review_ms,
@@ -128,6 +130,9 @@ def parse_decision(body: bytes) -> Decision:
     if len(targets) != 1:
         raise BadRequest("give exactly one of order_id (one order) or promoter_id (all his open conversions)")
     [(target, target_id)] = targets
+    if target == "order_id" and target_id.endswith(OVERRIDE_SUFFIX):
+        raise BadRequest(f"{shown(target_id)} is an override line: decide on its order "
+                         f"{shown(target_id.removesuffix(OVERRIDE_SUFFIX))}, the line follows it")
     decision = _text(parsed, "decision")
     if decision not in DECISIONS:
         raise BadRequest(f"decision must be one of {', '.join(DECISIONS)}")
@@ -158,7 +163,8 @@ def review_message(d: Decision, now_ms: int, max_future_ms: int) -> tuple[bytes,
 
 
 def _where(f: QueueFilter, with_reason: bool = True) -> tuple[str, dict[str, Any]]:
-    sql, params = "status = {status:String}", {"status": f.status}
+    # override lines follow their recruit's order and are decided through it
+    sql, params = "status = {status:String} AND override_of = ''", {"status": f.status}
     if with_reason and f.reason is not None:
         sql += " AND has(reasons, {reason:String})"
         params["reason"] = f.reason
@@ -203,6 +209,7 @@ def shape_queue_row(r: dict[str, Any]) -> dict[str, Any]:
         "auto_status": r["auto_status"], "reasons": list(r["reasons"]), "promoter_id": r["promoter_id"],
         "tracking_code": r["tracking_code"], "campaign": r["campaign"], "account_id": r["account_id"],
         "product": r["product"], "currency": r["currency"], "amount": money(r["amount"]),
+        "program_currency": r["program_currency"],  # of commission, bonus and earning
         "commission": money(r["commission"]), "bonus": money(r["bonus"]),
         "earning": money(r["commission"] + r["bonus"]), "rule_version": r["rule_version"],
         "order_ts": int(r["order_ms"]), "click_ts": click, "signup_ts": signup,

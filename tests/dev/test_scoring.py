@@ -7,7 +7,7 @@ from functools import cache
 
 import pytest
 
-from streams.dev.scoring import Report, Score, format_report, score
+from streams.dev.scoring import Report, Score, check_overrides, format_report, is_override_line, orders_only, score
 from streams.dev.traffic import REVERSAL_CODES, Expected, Traffic, TrafficSpec, generate, status_of
 
 
@@ -172,3 +172,102 @@ def test_score_generated_traffic(case: RunCase) -> None:
     assert all(s.recall == 1.0 and s.precision == 1.0 for s in report.scores if s.code in REVERSAL_CODES)
     assert (not report.status_mismatches) is case.all_agree
     assert report.compared == len(t.truth.expected) and not report.missing and not report.unexpected
+
+
+# --- override lines (two-level referrals): not conversions, checked on their own ------------------
+
+RATE = Decimal("0.05")
+
+
+def with_lines(t: Traffic) -> list[dict]:
+    """A perfect run under override_rate RATE: every order row (commission 10) plus the override
+    line of each order of a recruited promoter."""
+    out = []
+    for e in t.truth.expected.values():
+        out.append({**row(e.order_id, e.status, *sorted(e.reasons)), "promoter_id": e.promoter_id,
+                    "commission": Decimal("10.0000"), "override_of": ""})
+        parent = t.truth.recruiter(e.promoter_id)
+        if parent:
+            out.append({**row(e.order_id + "#override", e.status, *sorted(e.reasons)), "promoter_id": parent,
+                        "commission": Decimal("0.5000"), "override_of": e.promoter_id})
+    return out
+
+
+def _first_line(rows: list[dict]) -> dict:
+    return next(r for r in rows if r["override_of"])
+
+
+def _break(change: str, rows: list[dict]) -> list[dict]:
+    """`rows` with one thing wrong (or, for the *-ok changes, one thing different but right)."""
+    line = _first_line(rows)
+    if change == "missing":
+        return [r for r in rows if r is not line]
+    if change == "wrong-recruiter":
+        line["promoter_id"] = "P999999"
+    elif change == "wrong-status":
+        line["status"] = "approved" if line["status"] != "approved" else "held"
+    elif change == "wrong-commission":
+        line["commission"] = Decimal("0.5001")
+    elif change in ("stray-line", "withdrawn-line-ok"):
+        ok = change == "withdrawn-line-ok"
+        rows.append({**row("ord-elsewhere#override", "reversed" if ok else "approved",
+                           *(["override_withdrawn"] if ok else [])),
+                     "commission": Decimal(0), "override_of": "P100002"})
+    return rows
+
+
+@dataclass(frozen=True)
+class OverrideCase:
+    change: str
+    rate: Decimal
+    problem: str | None  # a fragment of the one problem reported; None: none
+
+
+OVERRIDE_CASES = [
+    OverrideCase("none", RATE, None),
+    OverrideCase("missing", RATE, "missing (recruiter"),
+    OverrideCase("wrong-recruiter", RATE, "credited to P999999"),
+    OverrideCase("wrong-status", RATE, "status"),
+    OverrideCase("wrong-commission", RATE, "commission 0.5001, expected 0.5000"),
+    OverrideCase("stray-line", RATE, "ord-elsewhere#override: unexpected line"),
+    OverrideCase("withdrawn-line-ok", RATE, None),
+]
+
+
+@pytest.mark.parametrize("case", OVERRIDE_CASES, ids=[c.change for c in OVERRIDE_CASES])
+def test_check_overrides(case: OverrideCase) -> None:
+    t = traffic()
+    rows = _break(case.change, with_lines(t))
+    problems = check_overrides(t.truth, rows, case.rate)
+    if case.problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and case.problem in problems[0], problems
+
+
+def test_without_override_rate_every_line_is_unexpected() -> None:
+    t = traffic()
+    rows = with_lines(t)
+    n = sum(1 for r in rows if r["override_of"])
+    assert n > 0, "the traffic has recruits with conversions"
+    assert len(check_overrides(t.truth, rows, Decimal(0))) == n
+    assert check_overrides(t.truth, orders_only(rows), Decimal(0)) == []
+
+
+def test_override_lines_are_not_scored_as_conversions() -> None:
+    t = traffic()
+    rows = with_lines(t)
+    assert any(is_override_line(r) for r in rows)
+    assert score(t.truth, rows) == score(t.truth, orders_only(rows)) == score(t.truth, perfect(t))
+
+
+def test_demo_rule_book_prices_in_usd_with_overrides() -> None:
+    import tomllib
+
+    from streams.dev.demo import DEMO_OVERRIDE_RATE, DEMO_RULES
+    from streams.logic.rules.ruleset import parse_rules
+
+    assert DEMO_RULES.startswith('currency = "USD"\n')  # top level, before [[rule_set]]
+    book = parse_rules(tomllib.loads(DEMO_RULES))
+    assert book.currency == "USD" and book.at(0).override_rate == DEMO_OVERRIDE_RATE > 0
+    assert book.at(0).override_months == 0  # check_overrides expects a line on every order

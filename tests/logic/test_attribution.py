@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schemas.records import AttributionRec, Batch, ClickRec, ClickRef, JoinRecord, SignupRec
 from streams.logic import attribution as attr
@@ -126,3 +128,48 @@ def test_due_is_the_first_watermark_that_changes_the_state() -> None:
     assert attr.advance(state, "v", 501, rules, grace_ms=10)[0].final
     assert attr.due(state, rules, grace_ms=10) == 510
     assert attr.due(attr.VisitorState(), rules, grace_ms=10) is None
+
+
+# -- click or coupon code (attribution.order_source) ----------------------------------------------------
+def test_a_signups_coupon_code_rides_along() -> None:
+    state = attr.VisitorState()
+    [a] = attr.add_signup(state, "acc", "v", "s1", 100, attr.AttributionRules(1_000), coupon="KOL10")
+    assert (a.click, a.coupon) == (None, "KOL10")
+    [again] = attr.advance(state, "v", 101, attr.AttributionRules(1_000), 0)
+    assert again.coupon == "KOL10" and again.final
+
+
+CLICK = ClickRef("c1", 50, "T")
+SOURCE_CASES = [
+    ("click only", CLICK, [], "coupon", attr.Source("click", "", 50)),
+    ("nothing", None, [], "coupon", None),
+    ("code only, either precedence", None, [attr.CouponUse(60, "K")], "click", attr.Source("coupon", "K", 60)),
+    ("code over click", CLICK, [attr.CouponUse(60, "K")], "coupon", attr.Source("coupon", "K", 60)),
+    ("click over code", CLICK, [attr.CouponUse(60, "K")], "click", attr.Source("click", "", 50)),
+    ("the latest use", None, [attr.CouponUse(60, "K"), attr.CouponUse(70, "J")], "click",
+     attr.Source("coupon", "J", 70)),
+]
+
+
+@pytest.mark.parametrize("name,click,uses,precedence,expected", SOURCE_CASES, ids=[c[0] for c in SOURCE_CASES])
+def test_order_source(name: str, click: ClickRef | None, uses: list[attr.CouponUse], precedence: str,
+                      expected: attr.Source | None) -> None:
+    assert attr.order_source(click, uses, lambda ts: precedence) == expected
+
+
+def even_coupon(ts: int) -> str:
+    """A rule book whose precedence is "coupon" at even times and "click" at odd ones."""
+    return "coupon" if ts % 2 == 0 else "click"
+
+
+@given(st.lists(st.tuples(st.integers(0, 100), st.sampled_from(["K", "J"])), max_size=5), st.booleans())
+def test_order_source_a_code_wins_only_where_its_precedence_lets_it(uses: list[tuple[int, str]],
+                                                                  clicked: bool) -> None:
+    """With a click, the latest use made under "coupon" wins; without one, the latest use."""
+    ordered = [attr.CouponUse(ts, code) for ts, code in sorted(uses)]
+    got = attr.order_source(CLICK if clicked else None, ordered, even_coupon)
+    winners = [u for u in ordered if not clicked or even_coupon(u.ts) == "coupon"]
+    if winners:
+        assert got == attr.Source("coupon", winners[-1].code, winners[-1].ts)
+    else:
+        assert got == (attr.Source("click", "", 50) if clicked else None)

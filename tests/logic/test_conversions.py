@@ -10,6 +10,7 @@ import pytest
 from schemas.records import AttributionRec, ClickRef, DecisionRec, OrderRec, SignupIdent
 from streams.logic import conversions as conv
 from streams.logic.rules.checks import PromoterRef, Signals
+from streams.logic.rules.ruleset import RuleBook, RuleSet
 
 DAY = 86_400_000
 RULES = conv.ConversionRules(binding_ms=180 * DAY, refund_window_ms=90 * DAY)
@@ -29,9 +30,9 @@ def attribution(code: str | None, signup_ts: int = 0, final: bool = False, eid: 
 
 
 def order(oid: str, ts: int, status: str = "paid", amount: str = "100.00", eid: str | None = None,
-          cart: str | None = None) -> OrderRec:
+          cart: str | None = None, coupon: str | None = None) -> OrderRec:
     return OrderRec(eid or f"{oid}-{status}", ts, oid, "acc", "db-pro", Decimal(amount), "USD", status,
-                    cart_id=cart)
+                    cart_id=cart, coupon_code=coupon)
 
 
 @dataclass
@@ -124,7 +125,14 @@ EXPIRY = [
     ExpiryCase("provisional organic waits", [attribution(None), order("o1", DAY)], 100 * DAY, False, 1),
     ExpiryCase("provisional organic gives up after binding", [attribution(None), order("o1", DAY)],
                180 * DAY + 1, True, 1),
-    ExpiryCase("final organic goes", [attribution(None, final=True)], 1, True, 0),
+    # an order's coupon code may still attribute it: kept through the binding period, its
+    # orders only until the watermark passes them (a coupon order to come is later)
+    ExpiryCase("final organic waits for a coupon order", [attribution(None, final=True)], 100 * DAY, False, 0),
+    ExpiryCase("final organic: orders behind the watermark go", [attribution(None, final=True), order("o1", DAY)],
+               DAY + 1, False, 0),
+    ExpiryCase("final organic goes after binding", [attribution(None, final=True)], 180 * DAY + 1, True, 0),
+    ExpiryCase("coupon-attributed kept for refunds", [attribution(None, final=True), order("o1", DAY, coupon="KA")],
+               270 * DAY, False, 1),
     ExpiryCase("attributed kept for refunds", [attribution("A"), order("o1", DAY)], 270 * DAY, False, 1),
     ExpiryCase("attributed expires after binding + refund window", [attribution("A"), order("o1", DAY)],
                270 * DAY + 1, True, 1),
@@ -348,3 +356,126 @@ def test_an_order_state_stored_before_promoter_id_still_decodes() -> None:
     raw = msgspec.msgpack.encode(Before(order("o1", DAY), [conv.StatusEvent("e1", DAY, "paid")], 3, 7))
     o = msgspec.msgpack.decode(raw, type=conv.OrderState)
     assert (o.revision, o.digest, o.promoter_id) == (3, 7, "")
+
+
+# --- coupon codes: click or code (attribution.order_source), the code's owner, the checks ------------------
+
+#: coupon code -> (owner, from, until) as of the order's time: KA alice's, KB bob's, KS a promoter sharing the
+#: buyer's device, KE an employee's; KL owned only from day 50 on, KX only until day 5
+COUPONS = {"KA": ("p-alice", None, None), "KB": ("p-bob", None, None), "KS": ("p-self", None, None),
+           "KE": ("p-staff", None, None), "KL": ("p-late", 50 * DAY, None), "KX": ("p-gone", None, 5 * DAY)}
+
+
+def coupon_lookup(code: str, ts: int) -> PromoterRef | None:
+    if code not in COUPONS:
+        return None
+    pid, since, until = COUPONS[code]
+    if (since is not None and ts < since) or (until is not None and ts >= until):
+        return None
+    return PromoterRef(promoter_id=pid, device_id="dev-buyer" if code == "KS" else None,
+                       is_employee=code == "KE")
+
+
+def coupon_ctx(precedence: str) -> conv.Context:
+    return conv.Context(RULES, RuleBook([RuleSet(attribution_precedence=precedence)]), lookup,
+                        coupon=coupon_lookup)
+
+
+def signup(code: str | None, coupon: str | None = None, click_ts: int = -3_600_000, bot: bool = False) -> AttributionRec:
+    click = ClickRef("c-" + code, click_ts, code, bot=bot) if code else None
+    return AttributionRec("acc", "s1", 0, "v", click, True, BUYER, coupon)
+
+
+@dataclass
+class CouponCase:
+    name: str
+    steps: list
+    #: order_id -> (attributed_by, coupon_code, tracking_code, promoter, status, reasons); absent: no conversion
+    expected: dict[str, tuple]
+    precedence: str = "coupon"
+
+
+def by_click(code: str, promoter: str, status: str = "approved", reasons: tuple = ()) -> tuple:
+    return ("click", "", code, promoter, status, list(reasons))
+
+
+def by_coupon(code: str, promoter: str, status: str = "approved", reasons: tuple = ()) -> tuple:
+    return ("coupon", code, "", promoter, status, list(reasons))
+
+
+COUPON_CASES = [
+    CouponCase("signup code, no click", [signup(None, "KA"), order("o1", DAY)], {"o1": by_coupon("KA", "p-alice")}),
+    CouponCase("order code, no click: that order and the later ones",
+               [signup(None), order("o0", DAY), order("o1", 2 * DAY, coupon="KA"), order("o2", 3 * DAY)],
+               {"o1": by_coupon("KA", "p-alice"), "o2": by_coupon("KA", "p-alice")}),
+    CouponCase("coupon precedence: the signup code wins over the click", [signup("B", "KA"), order("o1", DAY)],
+               {"o1": by_coupon("KA", "p-alice")}),
+    CouponCase("coupon precedence: an order's code wins from that order on",
+               [signup("B"), order("o0", DAY), order("o1", 2 * DAY, coupon="KA"), order("o2", 3 * DAY)],
+               {"o0": by_click("B", "p-bob"), "o1": by_coupon("KA", "p-alice"), "o2": by_coupon("KA", "p-alice")}),
+    CouponCase("the latest code used counts: the order's over the signup's",
+               [signup(None, "KB"), order("o0", DAY), order("o1", 2 * DAY, coupon="KA")],
+               {"o0": by_coupon("KB", "p-bob"), "o1": by_coupon("KA", "p-alice")}),
+    CouponCase("click precedence: the click wins over the signup code", [signup("B", "KA"), order("o1", DAY)],
+               {"o1": by_click("B", "p-bob")}, "click"),
+    CouponCase("click precedence: the click wins over an order code",
+               [signup("B"), order("o1", DAY, coupon="KA")], {"o1": by_click("B", "p-bob")}, "click"),
+    CouponCase("click precedence: a code still attributes an account without a click",
+               [signup(None), order("o1", DAY, coupon="KA")], {"o1": by_coupon("KA", "p-alice")}, "click"),
+    CouponCase("order arrives before its coupon order: still a conversion",
+               [signup(None), order("o2", 3 * DAY), order("o1", 2 * DAY, coupon="KA")],
+               {"o1": by_coupon("KA", "p-alice"), "o2": by_coupon("KA", "p-alice")}),
+    CouponCase("code nobody owns: unknown_promoter", [signup(None, "KZ"), order("o1", DAY)],
+               {"o1": by_coupon("KZ", "", "rejected", ("unknown_promoter",))}),
+    CouponCase("code owned only later: nobody's at the order", [signup(None, "KL"), order("o1", DAY)],
+               {"o1": by_coupon("KL", "", "rejected", ("unknown_promoter",))}),
+    CouponCase("code owned later: the owner at the order's time", [signup(None, "KL"), order("o1", 60 * DAY)],
+               {"o1": by_coupon("KL", "p-late")}),
+    CouponCase("code owned earlier, dropped before the order", [signup(None, "KX"), order("o1", 6 * DAY)],
+               {"o1": by_coupon("KX", "", "rejected", ("unknown_promoter",))}),
+    CouponCase("code of an ineligible promoter", [signup(None, "KE"), order("o1", DAY)],
+               {"o1": by_coupon("KE", "p-staff", "rejected", ("promoter_ineligible",))}),
+    CouponCase("self-referral through a coupon", [signup(None, "KS"), order("o1", DAY)],
+               {"o1": by_coupon("KS", "p-self", "rejected", ("self_referral",))}),
+    CouponCase("click checks skipped: an injected bot click loses to the code",
+               [signup("B", "KA", click_ts=-1, bot=True), order("o1", DAY)], {"o1": by_coupon("KA", "p-alice")}),
+    CouponCase("... but apply when the click wins",
+               [signup("B", "KA", click_ts=-1, bot=True), order("o1", DAY)],
+               {"o1": by_click("B", "p-bob", "rejected", ("click_injection", "bot_traffic"))}, "click"),
+    CouponCase("order code after the binding period: nothing",
+               [signup(None), order("o1", 181 * DAY, coupon="KA")], {}),
+]
+
+
+@pytest.mark.parametrize("case", COUPON_CASES, ids=lambda c: c.name)
+def test_coupon_attribution(case: CouponCase) -> None:
+    ctx, state, last = coupon_ctx(case.precedence), conv.AccountState(), {}
+    for step in case.steps:
+        touched = conv.add_order(state, step) if isinstance(step, OrderRec) else conv.add_attribution(state, step)
+        for d in conv.decide_all(state, touched, ctx, 0):
+            last[d.order_id] = (d.attributed_by, d.coupon_code, d.tracking_code, d.promoter_id, d.status, d.reasons)
+            assert (d.click_event_id == "") is (d.attributed_by == "coupon")
+        conv.prune(state, RULES)
+    assert last == case.expected
+
+
+def test_precedence_is_the_one_in_force_when_the_code_was_used() -> None:
+    """A code used under "click" does not win over the click, a later one under "coupon" does."""
+    book = RuleBook([RuleSet(attribution_precedence="click"),
+                     RuleSet(version="v2", effective_from=10 * DAY, attribution_precedence="coupon")])
+    ctx = conv.Context(RULES, book, lookup, coupon=coupon_lookup)
+    state = conv.AccountState()
+    conv.add_attribution(state, signup("B", "KA"))
+    for o in (order("o1", DAY), order("o2", 11 * DAY, coupon="KB")):
+        conv.add_order(state, o)
+    got = {d.order_id: (d.attributed_by, d.promoter_id) for d in conv.decide_all(state, set(), ctx, 0)}
+    assert got == {"o1": ("click", "p-bob"), "o2": ("coupon", "p-bob")}
+
+
+def test_coupon_customer_who_paid_before_the_code_is_existing() -> None:
+    state = conv.AccountState()
+    conv.add_attribution(state, signup(None))
+    conv.add_order(state, order("o0", DAY))
+    conv.add_order(state, order("o1", 2 * DAY, coupon="KA"))
+    [d] = conv.decide_all(state, set(), coupon_ctx("coupon"), 0)
+    assert (d.order_id, d.existing_customer, d.customer_order, d.flood_clicks) == ("o1", True, 2, 0)

@@ -45,6 +45,7 @@ ACCOUNT_SOURCES = ("orders/0", "visitor/0")
 PROMOTER_SOURCES = ("account/0",)  # the account partitions' watermarks
 CONV_RULES = conv.ConversionRules(binding_ms=180 * DAY, refund_window_ms=90 * DAY)
 PROMOTERS = {"A": PromoterRef(promoter_id="p-alice"), "B": PromoterRef(promoter_id="p-bob")}
+COUPONS = {"KA": PromoterRef(promoter_id="p-alice")}  # alice's coupon code
 _offsets = itertools.count()
 
 
@@ -127,7 +128,8 @@ class Run:
             rules = attr.AttributionRules(WINDOW, "last_click", max_clicks=64)
             logic, sources = VisitorLogic(rules, RuleBook([]), LATENESS, partitions=1), VISITOR_SOURCES
         elif self.join == "account":
-            ctx = conv.Context(CONV_RULES, RuleBook([]), lambda code, ts: PROMOTERS.get(code))
+            ctx = conv.Context(CONV_RULES, RuleBook([]), lambda code, ts: PROMOTERS.get(code),
+                               coupon=lambda code, ts: COUPONS.get(code))
             logic, sources = AccountLogic(ctx, self.signals, partitions=1, now_ms=lambda: 0), ACCOUNT_SOURCES
         else:  # decisions are derived records: never late
             logic, sources, lateness = PromoterLogic(RuleBook([]), now_ms=lambda: 0), PROMOTER_SOURCES, 0
@@ -508,6 +510,7 @@ class OrderCase:
 O1, O2, O3 = (order("o1", DAY, account="a1", amount="8000"), order("o2", 2 * DAY, account="a2", amount="5000"),
               order("o3", 3 * DAY, account="a3"))
 REFUND = order("o1", 4 * DAY, "refunded", account="a1")
+O2K = msgspec.structs.replace(O2, coupon_code="KA")  # a2 has no click: alice's code attributes it
 ORDER_CASES = [
     OrderCase("tiers from the month's earlier orders, whatever arrives first",
               [accounts("A", "A", "A"), [O1], [O2], [O3]], [accounts("A", "A", "A"), [O3], [O2], [O1]],
@@ -527,6 +530,10 @@ ORDER_CASES = [
               [[*accounts("B", "A", "A")], [O3, O2], [O1]],
               {"o1": ("p-bob", "approved", 0, Decimal(1200)), "o2": ("p-alice", "approved", 0, Decimal(750)),
                "o3": ("p-alice", "approved", 0, Decimal(15))}),
+    OrderCase("a coupon order is a conversion priced with its promoter's other orders",
+              [accounts("A", None, "A"), [O1], [O2K], [O3]], [accounts("A", None, "A"), [O3], [O2K], [O1]],
+              {"o1": ("p-alice", "approved", 0, Decimal(1200)), "o2": ("p-alice", "approved", 0, Decimal(750)),
+               "o3": ("p-alice", "approved", 1, Decimal(16))}),
 ]
 
 
@@ -601,3 +608,14 @@ def test_final_conversions_do_not_depend_on_arrival_order_or_redelivery(records:
     in_order = pipeline([records]).final()
     assert pipeline(steps).final() == in_order
     assert pipeline([s for step in steps for s in (step, step)]).final() == in_order
+
+
+def test_a_signups_coupon_code_reaches_the_account_join_and_attributes_its_orders() -> None:
+    visitors = run("visitor", [[msgspec.structs.replace(signup("s1", 0), coupon_code="KA")]])
+    [a] = [a for out in visitors.outputs for part in out.attributions.values() for a in part]
+    assert (a.click, a.coupon) == (None, "KA")
+    p = pipeline([[a], [order("o1", DAY)]])
+    [c] = p.final().values()
+    assert (c.promoter_id, c.attributed_by, c.coupon_code, c.tracking_code, c.status) == (
+        "p-alice", "coupon", "KA", "", "approved")
+    assert p.account.signals.snapshots  # its farming counters were read: the checks apply

@@ -84,8 +84,7 @@ def feed(books: dict[str, PromoterBook], d: DecisionRec, book: RuleBook) -> list
     if not d.promoter_id:
         return [unpriced(d, NOW)]
     state = books[d.promoter_id]
-    touched, conv = add(state, d, book, NOW)
-    out = [conv] if conv is not None else []
+    touched, out = add(state, d, book, NOW)
     if touched is not None:
         out += reprice(state, {touched}, book, NOW)
     return out

@@ -179,3 +179,46 @@ def test_reader(case: ReadCase) -> None:
         assert isinstance(got, Invalid) and case.expected in got.reason, got
     else:
         assert got == case.expected
+
+
+# -- coupon codes: the promoter owning a code as of a time (PromoterDirectory.by_coupon) -------------------
+def coupon_directory() -> PromoterDirectory:
+    d = PromoterDirectory()
+    for eid, ts, pid, code, coupons, kind in [
+        ("k1", 100, "kim", "K", ["KIM10"], "personal"),  # KIM10 from her first version on
+        ("k2", 300, "kim", "K", ["KIM20"], "personal"),  # ... dropped at 300 for KIM20
+        ("l1", 100, "lee", "L", [], "personal"), ("l2", 200, "lee", "L", ["LEE"], "personal"),  # owned from 200
+        ("m1", 100, "max", "M", ["SHARED"], "personal"), ("n1", 250, "ned", "N", ["SHARED"], "personal"),
+        ("o1", 100, "oz", "O", ["OZ"], "personal"), ("o2", 400, "oz", "O", ["OZ"], "enterprise"),
+    ]:
+        d.add(Promoter(event_id=eid, ts=ts, promoter_id=pid, tracking_code=code, coupon_codes=coupons,
+                       account_type=kind))
+    return d
+
+
+COUPON_CASES = [
+    ("unknown code", "NOPE", 150, None),
+    ("owned from the first version", "KIM10", 150, "kim"),
+    ("before the first known version: the first counts", "KIM10", 50, "kim"),
+    ("dropped from the owner's list: nobody's", "KIM10", 300, None),
+    ("a code of a later version", "KIM20", 300, "kim"),
+    ("a code of a later version, before it", "KIM20", 200, None),
+    ("owned only from a later version: nobody's before", "LEE", 150, None),
+    ("owned only from a later version: his then", "LEE", 200, "lee"),
+    ("two promoters list it: the older one before the newer", "SHARED", 200, "max"),
+    ("two promoters list it: the most recent version wins", "SHARED", 250, "ned"),
+    ("two promoters list it, before both: the nearest first version", "SHARED", 50, "max"),
+]
+
+
+@pytest.mark.parametrize("name,code,ts,expected", COUPON_CASES, ids=[c[0] for c in COUPON_CASES])
+def test_by_coupon(name: str, code: str, ts: int, expected: str | None) -> None:
+    ref = coupon_directory().by_coupon(code, ts)
+    assert (ref.promoter_id if ref else None) == expected
+
+
+def test_by_coupon_is_as_of_of_the_owner() -> None:
+    """The same promoter record as `as_of` gives: a later enterprise version is reported."""
+    d = coupon_directory()
+    assert d.by_coupon("OZ", 150) == d.as_of("O", 150)
+    assert d.by_coupon("OZ", 150).enterprise_since == 400  # type: ignore[union-attr]

@@ -256,3 +256,36 @@ def test_replay_of_stored_conversions_is_equal() -> None:
     assert replay.against_stored(stored, replayed).differing == 0
     stored[2]["tier"] = 0  # a stage that priced in arrival order
     assert [d.fields for d in replay.against_stored(stored, replayed).first] == [(("tier", 0, 1),)]
+
+
+# --- coupon codes offline: the same attribution as the account join ------------------------------------------
+KOL = Promoter(event_id="p9", ts=T0 - DAY, promoter_id="P9", tracking_code="T9", coupon_codes=["KOL9"])
+COUPON_CASES = [
+    # name, case, book settings, expected (promoter, attributed_by, coupon_code, reasons)
+    ("the signup's code wins over a bot click", Case("", [], "", signup={"coupon_code": "KOL9"}, extra=[KOL],
+                                                     click={"user_agent": "Googlebot/2.1"}),
+     {}, ("P9", "coupon", "KOL9", [])),
+    ("click precedence: the bot click wins", Case("", [], "", signup={"coupon_code": "KOL9"}, extra=[KOL],
+                                                  click={"user_agent": "Googlebot/2.1"}),
+     {"attribution_precedence": "click"}, ("P1", "click", "", ["bot_traffic"])),
+    ("a code nobody owns", Case("", [], "", signup={"coupon_code": "NOPE"}), {}, ("", "coupon", "NOPE",
+                                                                                 ["unknown_promoter"])),
+    ("farming applies to a coupon attribution",
+     Case("", [], "", signup={"coupon_code": "KOL9", "device_id": "d1"},
+          extra=[KOL, *[SignupRec(f"fs{i}", T0 + i * MIN, f"fa{i}", f"vfa{i}", device_id="d1") for i in range(1, 4)]]),
+     {}, ("P9", "coupon", "KOL9", ["signup_farming"])),
+]
+
+
+@pytest.mark.parametrize("name,case,rules,expected", COUPON_CASES, ids=[c[0] for c in COUPON_CASES])
+def test_replay_attributes_by_coupon(name: str, case: Case, rules: dict, expected: tuple) -> None:
+    [c] = replay.run(events(case), RuleBook([RuleSet(**rules)]), 7 * DAY, 30 * DAY, 30 * DAY)
+    assert (c.promoter_id, c.attributed_by, c.coupon_code, c.reasons) == expected
+
+
+def test_replay_an_orders_code_attributes_an_organic_account() -> None:
+    ev = events(Case("", [], "", extra=[KOL]))
+    ev.clicks.clear()  # organic
+    ev.orders[0] = msgspec.structs.replace(ev.orders[0], coupon_code="KOL9")
+    [c] = replay.run(ev, RuleBook([]), 7 * DAY, 30 * DAY, 30 * DAY)
+    assert (c.promoter_id, c.attributed_by, c.tracking_code, c.status) == ("P9", "coupon", "", "approved")

@@ -73,3 +73,15 @@ def test_records_carry_their_source_and_no_clear_ip() -> None:
         [Msg("clicks", click("a", "v", ip="203.0.113.7"), partition=3, offset=42)], NOW)
     [rec] = routed.visitors[0]
     assert (rec.src, rec.ip_hash) == ("clicks/3/42", hash_pii("203.0.113.7", SALT))
+
+
+def test_coupon_codes_reach_the_join_records() -> None:
+    routing = Routing(4, len("p-"), 3_600_000, 65_536, Pseudonyms(SALT))
+    signup = json.dumps({"event_id": "s1", "ts": NOW - 1000, "account_id": "a1", "visitor_id": "v1",
+                         "coupon_code": "KOL10"}).encode()
+    paid = json.loads(order("o1", "a1"))
+    routed = routing.route([Msg("p-signups", signup), Msg("p-orders", json.dumps({**paid, "coupon_code": "K2"}).encode()),
+                            Msg("p-orders", order("o2", "a1"))], NOW)
+    [s] = [r for recs in routed.visitors.values() for r in recs]
+    assert s.coupon_code == "KOL10"
+    assert [r.coupon_code for recs in routed.accounts.values() for r in recs] == ["K2", None]

@@ -16,6 +16,7 @@ ORDER = {"event_id": "o1-paid", "ts": NOW - 1000, "order_id": "o1", "account_id"
          "amount": 12.5, "currency": "USD", "status": "paid"}
 REVIEW = {"event_id": "r1", "ts": NOW - 1000, "order_id": "o1", "decision": "approve", "actor": "pm-7",
           "reason": "customer confirmed by phone"}
+FX = {"event_id": "fx1", "ts": NOW - 1000, "currency": "EUR", "rate": "1.0825"}
 
 
 @dataclass
@@ -51,6 +52,16 @@ CASES = [
     Case("trailing zeros are fine", "orders", j(ORDER, amount="1.000000"), {"amount": Decimal("1")}),
     Case("unknown status", "orders", j(ORDER, status="shipped"), "status"),
     Case("extra fields are ignored", "orders", j(ORDER, coupon="X"), {"order_id": "o1"}),
+    # coupon codes: the limits of a tracking code; '' counts as absent
+    Case("order with a coupon code", "orders", j(ORDER, coupon_code="KOL-10"), {"coupon_code": "KOL-10"}),
+    Case("empty coupon code is none", "orders", j(ORDER, coupon_code=""), {"coupon_code": None}),
+    Case("coupon code too long", "orders", j(ORDER, coupon_code="K" * 129), "coupon_code must be 1 to 128"),
+    Case("coupon code with a control character", "signups",
+         j({"event_id": "s1", "ts": NOW - 1000, "account_id": "a1", "visitor_id": "v1"}, coupon_code="K\n1"),
+         "coupon_code must be 1 to 128"),
+    Case("signup with a coupon code", "signups",
+         j({"event_id": "s1", "ts": NOW - 1000, "account_id": "a1", "visitor_id": "v1"}, coupon_code="KOL10"),
+         {"coupon_code": "KOL10"}),
     Case("exclusion needs a subject", "exclusions",
          j({"event_id": "x", "ts": NOW, "owner": "direct_sales"}), "account_id or email_domain"),
     # defect 12 of issue 11: as strict as docs/events.md
@@ -146,6 +157,30 @@ CASES = [
     Case("review from the far future", "reviews", j(REVIEW, ts=NOW + 2 * HOUR), "in the future"),
     Case("review before 1973", "reviews", j(REVIEW, ts="1970-01-02T00:00:00Z"), "before 1973"),
     Case("review not JSON", "reviews", b"approve o1", "not valid JSON"),
+    # exchange rates (fx_rates): program-currency units per unit of `currency`
+    Case("fx rate", "fx_rates", j(FX), {"currency": "EUR", "rate": Decimal("1.0825"), "effective_from": None}),
+    Case("fx rate as a JSON number", "fx_rates", j(FX, rate=0.0069), {"rate": Decimal("0.0069")}),
+    Case("fx rate with effective_from", "fx_rates", j(FX, effective_from="2026-09-01T00:00:00Z"),
+         {"effective_from": 1788220800000, "ts": NOW - 1000}),
+    Case("fx rate of 12 decimals", "fx_rates", j(FX, currency="VND", rate="0.000039300001"),
+         {"rate": Decimal("0.000039300001")}),
+    Case("fx rate of 13 decimals", "fx_rates", j(FX, rate="0.0000393000001"), "at most 12 decimal places"),
+    Case("fx rate of 0", "fx_rates", j(FX, rate="0"), "above 0"),
+    Case("negative fx rate", "fx_rates", j(FX, rate="-1.08"), "above 0"),
+    Case("fx rate NaN", "fx_rates", j(FX, rate="NaN"), "above 0"),
+    Case("fx rate Infinity", "fx_rates", j(FX, rate="Infinity"), "above 0"),
+    Case("fx rate too large to store", "fx_rates", j(FX, rate="1000000000000"), "below 1,000,000,000,000"),
+    Case("fx rate not a number", "fx_rates", j(FX, rate="one"), "rate"),
+    Case("fx rate missing", "fx_rates", j(FX, rate=...), "rate"),
+    Case("fx currency in lower case", "fx_rates", j(FX, currency="eur"), "ISO-4217"),
+    Case("fx currency of 4 letters", "fx_rates", j(FX, currency="EURO"), "ISO-4217"),
+    Case("fx currency missing", "fx_rates", j(FX, currency=...), "currency"),
+    Case("fx rate without an event_id", "fx_rates", j(FX, event_id=""), "event_id must be"),
+    Case("fx rate in epoch seconds", "fx_rates", j(FX, ts=1_790_000_000), "epoch seconds"),
+    Case("fx rate from the far future", "fx_rates", j(FX, ts=NOW + 2 * HOUR), "in the future"),
+    Case("far-future effective_from", "fx_rates", j(FX, effective_from=NOW + 2 * HOUR), "effective_from"),
+    Case("effective_from without a zone", "fx_rates", j(FX, effective_from="2026-09-01T00:00:00"), "no timezone"),
+    Case("effective_from before 1973", "fx_rates", j(FX, effective_from="1970-01-02T00:00:00Z"), "before 1973"),
 ]
 
 
@@ -167,7 +202,7 @@ from hypothesis import strategies as st  # noqa: E402
 from schemas.records import MAX_BATCH_BYTES, ClickRec, batch_decoder, encode_batches  # noqa: E402
 from schemas.validate import MAX_MESSAGE_BYTES  # noqa: E402
 
-TOPICS = ["clicks", "signups", "orders", "promoters", "exclusions", "reviews"]
+TOPICS = ["clicks", "signups", "orders", "promoters", "exclusions", "reviews", "fx_rates"]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
@@ -175,7 +210,7 @@ json_values = st.recursive(
 )
 FIELDS = ["event_id", "ts", "tracking_code", "visitor_id", "account_id", "order_id", "product", "amount",
           "currency", "status", "discount", "promoter_id", "level", "joined_at", "owner", "since",
-          "email_domain", "email_hash", "method", "ip", "decision", "actor", "reason"]
+          "email_domain", "email_hash", "method", "ip", "decision", "actor", "reason", "rate", "effective_from"]
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

@@ -15,9 +15,11 @@ from sinks.migrations import install_views
 from sinks.rows import rows_for
 from sinks.tables import TABLES
 from streams.logic.payouts.plan import Line, Payout
-from streams.logic.rules.ruleset import RuleBook
+from streams.logic.rules.ruleset import RuleBook, RuleSet
 from streams.logic.rules.views import rule_views
 from tests.sinks import T0
+
+FEB = 1_769_904_000_000  # 2026-02-01T00:00:00Z
 
 
 def line(order_id: str, amount: str, promoter: str = "P1", kind: str = "commission", **kw: Any) -> Line:
@@ -177,3 +179,24 @@ def test_entitlements_are_the_rows_that_can_move_money(db: Any) -> None:
     assert (m["payable_at"], m["commission"], m["bonus"], m["points"], m["status"], m["revision"]) == (
         T0 + 30 * DAY_MS, Decimal("150"), Decimal("50"), 200, "approved", 1)
     assert set(m) == set(store.ENTITLEMENT_COLUMNS)
+
+
+def test_a_sales_champions_bonus_is_an_entitlement_once_decided(db: Any) -> None:
+    """The month's top promoter by approved sales earns `champion_bonuses[0]` once the month
+    closed (its end + month_close_days), as a line of its own (docs/rules.md)."""
+    book = RuleBook([RuleSet(champion_bonuses=(Decimal(300),))])
+    install_views(db, rule_views(book))
+    insert(db, [conversion("big", program_currency="USD", program_amount=Decimal(5000), fx_rate=Decimal(1)),
+                conversion("small", promoter="P2", program_currency="USD", program_amount=Decimal(10),
+                           fx_rate=Decimal(1))])
+    decided = FEB + 7 * DAY_MS  # January (T0's month) closes 7 days after its end
+
+    def event_now(ts: int) -> None:  # the views' event time "now": the newest stored order
+        insert(db, [OrderRec(event_id=f"now{ts}", ts=ts, order_id=f"now{ts}", account_id="x", product="pro",
+                             amount=Decimal("1"), currency="USD", status="paid")])
+    event_now(decided - 1)
+    assert not [r for r in store.entitlements(db, decided - 1) if r["order_id"].startswith("champion:")]
+    event_now(decided)
+    rows = [r for r in store.entitlements(db, decided) if r["order_id"].startswith("champion:")]
+    assert [(r["order_id"], r["promoter_id"], r["bonus"], r["payable_at"]) for r in rows] == [
+        ("champion:202601:USD:P1", "P1", Decimal(300), decided)]

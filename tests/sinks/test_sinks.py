@@ -63,6 +63,10 @@ def conversion(order_id: str, revision: int = 1, **kw: Any) -> Conversion:
         attribution_final=True, decided_at=T0 + 3_000,
     )
     base.update(kw)
+    # priced, as the promoter stage sends them: in the program currency (here the order's)
+    base.setdefault("program_currency", base["currency"])
+    base.setdefault("program_amount", base["amount"])
+    base.setdefault("fx_rate", Decimal(1))
     return Conversion(**base)
 
 
@@ -325,7 +329,7 @@ def test_queries_on_a_small_dataset(db):
            for r in summary}
     assert got == {
         ("P2", "T1"): (3, 2, 2, Decimal("19.75")),
-        ("P1", "T9"): (1, 1, 1, Decimal("5.5")),
+        ("P1", "T9"): (1, 1, 2, Decimal("8.5")),  # per promoter: o6 came through his old code T1
         ("P3", "T3"): (0, 0, 0, Decimal(0)),
     }
     assert [r["promoter_id"] for r in summary] == ["P2", "P1", "P3"]  # by gmv
@@ -334,14 +338,14 @@ def test_queries_on_a_small_dataset(db):
     rejected = queries.promoter_summary(db, status="rejected")
     assert {(r["promoter_id"], r["orders"]) for r in rejected} == {("P2", 0), ("P1", 1), ("P3", 0)}
     assert queries.counts(db) == {
-        "clicks": 5, "signups": 1, "orders": 1, "conversions_current": 6, "conversions_open": 1,
+        "clicks": 5, "signups": 1, "orders": 1, "conversions_current": 6, "override_lines": 0, "conversions_open": 1,
         "attributions_current": 4, "dead_letters": 1, "late_events": 0, "reviews": 0,
     }
     text = queries.format_summary(summary)
     lines = text.splitlines()
     assert lines[0].split() == ["promoter_id", "tracking_code", "clicks", "signups", "orders", "gmv",
                                 "commission", "held", "rejected", "reversed"]
-    assert lines[-1].split() == ["TOTAL", "4", "3", "3", "25.25", "0.00", "0", "1", "1"]
+    assert lines[-1].split() == ["TOTAL", "4", "3", "4", "28.25", "0.00", "0", "1", "1"]
     assert "19.75" in lines[2] and lines[2].startswith("P2")
     assert len({len(line) for line in lines if set(line) == {"-", " "}}) == 1
     assert queries.format_summary([]) == "(no promoters)"
@@ -496,12 +500,13 @@ CAPPED = dict(cap="customer", cap_applied=True)  # which limit cut the commissio
 
 
 def test_conversion_row_follows_the_conversions_columns():
-    """Every value lands in the column of its name, the evidence after the pricing, then the cap."""
+    """Every value lands in the column of its name, the evidence after the pricing, then the cap
+    (then the columns of migration 7: tests/sinks/test_fx_rates.py)."""
     columns = TABLES["conversions"].insert_columns
     c = conversion("o1", reasons=["self_referral"], commission=Decimal("1.5"), rule_version="v2",
                    **EVIDENCE, **CAPPED)
     assert rows_for([c]) == {"conversions": [tuple(getattr(c, name) for name in columns)]}
-    assert columns[-5:] == (*EVIDENCE, "cap")
+    assert columns[-11:-6] == (*EVIDENCE, "cap")
 
 
 def test_conversion_evidence_round_trips_through_clickhouse(db):
@@ -535,7 +540,7 @@ def test_migration_6_adds_the_cap_to_an_older_database(client):
     client.command("ALTER TABLE conversions DROP COLUMN cap")  # as version 1 created it before
     client.command("CREATE OR REPLACE VIEW conversions_current AS " + VIEWS["conversions_current"])
     assert "cap" not in [r[0] for r in client.query("DESCRIBE TABLE conversions_current").result_rows]
-    assert migrate(client) == [6]
+    assert migrate(client) == [6, 7, 8]
     write_records(ClickHouseWriter(client), [conversion("o1", **CAPPED)])
     assert [r["cap"] for r in queries.conversions_for(client)] == ["customer"]
 

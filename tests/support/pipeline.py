@@ -27,8 +27,12 @@ from tests import ROOT
 NAMESPACES: set[tuple[str, str]] = set()
 
 
-#: tiers, levels and caps that the tests' traffic (tens of orders per promoter) reaches
+#: tiers, levels and caps that the tests' traffic (tens of orders per promoter) reaches; priced
+#: in USD: the traffic's EUR orders are converted with its fx_rates (no override_rate: the
+#: conversion counts of `expected_counts` have no override lines)
 COMPARABLE_RULES = """\
+currency = "USD"
+
 [[rule_set]]
 version = "comparable"
 tiers = [{ volume = "150", bonus_rate = "0.01" }, { volume = "600", bonus_rate = "0.02" }]

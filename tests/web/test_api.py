@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import faust
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
@@ -149,6 +150,27 @@ def before_pricing(database: Any) -> Any:
     client.command("CREATE OR REPLACE VIEW conversions_current AS SELECT * FROM conversions FINAL")
     client.command("CREATE OR REPLACE VIEW promoter_statement AS SELECT 1")  # it read commission
     client.command("DROP TABLE alerts")
+    return client
+
+
+def override_line(c: Conversion, parent: str, commission: str) -> Conversion:
+    """The parent's override line of `c` (streams/logic/overrides.py): the recruit's order,
+    status and reasons, credited to the parent."""
+    return msgspec.structs.replace(c, order_id=c.order_id + "#override", promoter_id=parent,
+                                   override_of=c.promoter_id, commission=Decimal(commission))
+
+
+#: P2 recruited P1: lines of P1's o1, o8 and o2 (approved), o4 (refunded later) and o6 (held), at 10%
+OVERRIDE_LINES = [override_line(c, "P2", str(c.commission / 10))
+                  for c in dataset() if isinstance(c, Conversion) and c.promoter_id == "P1"]
+
+
+@pytest.fixture(scope="module")
+def with_lines(database: Any) -> Any:
+    """`full` plus P2's override lines of P1's orders."""
+    client = database("web_lines")
+    load(client)
+    write_records(ClickHouseWriter(client), OVERRIDE_LINES)
     return client
 
 
@@ -295,6 +317,54 @@ TOP_CASES = [
 def test_top(full: Any, case: TopCase) -> None:
     got = call(full, "top", **case.params)
     assert [(r["key"], r["conversions"], r["gmv"], r["commission"]) for r in got["rows"]] == case.rows
+
+
+def flat(value: Any, path: str = "") -> dict[str, Any]:
+    """A JSON-ready answer as {dotted path: leaf value}."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flat(item, f"{path}{key}.").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in flat(item, f"{path}{i}.").items()}
+    return {path.rstrip("."): value}
+
+
+@dataclass
+class LinesCase:
+    endpoint: str
+    params: dict[str, str]
+    changed: dict[str, Any]  # what the override lines change in the answer: only commission
+
+
+LINES_CASES = [
+    LinesCase("funnel", {}, {}),
+    LinesCase("funnel", {"promoter": "P2"}, {}),
+    LinesCase("timeseries", {"bucket": "hour"}, {"points.1.commission": "12.1000", "points.4.commission": "5.5550",
+                                                 "totals.commission": "20.6550"}),
+    LinesCase("timeseries", {"bucket": "hour", "promoter": "P1"}, {}),
+    LinesCase("timeseries", {"bucket": "hour", "promoter": "P2"},
+              {"points.1.commission": "1.1000", "points.4.commission": "0.5050", "totals.commission": "4.6050"}),
+    LinesCase("top", {}, {"rows.1.commission": "4.6050"}),
+    LinesCase("top", {"dimension": "campaign", "by": "conversions"},
+              {"rows.0.commission": "19.5550", "rows.1.commission": "1.1000"}),
+    LinesCase("top", {"dimension": "product"}, {"rows.0.commission": "16.5550", "rows.1.commission": "4.1000"}),
+    LinesCase("rejections", {}, {}),
+    LinesCase("rejections", {"promoter": "P2"}, {}),
+]
+
+
+@pytest.mark.parametrize("case", LINES_CASES, ids=lambda c: f"{c.endpoint}-{'-'.join(c.params.values())}")
+def test_override_lines_are_money_not_conversions(full: Any, with_lines: Any, case: LinesCase) -> None:
+    """Counts, GMV and reasons are of orders: a recruiter's override line (the same order
+    again) adds only its commission, to him and to the order's campaign and product."""
+    before, after = flat(call(full, case.endpoint, **case.params)), flat(call(with_lines, case.endpoint, **case.params))
+    assert set(before) == set(after)
+    assert {k: v for k, v in after.items() if before[k] != v} == case.changed
+
+
+def test_a_recruiter_with_only_override_lines_shows_his_commission(with_lines: Any) -> None:
+    got = call(with_lines, "top", by="commission", from_=str(T0 + H), to=str(T0 + 2 * H))
+    assert [(r["key"], r["conversions"], r["gmv"], r["commission"]) for r in got["rows"]] == [
+        ("P1", 2, "110.0000", "11.0000"), ("P2", 0, "0.0000", "1.1000")]
 
 
 @dataclass

@@ -199,7 +199,7 @@ def test_a_queue_row_carries_its_evidence_and_last_review(full: Any) -> None:
     assert rows["h1"] == {
         "order_id": "h1", "revision": 1, "status": "held", "auto_status": "held", "reasons": ["high_value_review"],
         "promoter_id": "P1", "tracking_code": "T-P1", "campaign": "spring", "account_id": "acc-h1", "product": "pro",
-        "currency": "USD", "amount": "60000.0000", "commission": "9000.0000", "bonus": "50.0000",
+        "currency": "USD", "program_currency": "USD", "amount": "60000.0000", "commission": "9000.0000", "bonus": "50.0000",
         "earning": "9050.0000", "rule_version": "default", "order_ts": T0 + H, "click_ts": T0 - H,
         "signup_ts": T0, "payable_at": None,
         "evidence": {"click_to_signup_ms": H, "flood_clicks": 3, "farm_signups": 1, "exclusion_owner": "",

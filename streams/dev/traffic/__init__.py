@@ -1,7 +1,9 @@
 """Deterministic sample traffic for refstream, with the ground truth it implies (pure: no I/O).
 
-`generate(TrafficSpec(seed=...))` builds promoters, visitors who click tracking links,
-signups, orders, refunds and cancellations, plus (with `spec.fraud`) labelled fraud
+`generate(TrafficSpec(seed=...))` builds promoters (a few KOLs owning a coupon code, a few
+recruited by another promoter), visitors who click tracking links or use a KOL's coupon code,
+signups, orders (about one customer in eight pays in EUR, with a daily EUR rate on `fx_rates`),
+refunds and cancellations, plus (with `spec.fraud`) labelled fraud
 patterns, then lays them out in a *delivery order* (`Traffic.messages`) that is realistic
 for Kafka: event-time order with jitter, some events displaced within the allowed lateness,
 a few delivered beyond it, a few duplicated, optionally a few malformed. It never reads the
@@ -10,10 +12,12 @@ follows from `spec.seed`.
 
 Lateness contract (checked by tests/dev/test_generate.py), with L = `spec.allowed_lateness_ms`
 and D = `spec.max_delay` (< L; 90 % of L by default):
-- reference data (promoters, exclusions) comes first. Its event times are before all
-  traffic, except promoter versions and exclusions that take effect inside the traffic
-  span (a promoter turning enterprise, a customer owned only from some date on): the
-  pipeline looks those up by event time (`ts`, `since`), so they are delivered first too;
+- reference data (promoters, exclusions, fx_rates) comes first. Its event times are before
+  all traffic, except promoter versions and exclusions that take effect inside the traffic
+  span (a promoter turning enterprise, a customer owned only from some date on) and the daily
+  exchange rates: the pipeline looks those up by event time (`ts`, `since`, `effective_from`),
+  so they are delivered first too. The first EUR rate applies from the day before the first
+  EUR order (no `fx_rate_missing`); each is keyed `EUR/<day>`;
 - every message flagged on_time / delayed / duplicate is delivered when no traffic event
   delivered before it has an event time above `its ts + D`: it is not late for any
   watermark computed from earlier deliveries (per partition, per kind or global);
@@ -30,7 +34,9 @@ Truth (`Traffic.truth`) follows the pipeline's rules on event times of valid, de
 events: a signup is attributed to the last (and, for `first_click_code`, the first) click
 of the same visitor with `signup_ts - window <= click_ts <= signup_ts`, ties broken by
 event_id; its attributed orders are the paid orders of the account with
-`signup_ts <= order_ts <= signup_ts + binding`, and an order whose latest status event is
+`signup_ts <= order_ts <= signup_ts + binding` that a click or a coupon code attributes (the
+latest code used at signup or with an order up to that one wins over the click, as under the
+default `attribution_precedence`; `AccountTruth.coupons`), and an order whose latest status event is
 refunded / cancelled / charged back is listed in `reversed`. Late events are left out by
 definition, and including them gives the same truth (they are chosen so; tests check both).
 `Truth.expected` adds, per attributed order, the status and reason codes of docs/rules.md

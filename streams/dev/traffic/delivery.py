@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import bisect
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import msgspec
 
@@ -71,6 +72,8 @@ def generate(spec: TrafficSpec) -> Traffic:
         g.organic_signup()
     for _ in range(round(spec.visitors * spec.existing_customers)):
         g.existing_customer()
+    for _ in range(round(spec.visitors * spec.coupon_rate)):
+        g.coupon_customer()
     if spec.fraud:
         add_fraud(g)
     accounts = compute_truth(g.events, spec)
@@ -78,13 +81,14 @@ def generate(spec: TrafficSpec) -> Traffic:
     probe = _exclusion_probe(g, accounts) if spec.fraud else None
     if probe is not None:
         excluded[probe] = "channel_partner"
+    g.fx_rates()
     expected = expected_conversions(g.events, accounts, _order_labels(g, accounts))
 
     refs = sorted((e for e in g.events if e.topic in REFERENCE_TOPICS), key=lambda e: (e.ts, e.body["event_id"]))
     traffic = sorted((e for e in g.events if e.topic in TRAFFIC_TOPICS), key=lambda e: (e.ts, e.body["event_id"]))
     # late only where it cannot change the truth: clicks of visitors who never sign up,
     # orders of accounts that are not attributed; never an event a fraud count depends on
-    attributed = {a.account_id for a in accounts.values() if a.tracking_code}
+    attributed = {a.account_id for a in accounts.values() if a.attributed}
     candidates = [
         i for i, e in enumerate(traffic)
         if ((e.topic == "clicks" and e.body["visitor_id"] not in g.signup_visitors)
@@ -144,7 +148,11 @@ def generate(spec: TrafficSpec) -> Traffic:
     for labels in (g.account_labels, g.code_labels, g.actors):
         for who, patterns in labels.items():
             actors[who] = actors.get(who, frozenset()) | patterns
-    truth = Truth(accounts, promoters, excluded, expected, actors)
+    fx: dict[str, list[tuple[int, Decimal]]] = {}
+    for e in refs:
+        if e.topic == "fx_rates":
+            fx.setdefault(e.body["currency"], []).append((e.body["effective_from"], Decimal(e.body["rate"])))
+    truth = Truth(accounts, promoters, excluded, expected, actors, {c: sorted(v) for c, v in fx.items()})
     out = Traffic(spec, [], [], [], [], [], truth, Counts({}, {}, {}, {}, {}, n_ooo))
     first = ontime[0][0] if ontime else spec.start_ms
     for e in refs:  # all first, even versions dated inside the traffic (looked up by time)
@@ -171,6 +179,9 @@ def _check(spec: TrafficSpec) -> None:
                  "duplicates", "iso_ts"):
         if not 0 <= getattr(spec, name) <= 1:
             raise ValueError(f"{name} must be between 0 and 1")
+    if not (len(spec.currency) == 3 and spec.currency.isascii() and spec.currency.isalpha()
+            and spec.currency.isupper()) or (spec.eur and spec.currency == "EUR"):
+        raise ValueError("currency must be an ISO-4217 code like USD, and not EUR when eur is on")
     if spec.allowed_lateness_ms < 1 or spec.time_scale < 1:
         raise ValueError("allowed_lateness_ms must be >= 1 and time_scale >= 1")
     for pattern, n in (spec.fraud_counts or {}).items():

@@ -14,6 +14,7 @@ import math
 import random
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -73,6 +74,7 @@ class Gen:
         self.events: list[Ev] = []
         self.promoters: list[Promoter] = []  # all of them, in creation order
         self.pool: list[Promoter] = []  # the honest ones, sharing the ordinary traffic (Zipf)
+        self.kols: list[Promoter] = []  # pool promoters with a coupon code they read aloud
         self.cum: list[float] = []
         self.codes: set[str] = set()
         self.signup_visitors: set[str] = set()
@@ -143,9 +145,9 @@ class Gen:
 
     # the population -------------------------------------------------------------------
 
-    def new_promoter(self, *, pool: bool, level: int | None = None, **over: Any) -> Promoter:
+    def new_promoter(self, *, pool: bool, level: int | None = None, kol: bool = False, **over: Any) -> Promoter:
         """A promoter who joined long before the traffic, with his own identity (for the
-        self-referral check); `over` sets fields of his first version."""
+        self-referral check); `over` sets fields of his first version; a `kol` owns a coupon code."""
         r = self.r
         alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
         code = "T-" + "".join(r.choice(alphabet) for _ in range(6))
@@ -164,6 +166,7 @@ class Gen:
             "realname_id_hash": self.hex(32),
             "email_hash": hashlib.sha256(f"{pid.lower()}@{r.choice(MAIL)}".encode()).hexdigest(),
             "device_id": f"dev-{self.hex(12)}", "ip": self.ip(),
+            **({"coupon_codes": ["KOL" + code[2:]]} if kol else {}),
             **over,
         }
         channel = r.choice(list(CHANNELS))
@@ -183,7 +186,14 @@ class Gen:
     def make_promoters(self) -> None:
         for i in range(self.spec.promoters):
             # the top of the (Zipf-skewed) ranking are the seasoned, high-level promoters
-            self.new_promoter(pool=True, level=self.r.choice([4, 5]) if i < 3 else None)
+            # a few KOLs also own a coupon code (derived from the tracking code: no extra random draw)
+            # every fifth was recruited by one of the first promoters (two-level referrals: his
+            # recruiter earns override lines); no extra random draw, no cycle (the parent is older)
+            parent = {"parent_promoter_id": self.pool[i // 5].body["promoter_id"]} if i % 5 == 4 else {}
+            p = self.new_promoter(pool=True, level=self.r.choice([4, 5]) if i < 3 else None, kol=i % 7 == 3,
+                                  **parent)
+            if p.body.get("coupon_codes"):
+                self.kols.append(p)
         # Zipf-like share of traffic: weight of rank i is 1 / (i + 1) ** 1.1
         total = 0.0
         for i in range(len(self.pool)):
@@ -296,14 +306,34 @@ class Gen:
         self.signup_visitors.add(v["visitor_id"])
         return account
 
+    def coupon_customer(self) -> None:
+        """A KOL's audience: signs up without a referral link, entering the KOL's coupon code at
+        signup or redeeming it with the first checkout; a third clicked another promoter's link
+        before (the code wins over the click: `attribution_precedence` "coupon")."""
+        r = self.r
+        if not self.kols:
+            return
+        v = self.visitor()
+        code = r.choice(self.kols).body["coupon_codes"][0]
+        ts = self.when(self.start, self.end)
+        if r.random() < 0.33:
+            self.click(ts - self.delay(self.logu(HONEST_MIN_SIGNUP_DELAY_MS, 6 * HOUR_MS)), v, self.pick_promoter())
+        at_signup = r.random() < 0.5
+        account = self.new_signup(ts, v, **({"coupon_code": code} if at_signup else {}))
+        if account:
+            self.orders(account, ts + self.delay(self.logu(10 * MINUTE_MS, 20 * DAY_MS)), r.randint(1, 3),
+                        coupon=None if at_signup else code)
+
     def existing_customer(self) -> None:
         """An account that signed up long ago without a referral and buys now."""
         account = f"acc-{self.hex(12)}"
         # their subscriptions began before the data: some orders are renewals
         self.orders(account, self.when(self.start, self.end), self.r.randint(1, 4), renewals=0.4)
 
-    def orders(self, account: str, t: int, k: int | None = None, renewals: float = 0.0) -> None:
-        """0..n checkouts from time t on; some carts hold several orders; renewals follow."""
+    def orders(self, account: str, t: int, k: int | None = None, renewals: float = 0.0,
+               coupon: str | None = None) -> None:
+        """0..n checkouts from time t on; some carts hold several orders; renewals follow. The
+        first checkout redeems `coupon` if given."""
         r = self.r
         if k is None:
             k = r.choices([0, 1, 2, 3, 4, 5], [40, 33, 13, 7, 4, 3])[0]
@@ -318,7 +348,7 @@ class Gen:
                 ts = t + j * r.randrange(1, 400)  # one checkout, a few ms apart
                 months = r.choice([1, 1, 1, 3, 12]) if item[4] else 1
                 old_plan = item[4] and len(products) == 1 and r.random() < renewals
-                self.order(account, ts, cart, item, months, renewal=old_plan)
+                self.order(account, ts, cart, item, months, renewal=old_plan, coupon=coupon)
                 if item[4] and months == 1 and r.random() < 0.4:
                     ts2 = ts
                     for _ in range(12):  # monthly renewals while they fall before "now"
@@ -327,9 +357,11 @@ class Gen:
                             break
                         self.order(account, ts2, f"cart-{self.hex(12)}", item, 1, renewal=True)
             t += self.delay(r.expovariate(1 / (7 * DAY_MS)) + HOUR_MS)
+            coupon = None
 
     def order(self, account: str, ts: int, cart: str, item: Item, months: int, renewal: bool, *,
-              reversal: str | tuple[str, int, str] | None = "random", price: Decimal | None = None) -> str | None:
+              reversal: str | tuple[str, int, str] | None = "random", price: Decimal | None = None,
+              coupon: str | None = None) -> str | None:
         """Emit a paid order and maybe its reversal; return the order id, or None when dropped.
 
         `reversal`: "random" (a few refunds and cancellations, labelled `refund`), None, or
@@ -348,7 +380,8 @@ class Gen:
             "product": product, "sku": f"{sku}-{months}M", "category": category,
             # mostly exact decimal strings; some producers send JSON numbers
             "amount": str(amount) if r.random() < 0.8 else float(amount),
-            "currency": "USD", "discount": str(discount), "status": "paid", "renewal": renewal,
+            "currency": self.currency_of(account), "discount": str(discount), "status": "paid", "renewal": renewal,
+            **({"coupon_code": coupon} if coupon else {}),
         }
         if not self.emit(ts, "orders", account, body):
             return None
@@ -365,6 +398,35 @@ class Gen:
             if self.emit(later, "orders", account, {**body, "ts": later, "status": status}):
                 self.label(self.order_labels, oid, pattern)
         return oid
+
+    def currency_of(self, account: str) -> str:
+        """What a customer pays in: EUR for about one in eight (`spec.eur`), else the program
+        currency. Derived from the account id, not drawn: the rest of the traffic stays the same."""
+        eur = self.spec.eur and int(hashlib.sha256(account.encode()).hexdigest()[:8], 16) % 8 == 0
+        return "EUR" if eur else self.spec.currency
+
+    def fx_rates(self) -> None:
+        """A daily EUR rate into the program currency (`fx_rates`), published the evening before
+        the day it applies from, from the day before the first EUR order to the last day. From
+        its own random stream, so that the traffic does not change with it. Live traffic gets
+        only the rate in force at its start (a rate effective later would lie in the future when
+        the reference data is produced)."""
+        paid = [e.ts for e in self.events if e.topic == "orders" and e.body["currency"] == "EUR"]
+        if not paid:
+            return
+        r = random.Random(f"fx-{self.spec.seed}")
+        last = self.start if self.spec.live else self.end
+        rate = Decimal("1.0850")
+        day = (min(paid) // DAY_MS - 1) * DAY_MS
+        while day <= last:
+            date = datetime.fromtimestamp(day / 1000, UTC).date().isoformat()
+            ts = day - 8 * HOUR_MS
+            body = {"event_id": str(uuid.UUID(int=r.getrandbits(128), version=4)), "ts": ts, "currency": "EUR",
+                    "rate": str(rate), "effective_from": day}
+            # keyed by currency and start: compaction keeps every rate, not only the latest
+            self.events.append(Ev(ts, "fx_rates", f"EUR/{date}", body))
+            rate = (rate * Decimal(1 + r.gauss(0, 0.003))).quantize(Decimal("0.0001"))
+            day += DAY_MS
 
     def account_exclusions(self, accounts: dict[str, AccountTruth]) -> dict[str, str]:
         """`spec.exclusions` honest attributed accounts turn out to be owned already (since

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from schemas.units import DAY_MS, HOUR_MS
 
 #: a fixed default "now" (2026-01-01T00:00:00Z) so that a bare TrafficSpec is reproducible
 DEFAULT_END_MS = 1_767_225_600_000
-REFERENCE_TOPICS = ("promoters", "exclusions")
+REFERENCE_TOPICS = ("promoters", "exclusions", "fx_rates")
 TRAFFIC_TOPICS = ("clicks", "signups", "orders")
 TOPICS = REFERENCE_TOPICS + TRAFFIC_TOPICS
 #: later events win; at equal event time the more final status wins (as in the pipeline)
@@ -66,6 +66,10 @@ class TrafficSpec:
     signup_rate: float = 0.08  # of visitors who clicked
     organic_rate: float = 0.02  # signups without any click, per visitor
     existing_customers: float = 0.01  # accounts that only order (no signup in the data), per visitor
+    coupon_rate: float = 0.004  # signups with a KOL's coupon code (at signup or first order), per visitor
+    currency: str = "USD"  # the program currency: most customers pay in it, `fx_rates` convert into it
+    #: about one customer in eight pays in EUR, and a daily EUR rate is published (`fx_rates`)
+    eur: bool = True
     exclusions: int = 3  # with fraud: attributed accounts already owned by a channel partner / direct sales
     out_of_order: float = 0.10  # displaced by up to max_delay
     late: float = 0.003  # delivered beyond the allowed lateness (from eligible events only)
@@ -111,6 +115,13 @@ class AccountTruth:
     first_click_code: str | None  # what the first_click model would choose
     orders: dict[str, Decimal]  # attributed paid orders: order_id -> amount paid
     reversed: dict[str, str]  # those of `orders` later refunded/cancelled/charged back -> final status
+    #: those of `orders` a coupon code attributes (the code wins over a click) -> the code
+    coupons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def attributed(self) -> bool:
+        """A click or a coupon code attributes the account (or some of its orders)."""
+        return self.tracking_code is not None or bool(self.coupons)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +136,13 @@ class Expected:
     status: str  # approved | held | rejected | reversed
     reasons: frozenset[str]  # every reason code that applies
     patterns: frozenset[str]  # labels of the generator (keys of PATTERNS); empty: honest
+    currency: str = "USD"  # the order's own currency (of `amount`)
+    fx_rate: Decimal = Decimal(1)  # program-currency units per unit of `currency` at the order's time
+
+    @property
+    def program_amount(self) -> Decimal:
+        """`amount` in the program currency, rounded as docs/events.md says (half-even, 4 places)."""
+        return (self.amount * self.fx_rate).quantize(Decimal("0.0001"), ROUND_HALF_EVEN)
 
 
 @dataclass(frozen=True)
@@ -136,6 +154,16 @@ class Truth:
     expected: dict[str, Expected] = field(default_factory=dict)
     #: account_id or tracking_code of a generated actor -> its pattern labels
     actors: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: currency -> its rates as published on `fx_rates`: (effective_from, rate), sorted
+    fx_rates: dict[str, list[tuple[int, Decimal]]] = field(default_factory=dict)
+
+    def recruiter(self, promoter_id: str) -> str:
+        """Who recruited `promoter_id` (his latest version's `parent_promoter_id`; the generator
+        never changes it), '' for nobody: the promoter of his override lines."""
+        for p in self.promoters.values():
+            if p["promoter_id"] == promoter_id:
+                return str(p.get("parent_promoter_id") or "")
+        return ""
 
     @property
     def conversions(self) -> dict[str, tuple[str, str, Decimal, str]]:
@@ -143,18 +171,24 @@ class Truth:
         out = {}
         for a in self.accounts.values():
             for oid, amount in a.orders.items():
-                out[oid] = (a.account_id, a.tracking_code or "", amount, a.reversed.get(oid, "paid"))
+                code = "" if oid in a.coupons else a.tracking_code or ""  # a coupon conversion has no click
+                out[oid] = (a.account_id, code, amount, a.reversed.get(oid, "paid"))
         return out
 
     def summary(self) -> dict[str, Any]:
         conv = self.conversions
-        attributed = [a for a in self.accounts.values() if a.tracking_code]
+        attributed = [a for a in self.accounts.values() if a.attributed]
         return {
             "signups": len(self.accounts),
             "attributed_signups": len(attributed),
             "organic_signups": len(self.accounts) - len(attributed),
             "attributed_orders": len(conv),
-            "attributed_gmv": str(sum((c[2] for c in conv.values()), Decimal(0))),
+            # in the program currency (EUR orders at their fx rate), as the pipeline sums it
+            "attributed_gmv": str(sum((e.program_amount for e in self.expected.values()), Decimal(0))
+                                  if self.expected else sum((c[2] for c in conv.values()), Decimal(0))),
+            "coupon_orders": sum(len(a.coupons) for a in self.accounts.values()),
+            "foreign_currency_orders": sum(1 for e in self.expected.values() if e.currency in self.fx_rates),
+            "recruited_promoters": sum(1 for p in self.promoters.values() if p.get("parent_promoter_id")),
             "reversed_orders": sum(1 for c in conv.values() if c[3] != "paid"),
             "excluded_accounts": len(self.excluded_accounts),
             "statuses": dict(sorted(Counter(e.status for e in self.expected.values()).items())),

@@ -3,6 +3,8 @@
 Pure functions over plain data. The evidence is gathered by the account join: the
 attributed click and signup (from state), the order, the promoter and exclusions as of
 the order's time (reference data), and the cross-partition counters (`Signals`, Redis).
+An order attributed by a coupon code (`Evidence.coupon_code`) has no attributed click: the
+click checks (injection, bots, flooding; spamming in SQL, by tracking code) do not apply.
 Click spamming is not decided here: it is a statistic over a whole tracking code, applied
 by ClickHouse and by replay (`spamming`).
 """
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from schemas.records import AttributionRec, OrderRec, SignupIdent
+from schemas.records import AttributionRec, ClickRef, OrderRec, SignupIdent
 from streams.logic.rules import enterprise
 from streams.logic.rules.ruleset import HOLD, REASON_KINDS, REJECT, REVERSE, RuleSet
 
@@ -36,6 +38,8 @@ class PromoterRef(msgspec.Struct, frozen=True, kw_only=True):
     ip_hash: str | None = None
     #: event time of a later version that is an enterprise account, if any
     enterprise_since: int | None = None
+    parent_promoter_id: str | None = None  # who recruited him (two-level referrals)
+    joined_at: int | None = None
 
 
 class Signals(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,11 +65,18 @@ class Signals(msgspec.Struct, frozen=True, kw_only=True):
 @dataclass(frozen=True, slots=True)
 class Evidence:
     promoter: PromoterRef | None
-    signup: AttributionRec  # with its click (never None here) and the signup's identity
+    signup: AttributionRec  # with its click (None only when a coupon code attributed) and identity
     order: OrderRec
     order_status: str  # latest status of the order: paid | refunded | cancelled | chargeback
     exclusion_owner: str | None  # direct_sales | channel_partner, as of the order's time
     signals: Signals
+    #: the coupon code that attributed the order ('' : its click did); the promoter is its owner
+    coupon_code: str = ""
+
+    @property
+    def click(self) -> ClickRef | None:
+        """The click the order is attributed to; None when a coupon code attributed it."""
+        return None if self.coupon_code else self.signup.click
 
 
 def is_bot(user_agent: str | None, method: str, rules: RuleSet) -> bool:
@@ -97,8 +108,8 @@ def identity_match(p: PromoterRef | None, ev: Evidence) -> str:
 def reasons(ev: Evidence, rules: RuleSet) -> list[str]:
     """Every reason code that applies, in the stable order of `REASON_KINDS`."""
     found: set[str] = set()
-    p, click, order, sig = ev.promoter, ev.signup.click, ev.order, ev.signals
-    assert click is not None
+    p, click, order, sig = ev.promoter, ev.click, ev.order, ev.signals
+    assert click is not None or ev.coupon_code, "an order is attributed by a click or a coupon code"
     if p is None:
         found.add("unknown_promoter")
     else:
@@ -115,12 +126,13 @@ def reasons(ev: Evidence, rules: RuleSet) -> list[str]:
         found.add("customer_owned_by_direct_sales")
     if order.product in rules.ineligible_products or (order.category or "") in rules.ineligible_categories:
         found.add("product_ineligible")
-    if ev.signup.signup_ts - click.ts < rules.injection_max_s * 1000:
-        found.add("click_injection")
-    if click.bot:
-        found.add("bot_traffic")
-    if sig.flood_clicks > rules.flood_clicks_per_hour:
-        found.add("click_flooding")
+    if click is not None:  # the click checks; a coupon attribution has no click to check
+        if ev.signup.signup_ts - click.ts < rules.injection_max_s * 1000:
+            found.add("click_injection")
+        if click.bot:
+            found.add("bot_traffic")
+        if sig.flood_clicks > rules.flood_clicks_per_hour:
+            found.add("click_flooding")
     if sig.farm_signups > rules.farm_signups_per_day:
         found.add("signup_farming")
     if order.amount >= rules.high_value_amount:

@@ -93,6 +93,11 @@ def price(
     return Pricing(level=level, rate=rate, tier=tier, commission=commission, bonus=bonus, points=points, cap=cap)
 
 
+def to_program(amount: Decimal, rate: Decimal) -> Decimal:
+    """An order's amount in the program currency: amount x rate, half-even to 4 places."""
+    return (amount * rate).quantize(_Q, ROUND_HALF_EVEN)
+
+
 def payable(p: Pricing, status: str) -> Pricing:
     """What the promoter is owed in `status`: nothing when rejected or reversed."""
     if status in PAYABLE_STATUSES:

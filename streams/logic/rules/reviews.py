@@ -11,6 +11,11 @@ folded in order: `fold` in Python, `fold_sql` for ClickHouse. A decision stored 
 the view `reviews_first` (`FIRST_COPIES_SQL`) in ClickHouse. `conversions_current` applies
 them (`streams.logic.rules.views`); tests/logic/rules/test_reviews.py runs both on the same cases.
 
+Override lines (`streams.logic.overrides`, order id `<order>#override`) follow their recruit's
+order: a decision naming order X applies to X and to X#override (`reviewed_order`, and
+`order_decisions_sql` which lists X's decisions under both ids). A promoter-wide decision
+applies to that promoter's own rows only: the parent's override lines are the parent's.
+
 Money: a conversion a decision made rejected earns nothing (commission, bonus and points 0);
 a held one keeps its figures (what it will earn when released). `payable_at` is when an
 approved conversion is or was payable: order_ts + holding period of its rule version, or the
@@ -26,6 +31,7 @@ import msgspec
 
 from schemas.events import Review, millis
 from schemas.records import Conversion
+from streams.logic.overrides import OVERRIDE_SUFFIX
 from streams.logic.rules.checks import APPROVED, HELD, REJECTED, REVERSED
 from streams.logic.rules.ruleset import RuleBook
 
@@ -78,11 +84,18 @@ def is_promoter_wide(r: Review) -> bool:
     return not r.order_id and bool(r.promoter_id)
 
 
+def reviewed_order(order_id: str) -> str:
+    """The order id that the review decisions of the conversion `order_id` name: an override
+    line (X#override) follows its recruit's order X, so it has no decisions of its own (a
+    decision naming X#override applies to nothing). `order_decisions_sql` is its SQL twin."""
+    return order_id.removesuffix(OVERRIDE_SUFFIX)
+
+
 def concerns(r: Review, c: Conversion) -> bool:
-    """`r` may apply to `c`: it names c's order, or c's promoter and was taken after c's order
-    (whether c was still open then is the fold's question)."""
+    """`r` may apply to `c`: it names c's order (`reviewed_order`), or c's promoter and was
+    taken after c's order (whether c was still open then is the fold's question)."""
     if r.order_id:
-        return r.order_id == c.order_id
+        return r.order_id == reviewed_order(c.order_id)
     return bool(r.promoter_id) and r.promoter_id == c.promoter_id and c.order_ts <= millis(r.ts)
 
 
@@ -205,15 +218,25 @@ FIRST_COPIES_SQL = f"""SELECT event_id, tupleElement(copy, 1) AS ts, tupleElemen
 
 
 def _decisions_sql(key: str, alias: str, wide: int, where: str) -> str:
+    """Decisions grouped by `key` (an expression of a `reviews_first` row, named `alias`)."""
     as_tuple = (f"CAST((toUnixTimestamp64Milli(ts), event_id, {wide}, toString(decision), actor, reason), "
                 f"'{DECISION_TYPE}')")
     return (f"SELECT {key} AS {alias}, groupArray({as_tuple}) AS decisions FROM {FIRST_COPIES} WHERE {where} "
-            f"GROUP BY {key}")
+            f"GROUP BY {alias}")
+
+
+def reviewed_orders_sql(order_id: str) -> str:
+    """The conversion order ids whose `reviewed_order` is the SQL expression `order_id`: the
+    order and its override line. When `order_id` names an override line itself, only
+    `order_id` + the suffix, an id no conversion has: such a decision applies to nothing."""
+    suffixed = f"concat({order_id}, '{OVERRIDE_SUFFIX}')"
+    return f"if(endsWith({order_id}, '{OVERRIDE_SUFFIX}'), [{suffixed}], [{order_id}, {suffixed}])"
 
 
 def order_decisions_sql() -> str:
-    """Per order: its order-level decisions (review_order, decisions)."""
-    return _decisions_sql("order_id", "review_order", 0, "order_id != ''")
+    """Per conversion order id: the order-level decisions that name it (review_order,
+    decisions); X's decisions are listed under X and X#override (`reviewed_orders_sql`)."""
+    return _decisions_sql(f"arrayJoin({reviewed_orders_sql('order_id')})", "review_order", 0, "order_id != ''")
 
 
 def promoter_decisions_sql() -> str:

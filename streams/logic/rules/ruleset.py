@@ -37,6 +37,8 @@ REASON_KINDS: dict[str, str] = {
     "cancelled": REVERSE,
     "click_spamming": HOLD,
     "high_value_review": HOLD,
+    "fx_rate_missing": HOLD,
+    "override_withdrawn": REVERSE,
 }
 
 
@@ -89,6 +91,15 @@ class RuleSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     #: days after a calendar month ends during which its rejections and reversals still lower
     #: its volume, caps and points (and re-price its later orders); at least 2
     month_close_days: int = 7
+    #: how an account is attributed when it has both a click and a coupon code: "coupon" | "click"
+    attribution_precedence: str = "coupon"
+    #: two-level referrals: a recruiting promoter earns this share of his recruit's commission
+    #: (0: none), on orders within `override_months` months of the recruit joining (0: always)
+    override_rate: Decimal = Decimal(0)
+    override_months: int = 0
+    #: sales champions: the bonus of the month's 1st, 2nd, ... promoter by approved sales
+    #: (program currency); the version in force at the month's last millisecond
+    champion_bonuses: tuple[Decimal, ...] = ()
     # after the decision (docs/payouts.md). Per order, the version in force at its event time:
     #: days of event time after the order before an approved conversion is payable
     holding_days: int = 30
@@ -117,6 +128,12 @@ class RuleSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
                 self.recurring_months, self.max_orders_per_customer, self.cap_per_customer_months) < 0:
             raise ValueError("caps, recurring_months, max_orders_per_customer and cap_per_customer_months "
                              "must not be negative (0 means no limit)")
+        if any(b < 0 for b in self.champion_bonuses):
+            raise ValueError("champion_bonuses must not be negative")
+        if self.attribution_precedence not in ("coupon", "click"):
+            raise ValueError('attribution_precedence must be "coupon" or "click"')
+        if not Decimal(0) <= self.override_rate <= Decimal(1) or self.override_months < 0:
+            raise ValueError("override_rate must be between 0 and 1 and override_months not negative")
         if self.month_close_days < 2:
             raise ValueError("month_close_days must be at least 2: a month's last decisions reach the pricing "
                              "stage up to a day after it ends")
@@ -136,7 +153,11 @@ class RuleBook:
     `time_zone` (IANA name) is the program's: its calendar months (tiers, monthly caps,
     levels) end at midnight there."""
 
-    def __init__(self, rule_sets: list[RuleSet], time_zone: str = "UTC") -> None:
+    def __init__(self, rule_sets: list[RuleSet], time_zone: str = "UTC", currency: str = "") -> None:
+        if currency and not (len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()):
+            raise ValueError(f"currency {currency!r} is not an ISO-4217 code like USD")
+        #: the program currency: amounts are converted into it (fx_rates); '' = none, no conversion
+        self.currency = currency
         try:
             self.zone = ZoneInfo(time_zone)
         except (ZoneInfoNotFoundError, ValueError):
@@ -173,9 +194,13 @@ def parse_rules(doc: Mapping[str, object]) -> RuleBook:
     items = doc.get("rule_set", [])
     if not isinstance(items, list):
         raise ValueError("rule_set must be an array of tables: [[rule_set]]")
-    unknown = set(doc) - {"rule_set", "time_zone"}
+    unknown = set(doc) - {"rule_set", "time_zone", "currency"}
     if unknown:
-        raise ValueError(f"unknown top-level rule book fields {sorted(unknown)}: only time_zone and [[rule_set]]")
+        raise ValueError(f"unknown top-level rule book fields {sorted(unknown)}: only time_zone, currency "
+                         "and [[rule_set]]")
+    currency = doc.get("currency", "")
+    if not isinstance(currency, str):
+        raise ValueError("currency must be a string like \"USD\"")
     time_zone = doc.get("time_zone", "UTC")
     if not isinstance(time_zone, str):
         raise ValueError("time_zone must be a string like \"Asia/Shanghai\"")
@@ -185,7 +210,7 @@ def parse_rules(doc: Mapping[str, object]) -> RuleBook:
         if "effective_from" in item:
             item["effective_from"] = _ms(item["effective_from"])
         sets.append(msgspec.convert(item, RuleSet, strict=False))
-    return RuleBook(sets, time_zone)
+    return RuleBook(sets, time_zone, currency)
 
 
 def load_rules(path: str) -> RuleBook:

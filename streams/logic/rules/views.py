@@ -16,7 +16,9 @@
    `reviews` and `auto_status` (the status before reviews).
 
 Over it: `review_audit` (one row per decision and conversion it applies to),
-`promoter_balances` and `promoter_statement` (per promoter and currency, and per month, with
+`champion_bonuses` (a closed month's sales champions, `champion`: bonus lines, earned in the
+month they were decided), `promoter_balances` and `promoter_statement` (per promoter and currency: the program currency
+conversions are priced in, `program_currency`; and per month, with
 event time "now" = the newest stored order minus the allowed lateness, as payout runs take it).
 
 `sinks.tables` creates the contract views as placeholders with the same columns (sinks import
@@ -29,7 +31,7 @@ from schemas.payouts import BOOKED, CLAWBACK, COMMISSION
 from schemas.payouts import PAID as PAID_BATCH
 from schemas.payouts import PENDING as PENDING_BATCH
 from schemas.payouts import POINTS as POINTS_LINE
-from streams.logic.rules import enterprise, reviews, spamming
+from streams.logic.rules import champion, enterprise, reviews, spamming
 from streams.logic.rules.checks import APPROVED, HELD, REJECTED, REVERSED
 from streams.logic.rules.ruleset import RuleBook, RuleSet
 
@@ -159,14 +161,19 @@ def event_now_sql(lateness_ms: int) -> str:
 def movements_sql(lateness_ms: int) -> str:
     """What moves a promoter's money, one row each: a conversion earned (approved, matured by
     event time "now"), pending (approved, maturing) or held, by payable month (earned) or order
-    month; a line of a booked batch (`batch`: its status), by the batch's creation month."""
+    month; a line of a booked batch (`batch`: its status), by the batch's creation month.
+    `currency` is the money's: a conversion's program currency (its commission's), a line's own."""
     matured = f"toUnixTimestamp64Milli(payable_at) <= {event_now_sql(lateness_ms)}"
-    return f"""SELECT promoter_id, toString(currency) AS currency, order_id,
+    return f"""SELECT promoter_id, toString(program_currency) AS currency, order_id,
         multiIf(status = '{APPROVED}' AND {matured}, '{EARNED}',
                 status = '{APPROVED}', '{PENDING}', status = '{HELD}', '{HELD_MONEY}', '') AS kind,
         '' AS batch, commission + bonus AS money, points,
         if(status = '{APPROVED}', toStartOfMonth(payable_at), toStartOfMonth(order_ts)) AS month
     FROM conversions_current WHERE promoter_id != '' AND status IN ('{APPROVED}', '{HELD}')
+    UNION ALL
+    SELECT promoter_id, toString(currency) AS currency, line_id AS order_id, '{EARNED}' AS kind, '' AS batch,
+        bonus AS money, toInt64(0) AS points, toStartOfMonth(decided_at) AS month
+    FROM champion_bonuses
     UNION ALL
     SELECT l.promoter_id AS promoter_id, toString(l.currency) AS currency, l.order_id AS order_id,
         toString(l.kind) AS kind, toString(l.batch_status) AS batch, l.amount AS money, l.points AS points,
@@ -232,6 +239,7 @@ def rule_views(rules: RuleBook | RuleSet, *, lateness_ms: int = 0) -> dict[str, 
         "conversions_reviewed": reviewed_sql(book),
         "conversions_current": CONVERSIONS_CURRENT_SQL,
         "review_audit": REVIEW_AUDIT_SQL,
+        "champion_bonuses": champion.champions_sql(book, event_now_sql(lateness_ms)),
         "promoter_balances": promoter_balances_sql(lateness_ms),
         "promoter_statement": promoter_statement_sql(lateness_ms),
     }

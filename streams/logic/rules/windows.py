@@ -76,13 +76,13 @@ def adds(rec: ClickRec | SignupRec) -> list[tuple[str, str]]:
 
 
 def reads(rec: AttributionRec) -> tuple[str | None, str | None, str | None, str | None]:
-    """The windows an attributed signup's decision reads, in `Signals` order (flood_ip,
-    flood_visitor, farm_ip, farm_device); None where the event has no such key (count 0)."""
+    """The windows a signup's decision reads, in `Signals` order (flood_ip, flood_visitor,
+    farm_ip, farm_device); None where the event has no such key (count 0): no flood windows
+    without a click (an account a coupon code attributes)."""
     c, ident = rec.click, rec.ident
-    assert c is not None
     ip, dev = (ident.ip_hash, ident.device_id) if ident else (None, None)
-    return (flood_ip(c.tracking_code, c.ip_hash, c.ts) if c.ip_hash else None,
-            flood_visitor(c.tracking_code, rec.visitor_id, c.ts),
+    return (flood_ip(c.tracking_code, c.ip_hash, c.ts) if c is not None and c.ip_hash else None,
+            flood_visitor(c.tracking_code, rec.visitor_id, c.ts) if c is not None else None,
             farm_ip(ip, rec.signup_ts) if ip else None,
             farm_device(dev, rec.signup_ts) if dev else None)
 

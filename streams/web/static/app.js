@@ -149,7 +149,7 @@
       cell(`${row.order_id}\n${new Date(row.order_ts).toLocaleString()}`, "stack"),
       cell(`${row.promoter_id || "(none)"} · ${row.tracking_code}`),
       cell(`${fmtMoney(row.amount)} ${row.currency}`),
-      cell(fmtMoney(row.earning)),
+      cell(`${fmtMoney(row.earning)} ${row.program_currency}`),
       reasons,
       cell(evidenceText(row.evidence), "evidence"),
       cell(review, "small"),

@@ -52,6 +52,7 @@ class Case:
     exclusion: str | None = None
     signals: dict = field(default_factory=dict)
     rules: dict = field(default_factory=dict)
+    coupon: str = ""  # a coupon code attributed the order (the click, if any, did not)
 
 
 def evidence(case: Case, rules: RuleSet) -> Evidence:
@@ -63,13 +64,21 @@ def evidence(case: Case, rules: RuleSet) -> Evidence:
     order = OrderRec(f"o1-{case.order_status}", order_ts, "o1", "acc-buyer", case.product, Decimal(case.amount),
                      "USD", case.order_status, category=case.category)
     promoter = None if case.promoter is None else PromoterRef(**(PROMOTER | case.promoter))
-    return Evidence(promoter, signup, order, case.order_status, case.exclusion, Signals(**case.signals))
+    return Evidence(promoter, signup, order, case.order_status, case.exclusion, Signals(**case.signals), case.coupon)
 
 
 ORDER_TS = CLICK_TS + 3_600_000 + DAY  # the order time with the default click -> signup delay
 
 CASES = [
     Case("clean conversion", [], "approved"),
+    # a coupon attribution: the click checks do not apply, the others do
+    Case("coupon: an injected, bot, flooding click is not checked", [], "approved", coupon="KOL10", delay_s=1,
+         bot=True, signals={"flood_ip": 99}),
+    Case("coupon: signup farming applies", ["signup_farming"], "rejected", coupon="KOL10",
+         signals={"farm_ip": 4}),
+    Case("coupon: nobody owns the code", ["unknown_promoter"], "rejected", coupon="KOL10", promoter=None),
+    Case("coupon: self-referral", ["self_referral"], "rejected", coupon="KOL10", ident={"device_id": "dev-p"}),
+    Case("coupon: high value held", ["high_value_review"], "held", coupon="KOL10", amount="60000"),
     # who the promoter is
     Case("no promoter owns the code", ["unknown_promoter"], "rejected", promoter=None),
     Case("employee", ["promoter_ineligible"], "rejected", promoter={"is_employee": True}),

@@ -17,6 +17,7 @@ from schemas.records import Conversion
 from sinks.migrations import install_views
 from sinks.rows import rows_for
 from sinks.tables import REVIEWS, TABLES
+from streams.logic.overrides import OVERRIDE_SUFFIX
 from streams.logic.rules import reviews as rv
 from streams.logic.rules.ruleset import RuleBook, RuleSet
 from streams.logic.rules.views import literal, rule_views
@@ -42,6 +43,13 @@ def conv(order_id: str = "o1", status: str = "approved", reasons: tuple[str, ...
         order_status="paid", renewal=False, attribution_model="last_click", attribution_final=True,
         decided_at=order_ts, commission=Decimal("150.25") if pays else Decimal(0),
         bonus=Decimal(50) if pays else Decimal(0), points=20025 if pays else 0, rule_version=rule_version)
+
+
+def override(c: Conversion, parent: str = "P0") -> Conversion:
+    """The parent's override line of `c` (streams.logic.overrides.line): same status and reasons."""
+    return msgspec.structs.replace(c, order_id=c.order_id + OVERRIDE_SUFFIX, promoter_id=parent,
+                                   override_of=c.promoter_id, commission=c.commission / 10, bonus=Decimal(0),
+                                   points=0)
 
 
 def decision(event_id: str, ts: int, what: str, order: str | None = None, promoter: str | None = None,
@@ -161,6 +169,29 @@ CASES = [
           conv("gone", rule_version="gone", order_ts=T0 + 200 * DAY), conv("early", rule_version="")],
          [], {"v2": ("approved", T0 + 10 * DAY, 0, ""), "v1-late": ("approved", T0 + 230 * DAY, 0, ""),
               "gone": ("approved", T0 + 210 * DAY, 0, ""), "early": ("approved", T0 + HOLD, 0, "")}, BOOK),
+    # override lines (X#override, the recruit P1's order X credited to his recruiter P0)
+    Case("a decision on an order applies to its override line too",
+         [conv(**HELD), override(conv(**HELD))], [decision("e1", T0 + DAY, "reject", order="o1")],
+         {"o1": ("rejected", 0, 1, "manual_rejected"), "o1#override": ("rejected", 0, 1, "manual_rejected")}),
+    Case("the override line follows the recruit's order through several decisions",
+         [conv(), override(conv())],
+         [decision("e1", T0 + DAY, "hold", order="o1"), decision("e2", T0 + 40 * DAY, "approve", order="o1")],
+         {"o1": ("approved", T0 + 40 * DAY, 2, "manual_approved"),
+          "o1#override": ("approved", T0 + 40 * DAY, 2, "manual_approved")}),
+    Case("the recruit's promoter-wide decision leaves the parent's override line alone",
+         [conv(**HELD), override(conv(**HELD))], [decision("e1", T0 + DAY, "approve", promoter="P1")],
+         {"o1": ("approved", T0 + HOLD, 1, "manual_approved"), "o1#override": ("held", 0, 0, "high_value_review")}),
+    Case("the parent's promoter-wide decision takes his override lines, not the recruit's order",
+         [conv(), override(conv())], [decision("e1", T0 + DAY, "hold", promoter="P0")],
+         {"o1": ("approved", T0 + HOLD, 0, ""), "o1#override": ("held", 0, 1, "manual_hold")}),
+    Case("a decision naming the override line itself applies to nothing",
+         [conv(), override(conv())], [decision("e1", T0 + DAY, "reject", order="o1#override")],
+         {"o1": ("approved", T0 + HOLD, 0, ""), "o1#override": ("approved", T0 + HOLD, 0, "")}),
+    Case("another order's decision does not reach this override line",
+         [conv("o1"), override(conv("o1")), conv("o12"), override(conv("o12"))],
+         [decision("e1", T0 + DAY, "reject", order="o1")],
+         {"o1": ("rejected", 0, 1, "manual_rejected"), "o1#override": ("rejected", 0, 1, "manual_rejected"),
+          "o12": ("approved", T0 + HOLD, 0, ""), "o12#override": ("approved", T0 + HOLD, 0, "")}),
     Case("a rule version named with quotes and backslashes",
          [conv(rule_version="it's\\odd")], [],
          {"o1": ("approved", T0 + 7 * DAY, 0, "")}, RuleBook([RuleSet(version="it's\\odd", holding_days=7)])),
@@ -203,6 +234,32 @@ def test_the_audit_shows_before_and_after_and_decisions_waiting_for_their_order(
         ("e3", "not-yet", "", "", Decimal(0), Decimal(0), rv.NO_CONVERSION),
         ("e4", "", "", "", Decimal(0), Decimal(0), rv.NO_OPEN_CONVERSION),
     ]
+
+
+def test_a_decision_on_an_order_shows_in_the_audit_for_its_override_line_too(db: Any) -> None:
+    ds = [decision("e1", T0 + DAY, "reject", order="o1"), decision("e2", T0 + 2 * DAY, "hold", order="o1#override")]
+    write(db, [conv(), override(conv())], ds)
+    install_views(db, rule_views(RuleBook([])))
+    rows = [(r[0], r[5], r[6], r[7], r[9], r[11], r[14]) for r in audit_in_sql(db)]
+    assert rows == [
+        ("e1", "order", "o1", "P1", "rejected", Decimal(0), ""),
+        ("e1", "order", "o1#override", "P0", "rejected", Decimal(0), ""),
+        ("e2", "order", "o1#override", "", "", Decimal(0), rv.NO_CONVERSION),
+    ]
+    assert rows == [(r[0], r[5], r[6], r[7], r[9], r[11], r[14]) for r in audit_in_python(
+        RuleBook([]), [conv(), override(conv())], ds)]
+
+
+#: order ids a decision may name, against conversion order ids: the suffix at the end only
+ODD_IDS = ["o1", "o1#override", "o1#override#override", "#override", "", "o1#overrid", "o1#override ", "x#override-2"]
+
+
+def test_reviewed_order_and_its_sql_twin_agree(db: Any) -> None:
+    """A decision naming `named` reaches conversion `cid` in SQL exactly when Python says so."""
+    for named in ODD_IDS:
+        [[reached]] = db.query(f"SELECT {rv.reviewed_orders_sql(literal(named))}").result_rows
+        assert {cid for cid in ODD_IDS + [n + OVERRIDE_SUFFIX for n in ODD_IDS]
+                if rv.reviewed_order(cid) == named} == set(reached), named
 
 
 def test_the_order_arriving_later_takes_its_waiting_decision(db: Any) -> None:
@@ -271,18 +328,23 @@ STATUSES = st.sampled_from([("approved", ()), ("held", ("high_value_review",)), 
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[list[Conversion], list[Review]]:
     conversions = []
-    for i in range(draw(st.integers(2, 6))):
+    n = draw(st.integers(2, 6))
+    for i in range(n):
         status, reasons = draw(STATUSES)
-        conversions.append(conv(f"o{i}", status, reasons, promoter=draw(st.sampled_from(["P1", "P2"])),
-                                order_ts=T0 + draw(st.integers(0, 60)) * DAY))
+        c = conv(f"o{i}", status, reasons, promoter=draw(st.sampled_from(["P1", "P2"])),
+                 order_ts=T0 + draw(st.integers(0, 60)) * DAY)
+        conversions.append(c)
+        if draw(st.booleans()):  # its promoter was recruited by P2 or P3
+            conversions.append(override(c, draw(st.sampled_from(["P2", "P3"]))))
     reviews = []
     for _ in range(draw(st.integers(1, 8))):
         wide = draw(st.booleans())
+        # the last order never arrives; an override line is named now and then (it applies to nothing)
+        named = f"o{draw(st.integers(0, n))}" + draw(st.sampled_from(["", "", "", OVERRIDE_SUFFIX]))
         reviews.append(decision(
             f"e{draw(st.integers(0, 20)):02d}", T0 + draw(st.integers(-5, 95)) * DAY,
             draw(st.sampled_from(["approve", "approve", "reject", "hold"])),
-            order=None if wide else f"o{draw(st.integers(0, len(conversions)))}",  # the last one never arrives
-            promoter=draw(st.sampled_from(["P1", "P2"])) if wide else None))
+            order=None if wide else named, promoter=draw(st.sampled_from(["P1", "P2", "P3"])) if wide else None))
     # one decision per event_id, as the table keeps it (a redelivery is the same decision)
     return conversions, list({r.event_id: r for r in reviews}.values())
 
@@ -296,5 +358,12 @@ def test_python_and_sql_agree_on_random_decisions(db: Any, scenario: tuple[list[
     db.command("TRUNCATE TABLE reviews")
     write(db, conversions, reviews)
     install_views(db, rule_views(book))
-    assert in_python(book, conversions, reviews) == in_sql(db)
+    py = in_python(book, conversions, reviews)
+    assert py == in_sql(db)
     assert audit_in_python(book, conversions, reviews) == audit_in_sql(db)
+    # an override line follows its recruit's order unless a promoter-wide decision of either is about
+    wide = {r.promoter_id for r in reviews if rv.is_promoter_wide(r)}
+    for c in conversions:
+        if c.override_of and not {c.promoter_id, c.override_of} & wide:
+            line, recruit = py[c.order_id], py[rv.reviewed_order(c.order_id)]
+            assert [line[i] for i in (1, 2, 7, 8, 12)] == [recruit[i] for i in (1, 2, 7, 8, 12)]
