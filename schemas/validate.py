@@ -87,11 +87,13 @@ _IDS: dict[type, tuple[str, ...]] = {
     Review: ("event_id", "actor"),
     FxRate: ("event_id",),
 }
+#: coupon codes one promoter version may list (a KOL has a handful; a list of thousands is a mistake)
+MAX_COUPON_CODES = 100
 _OPTIONAL_IDS: dict[type, tuple[str, ...]] = {
     Click: ("campaign", "material_id"),
     Signup: ("device_id", "coupon_code"),  # a coupon code: the limits of a tracking code
     Order: ("cart_id", "sku", "category", "coupon_code"),
-    Promoter: ("account_id", "device_id"),
+    Promoter: ("account_id", "device_id", "parent_promoter_id"),  # the recruiter: a payee id
     Exclusion: ("account_id",),
     Review: ("order_id", "promoter_id"),
 }
@@ -199,6 +201,10 @@ def _check(event: Event, raw: bytes) -> str | None:
             return f"currency {event.currency!r} is not an ISO-4217 code like USD"
     if isinstance(event, Promoter) and not 1 <= event.level <= 99:
         return "level must be between 1 and 99"
+    if isinstance(event, Promoter) and not all(isinstance(c, str) and valid_id(c) for c in event.coupon_codes):
+        return f"coupon_codes must be codes of 1 to {MAX_ID_LEN} printable characters"
+    if isinstance(event, Promoter) and len(event.coupon_codes) > MAX_COUPON_CODES:
+        return f"coupon_codes may list at most {MAX_COUPON_CODES} codes"
     if isinstance(event, Exclusion) and not (event.account_id or event.email_domain):
         return "an exclusion needs account_id or email_domain"
     if isinstance(event, Review):

@@ -44,6 +44,14 @@ SELECT * FROM (
         'approved' AS status, toDecimal128(0, 4) AS commission, bonus, toInt64(0) AS points,
         decided_at AS order_ts, decided_at AS payable_at, '' AS rule_version
     FROM champion_bonuses WHERE decided_at <= fromUnixTimestamp64Milli({{cutoff:Int64}}, 'UTC')
+    UNION ALL  -- a champion line booked before whose month was re-ranked without him: taken back
+    SELECT order_id, toUInt32(2) AS revision, any(promoter_id) AS promoter_id, toString(any(currency)) AS currency,
+        'reversed' AS status, toDecimal128(0, 4) AS commission, toDecimal128(0, 4) AS bonus, toInt64(0) AS points,
+        toDateTime64(0, 3, 'UTC') AS order_ts, toDateTime64(0, 3, 'UTC') AS payable_at, '' AS rule_version
+    FROM payout_lines_current
+    WHERE batch_status IN {{booked:Array(String)}} AND startsWith(order_id, 'champion:')
+        AND order_id NOT IN (SELECT line_id FROM champion_bonuses)
+    GROUP BY order_id
 )
 ORDER BY promoter_id, order_id
 """

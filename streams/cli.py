@@ -300,7 +300,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     per promoter and per reason, without touching the live results. With --against-stored,
     also compare the replay under the rule book in force with the stored conversions_current,
     field by field; the exit status is then 1 when any conversion differs (for CI), else 0."""
-    from sinks import stored
+    from sinks import queries, stored
     from sinks.clickhouse import connect
     from streams.logic import replay
     from streams.logic.rules.ruleset import load_rules
@@ -332,10 +332,16 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         new = [c for c in replay.run(events, candidate, s.window_ms, s.binding_ms, s.refund_window_ms,
                                      s.attribution_model) if keep(c)]
         _print_candidate(replay.compare(base, new), current, candidate, args.top)
+        # sales champions of the months closed by the newest stored order (the views' event time "now")
+        now = max((o.ts for o in events.orders), default=0) - s.lateness_ms
+        champions = replay.champion_changes(replay.champions_of(base, current, now),
+                                            replay.champions_of(new, candidate, now))
+        if champions:
+            print("\nsales champions that change:")
+            print(queries.format_table(("month", "currency", "rank", "promoter_base", "bonus_base", "promoter_new",
+                                        "bonus_new"), champions, frozenset({"bonus_base", "bonus_new"})))
     if not args.against_stored:
         return 0
-    from sinks import queries
-
     if candidate is not None:
         print()
     diff = replay.against_stored(queries.conversions_between(client, lo, hi), base, args.show)

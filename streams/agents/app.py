@@ -170,7 +170,7 @@ def _stream_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metr
     visitor_sources, account_sources, promoter_sources = Topology(s).join_sources(raw_partitions)
     visitor_join = VisitorJoin(s, visitors, topics, metrics, visitor_sources)
     account_join = AccountJoin(s, accounts, topics, metrics, account_sources, directory.as_of,
-                               exclusions.owner, signals, directory.by_coupon, directory.parent_of)
+                               exclusions.owner, signals, directory.by_coupon, directory.parent_of, rates.rate)
     promoter_join = PromoterJoin(s, books, topics, metrics, promoter_sources, rates=rates.rate)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # a union of callables mypy cannot match

@@ -132,11 +132,12 @@ class AccountJoin(JoinAgent):
     def __init__(self, settings: Settings, table: BatchedTable, topics: Any, metrics: Metrics,
                  sources: tuple[str, ...], promoters: conv.PromoterLookup, exclusions: conv.ExclusionLookup,
                  signals: SignalStore, coupons: conv.PromoterLookup,
-                 parent_of: Callable[[str, int], str | None]) -> None:
+                 parent_of: Callable[[str, int], str | None], rates: RateLookup) -> None:
         s = settings
         rules = conv.ConversionRules(s.binding_ms, s.refund_window_ms, s.attribution_model)
         ctx = conv.Context(rules, load_rules(s.rules_file), promoters, exclusions, coupons, parent_of)
-        super().__init__(settings, AccountLogic(ctx, signals, s.partitions), table, topics, metrics, sources)
+        logic = AccountLogic(ctx, signals, s.partitions, rates=rates)
+        super().__init__(settings, logic, table, topics, metrics, sources)
 
     async def send_downstream(self, p: int, out: Outputs) -> None:
         await self._feed(self.topics.promoter_join, account_source(p), out.watermark, out.decisions)

@@ -109,6 +109,9 @@ class AccountState(msgspec.Struct, array_like=True):
     #: arrives, and once more, for good, when the watermark has closed their windows
     signals: Signals | None = None
     signals_final: bool = False
+    #: (event time, order_id) of paid orders of an organic account that expiry dropped: a
+    #: coupon order later must still know it is not the customer's first (`paid_orders`)
+    paid_before: list[tuple[int, str]] = []
 
 
 def in_binding(signup_ts: int, order_ts: int, rules: ConversionRules) -> bool:
@@ -160,7 +163,8 @@ def candidates(state: AccountState, ctx: Context) -> list[str]:
 def paid_orders(state: AccountState) -> list[tuple[int, str]]:
     """(event time, order_id) of the account's paid orders, in that order: the customer's
     order history that pricing's customer rules read."""
-    return sorted((o.order.ts, o.order.order_id) for o in state.orders.values() if o.paid)
+    kept = {(o.order.ts, o.order.order_id) for o in state.orders.values() if o.paid}
+    return sorted(kept.union(state.paid_before))
 
 
 def first_order(state: AccountState, rules: ConversionRules) -> str | None:
@@ -363,6 +367,9 @@ def advance(state: AccountState, watermark: int, rules: ConversionRules) -> bool
     """
     s = state.signup
     if s is None or _organic_for_now(state, rules):
+        if s is not None:  # the customer's history outlives the orders
+            gone = {(o.order.ts, o.order.order_id) for o in state.orders.values() if o.paid and o.order.ts < watermark}
+            state.paid_before = sorted(gone.union(state.paid_before))
         state.orders = {k: o for k, o in state.orders.items() if o.order.ts >= watermark}
     if s is None:
         return not state.orders

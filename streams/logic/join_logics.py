@@ -111,11 +111,12 @@ class AccountLogic(JoinLogic[conv.AccountState, Touched]):
     state_type = conv.AccountState
 
     def __init__(self, ctx: conv.Context, signals: SignalBackend, partitions: int,
-                 now_ms: Callable[[], int] = wall_ms) -> None:
+                 now_ms: Callable[[], int] = wall_ms, rates: pricing.RateLookup = pricing.no_rates) -> None:
         self.ctx = ctx
         self.signals = signals
         self.partitions = partitions
         self.now_ms = now_ms
+        self.rates = rates  # for the program-currency amount of decisions without a promoter
 
     def key_of(self, rec: JoinRecord) -> bytes:
         if not isinstance(rec, (OrderRec, AttributionRec)):
@@ -183,7 +184,7 @@ class AccountLogic(JoinLogic[conv.AccountState, Touched]):
                 if d.promoter_id:
                     self._send(d, out)
                 else:  # nobody to price it for
-                    out.conversions.append(pricing.unpriced(d, now))
+                    out.conversions.append(pricing.unpriced(d, now, self.ctx.book, self.rates))
 
     def _send(self, d: DecisionRec, out: Outputs) -> None:
         out.decisions.setdefault(partition_for(d.promoter_id.encode(), self.partitions), []).append(d)
@@ -253,5 +254,5 @@ class PromoterLogic(JoinLogic[pricing.PromoterBook, Priced]):
     def advance(self, state: pricing.PromoterBook, key: bytes, watermark: int, out: Outputs) -> bool:
         """Close the months the watermark passed; first price what waited for an exchange
         rate that has come since (such a book is due at every sweep: `pricing.due`)."""
-        out.conversions += pricing.rates_arrived(state, self.book, self.now_ms(), self.rates)
+        out.conversions += pricing.refresh(state, self.book, self.now_ms(), self.rates)
         return pricing.advance(state, watermark, self.book, self.rates)

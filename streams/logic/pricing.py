@@ -109,6 +109,7 @@ class FinalOrder(msgspec.Struct, array_like=True):
     revision: int = 0
     digest: int = 0
     line_to: str = ""
+    fx: Fx | None = None  # the rate it was priced at
 
 
 class CustomerTotals(msgspec.Struct, array_like=True):
@@ -164,9 +165,11 @@ def closes_at(month: int, book: RuleBook) -> int:
 # -- applying decisions --------------------------------------------------------------
 def add(state: PromoterBook, d: DecisionRec, book: RuleBook, now_ms: int,
         rates: RateLookup = no_rates) -> tuple[str | None, list[Conversion]]:
-    """Take in one decision. Returns the open order it touched (to be re-priced with its
-    month: `reprice`), or the conversion of an order of a closed month (priced at once,
-    alone: it changes no other order), with its override line."""
+    """Take in one decision. Returns the open order it touched (to be re-priced: `reprice`),
+    or the conversion of an order whose price is already final (a refund after its month
+    closed: it changes no other order), with its override line. A first decision for an
+    order of a closed month is open like any other: priced after that month's final totals,
+    and made final by the next `advance`."""
     oid = d.order_id
     if d.removed:  # its old neighbours are re-priced without it; a line it earned is taken back
         held: OpenOrder | FinalOrder | None = state.open.pop(oid, None) or state.final.pop(oid, None)
@@ -175,20 +178,16 @@ def add(state: PromoterBook, d: DecisionRec, book: RuleBook, now_ms: int,
         gone = conversion(d, NOT_PRICED, now_ms)
         gone.revision = held.revision + 1
         return oid, [overrides.withdrawn(gone, held.line_to)]
-    month = calendar.month_of(d.order_ts, book.zone)
     final = state.final.get(oid)
-    if final is None and (oid in state.open or month > state.closed_through):
+    if final is None:
         entry = state.open.get(oid)
         if entry is None:
             state.open[oid] = OpenOrder(d)
         elif d.revision >= entry.decision.revision:  # an older decision redelivered changes nothing
             entry.decision = d
         return oid, []
-    fx = in_program_currency(d, book, rates)
-    if final is None:
-        final = state.final[oid] = FinalOrder(month, _price_late(state, d, month, book, fx), d.expires)
     final.expires = max(final.expires, d.expires)
-    conv = conversion(d, payable(final.pricing, d.status), now_ms, fx)
+    conv = conversion(d, payable(final.pricing, d.status), now_ms, final.fx or in_program_currency(d, book, rates))
     return None, _emit(final, d, conv, book, touched=True)
 
 
@@ -208,12 +207,11 @@ def reprice(state: PromoterBook, touched: set[str], book: RuleBook, now_ms: int,
     return out
 
 
-def rates_arrived(state: PromoterBook, book: RuleBook, now_ms: int, rates: RateLookup) -> list[Conversion]:
-    """Re-price the open months when an order waiting for its exchange rate has one now."""
-    waiting = [e.decision for e in state.open.values() if e.sent is not None and e.sent[2].rate is None]
-    if any(rates(d.currency, d.order_ts) is not None for d in waiting):
-        return reprice(state, set(), book, now_ms, rates)
-    return []
+def refresh(state: PromoterBook, book: RuleBook, now_ms: int, rates: RateLookup) -> list[Conversion]:
+    """Re-price the open months with the exchange rates known now: an order that waited for
+    its rate is priced, and one whose rate was replaced (a rate published late for a past
+    time) re-priced. Run before months close, so what closes is what was sent."""
+    return reprice(state, set(), book, now_ms, rates)
 
 
 def _emit(held: OpenOrder | FinalOrder, d: DecisionRec, conv: Conversion, book: RuleBook,
@@ -286,22 +284,6 @@ def _closed_customer(state: PromoterBook, account_id: str, window: int) -> Decim
     return totals.windows.get(window, ZERO) if totals else ZERO
 
 
-def _price_late(state: PromoterBook, d: DecisionRec, month: int, book: RuleBook, fx: Fx) -> Pricing:
-    """A first decision for an order of a month already closed: priced after all of that
-    month's orders (its final totals), changing none of them."""
-    if fx.amount is None:
-        return NOT_PRICED
-    rs, zone = book.at(d.order_ts), book.zone
-    totals = state.closed.get(month, MonthTotals())
-    points_before = sum(t.points for m, t in state.closed.items() if m < month)
-    window = calendar.window_of(d.customer_first_ts, d.order_ts, rs.cap_per_customer_months, zone)
-    spent = _closed_customer(state, d.account_id, window)
-    return price(fx.amount, level_for(d.base_level, points_before, rs), tier_for(totals.volume, rs),
-                 d.first_order, d.renewal, rs, rule=customer_rule(d, rs, zone),
-                 customer_room=rs.cap_per_customer - spent if rs.cap_per_customer else None,
-                 month_room=rs.cap_per_promoter_month - totals.commission if rs.cap_per_promoter_month else None)
-
-
 # -- time ----------------------------------------------------------------------------
 def due(state: PromoterBook, book: RuleBook) -> int | None:
     """The earliest watermark past which `advance` changes `state`."""
@@ -309,7 +291,7 @@ def due(state: PromoterBook, book: RuleBook) -> int | None:
                                           for e in state.open.values()}]
     times += [f.expires for f in state.final.values()] + [c.expires for c in state.customers.values()]
     if any(e.sent is not None and e.sent[2].rate is None for e in state.open.values()):
-        times.append(0)  # waiting for an exchange rate: looked at on every sweep (`rates_arrived`)
+        times.append(0)  # waiting for an exchange rate: looked at on every sweep (`refresh`)
     return min(times, default=None)
 
 
@@ -337,11 +319,11 @@ def _fix(state: PromoterBook, book: RuleBook, rates: RateLookup, which: Callable
     for i, (entry, p, fx, counted) in enumerate(list(_priced(state, book, rates))):
         d = entry.decision
         month = calendar.month_of(d.order_ts, zone)
-        if not which(month, i):
-            continue
+        if fx.amount is None or not which(month, i):
+            continue  # waiting for its exchange rate: stays open until priced (`refresh`)
         fixed += 1
         totals = state.closed.setdefault(month, MonthTotals())
-        state.final[d.order_id] = FinalOrder(month, p, d.expires, entry.revision, entry.digest, entry.line_to)
+        state.final[d.order_id] = FinalOrder(month, p, d.expires, entry.revision, entry.digest, entry.line_to, fx)
         del state.open[d.order_id]
         if counted and fx.amount is not None:
             totals.volume += fx.amount
@@ -363,7 +345,7 @@ def shrink(state: PromoterBook, book: RuleBook, max_bytes: int, rates: RateLooku
     """Keep an outsized book (a promoter with thousands of orders in his open months or
     refund horizon) under `max_bytes` encoded, so its changelog record stays a valid Kafka
     message: forget the final prices that expire first (a later decision of such an order
-    is priced after its month, `_price_late`), then fix the earliest open orders' prices
+    is priced after its month), then fix the earliest open orders' prices
     early, as if their month had closed. Exactness for this one promoter is what it costs
     (docs/architecture.md, Known limits). Returns how many orders it touched."""
     touched = 0

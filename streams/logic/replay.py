@@ -30,8 +30,8 @@ from streams.logic import conversions as conv
 from streams.logic import pricing
 from streams.logic.fx import FxDirectory
 from streams.logic.reference import ExclusionDirectory, PromoterDirectory
-from streams.logic.rules import reviews, spamming, windows
-from streams.logic.rules.checks import PAYABLE_STATUSES, REJECTED
+from streams.logic.rules import champion, reviews, spamming, windows
+from streams.logic.rules.checks import APPROVED, PAYABLE_STATUSES, REJECTED
 from streams.logic.rules.ruleset import RuleBook
 
 
@@ -262,3 +262,26 @@ def against_stored(stored: Iterable[Mapping[str, object]], replayed: Iterable[Co
         by_field=[{"field": f, "orders": n} for f, n in sorted(fields.items(), key=lambda t: (-t[1], t[0]))],
         by_promoter=sorted(rows, key=lambda p: (-abs(p["commission_delta"]), -p["differing"], p["promoter_id"])),
         first=diffs[:show])
+
+
+def champions_of(convs: Iterable[Conversion], book: RuleBook, event_now: int) -> list[champion.Champion]:
+    """The sales champions `convs` make under `book` (what the view `champion_bonuses`
+    would show over them): approved conversions, override lines excluded."""
+    sales = [champion.Sale(c.promoter_id, c.order_ts, c.program_currency or c.currency, c.program_amount)
+             for c in convs if c.status == APPROVED and not c.override_of and c.promoter_id]
+    return champion.champions(sales, book, event_now)
+
+
+def champion_changes(base: list[champion.Champion], new: list[champion.Champion]) -> list[dict[str, object]]:
+    """Per month, currency and rank where either side has a champion: who and what bonus
+    under both rule books, the rows that differ."""
+    a = {(c.month, c.currency, c.rank): c for c in base}
+    b = {(c.month, c.currency, c.rank): c for c in new}
+    rows: list[dict[str, object]] = []
+    for key in sorted(a.keys() | b.keys()):
+        x, y = a.get(key), b.get(key)
+        if (x and (x.promoter_id, x.bonus)) != (y and (y.promoter_id, y.bonus)):
+            rows.append({"month": key[0], "currency": key[1], "rank": key[2],
+                         "promoter_base": x.promoter_id if x else "", "bonus_base": x.bonus if x else Decimal(0),
+                         "promoter_new": y.promoter_id if y else "", "bonus_new": y.bonus if y else Decimal(0)})
+    return rows

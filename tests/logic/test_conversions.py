@@ -479,3 +479,26 @@ def test_coupon_customer_who_paid_before_the_code_is_existing() -> None:
     conv.add_order(state, order("o1", 2 * DAY, coupon="KA"))
     [d] = conv.decide_all(state, set(), coupon_ctx("coupon"), 0)
     assert (d.order_id, d.existing_customer, d.customer_order, d.flood_clicks) == ("o1", True, 2, 0)
+
+
+def test_an_organic_customers_history_outlives_expiry_for_a_later_coupon_order() -> None:
+    """An organic account's paid order the watermark dropped still makes a later coupon
+    order a repeat (no new-customer bonus, rank 2, an existing customer)."""
+    from schemas.records import AttributionRec, OrderRec
+    from streams.logic.rules.checks import PromoterRef
+
+    day = 86_400_000
+    t0 = 1_767_225_600_000
+    kol = PromoterRef(promoter_id="P9")
+    ctx = conv.Context(conv.ConversionRules(180 * day, 90 * day), coupon=lambda code, ts: kol if code == "KOL" else None)
+    state = conv.AccountState()
+    conv.add_attribution(state, AttributionRec("acc", "s1", t0, "v1", None, True))
+    conv.add_order(state, OrderRec("e1", t0 + day, "o1", "acc", "pro", Decimal(10), "USD", "paid"))
+    conv.advance(state, t0 + 5 * day, ctx.rules)  # o1 is behind the watermark: dropped
+    assert "o1" not in state.orders
+    conv.add_order(state, OrderRec("e2", t0 + 10 * day, "o2", "acc", "pro", Decimal(10), "USD", "paid",
+                                   coupon_code="KOL"))
+    [d] = conv.decide_all(state, {"o2"}, ctx, 0)
+    assert (d.order_id, d.promoter_id, d.first_order, d.customer_order, d.customer_first_ts) == (
+        "o2", "P9", False, 2, t0 + day)
+    assert d.existing_customer

@@ -289,3 +289,31 @@ def test_replay_an_orders_code_attributes_an_organic_account() -> None:
     ev.orders[0] = msgspec.structs.replace(ev.orders[0], coupon_code="KOL9")
     [c] = replay.run(ev, RuleBook([]), 7 * DAY, 30 * DAY, 30 * DAY)
     assert (c.promoter_id, c.attributed_by, c.tracking_code, c.status) == ("P9", "coupon", "", "approved")
+
+
+def test_champion_changes_between_two_rule_books() -> None:
+    """The backtest shows the sales champions a candidate rule book changes."""
+    from streams.logic.rules.champion import Champion
+    from streams.logic.rules.ruleset import RuleBook, RuleSet
+
+    jan, feb = 1_767_225_600_000, 1_769_904_000_000
+    convs = [msgspec.convert({"order_id": f"o{i}", "revision": 1, "status": status, "reasons": [],
+                              "promoter_id": p, "tracking_code": "T", "campaign": "", "account_id": "a",
+                              "visitor_id": "v", "click_event_id": "c", "click_ts": jan, "signup_event_id": "s",
+                              "signup_ts": jan, "order_event_id": "e", "order_ts": jan + 86_400_000,
+                              "cart_id": "", "product": "p", "category": "", "amount": amount, "discount": "0",
+                              "currency": "USD", "order_status": "paid", "renewal": False,
+                              "attribution_model": "last_click", "attribution_final": True, "decided_at": 0,
+                              "program_currency": "USD", "program_amount": amount, "override_of": of},
+                             Conversion, strict=False)
+             for i, (p, amount, status, of) in enumerate([("P1", "300", "approved", ""), ("P2", "200", "approved", ""),
+                                                           ("P3", "900", "held", ""), ("P4", "999", "approved", "P1")])]
+    now = feb + 7 * 86_400_000
+    D = Decimal
+    base = replay.champions_of(convs, RuleBook([RuleSet(champion_bonuses=(D(100),))]), now)
+    new = replay.champions_of(convs, RuleBook([RuleSet(champion_bonuses=(D(100), D(50)))]), now)
+    assert base == [Champion(202601, "USD", 1, "P1", D(300), D(100))]  # held and override lines are no sales
+    assert replay.champion_changes(base, new) == [
+        {"month": 202601, "currency": "USD", "rank": 2, "promoter_base": "", "bonus_base": D(0),
+         "promoter_new": "P2", "bonus_new": D(50)}]
+    assert replay.champion_changes(base, base) == []

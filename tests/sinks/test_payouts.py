@@ -200,3 +200,14 @@ def test_a_sales_champions_bonus_is_an_entitlement_once_decided(db: Any) -> None
     rows = [r for r in store.entitlements(db, decided) if r["order_id"].startswith("champion:")]
     assert [(r["order_id"], r["promoter_id"], r["bonus"], r["payable_at"]) for r in rows] == [
         ("champion:202601:USD:P1", "P1", Decimal(300), decided)]
+
+
+def test_a_champion_line_reranked_away_is_taken_back(db: Any) -> None:
+    """A bonus booked for P1 whose month no longer ranks him (a refund after the close):
+    its entitlement is reversed with nothing owed, so the next run claws it back."""
+    install_views(db, rule_views(RuleBook([RuleSet(champion_bonuses=(Decimal(300),))])))
+    write(db, "PO-20260210-01", "a1", [line("champion:202601:USD:P1", "300")], [payout(amount="300")])
+    store.write_batch(db, batch_row("PO-20260210-01", "a1"))
+    rows = [r for r in store.entitlements(db, FEB + 30 * DAY_MS) if r["order_id"].startswith("champion:")]
+    assert [(r["order_id"], r["promoter_id"], r["status"], r["bonus"]) for r in rows] == [
+        ("champion:202601:USD:P1", "P1", "reversed", Decimal(0))]

@@ -91,12 +91,22 @@ def reviewed_order(order_id: str) -> str:
     return order_id.removesuffix(OVERRIDE_SUFFIX)
 
 
+def reviewed_promoter(c: Conversion) -> str:
+    """The promoter whose promoter-wide decisions apply to `c`: an override line follows its
+    recruit (`override_of`), like his order's decisions; `REVIEWED_PROMOTER_SQL` is its twin."""
+    return c.override_of or c.promoter_id
+
+
+REVIEWED_PROMOTER_SQL = "if({t}.override_of != '', {t}.override_of, {t}.promoter_id)"
+
+
 def concerns(r: Review, c: Conversion) -> bool:
-    """`r` may apply to `c`: it names c's order (`reviewed_order`), or c's promoter and was
-    taken after c's order (whether c was still open then is the fold's question)."""
+    """`r` may apply to `c`: it names c's order (`reviewed_order`), or c's promoter (his
+    recruit's, for an override line) and was taken after c's order (whether c was still
+    open then is the fold's question)."""
     if r.order_id:
         return r.order_id == reviewed_order(c.order_id)
-    return bool(r.promoter_id) and r.promoter_id == c.promoter_id and c.order_ts <= millis(r.ts)
+    return bool(r.promoter_id) and r.promoter_id == reviewed_promoter(c) and c.order_ts <= millis(r.ts)
 
 
 def is_open(status: str, payable_at: int, ts: int) -> bool:

@@ -50,8 +50,8 @@ _RULES_SQL = f"""SELECT c.* REPLACE (
         if({_TURNED}, toDecimal64(0, 4), c.bonus) AS bonus,
         if({_TURNED}, 0, c.points) AS points)
     FROM conversions AS c FINAL
-    LEFT JOIN ({enterprise.enterprise_since_sql()}) AS e
-    ON c.promoter_id = e.enterprise_promoter
+    LEFT JOIN ({enterprise.enterprise_since_sql()}) AS e  -- an override line follows its recruit
+    ON {reviews.REVIEWED_PROMOTER_SQL.format(t="c")} = e.enterprise_promoter
     LEFT JOIN (SELECT tracking_code AS spam_code FROM spam_codes) AS sc ON c.tracking_code = sc.spam_code"""
 
 
@@ -84,7 +84,8 @@ def reviewed_sql(book: RuleBook) -> str:
     return f"""SELECT a.*, a.status AS auto_status, {folded} AS reviewed
     FROM ({_RULES_SQL}) AS a
     LEFT JOIN ({reviews.order_decisions_sql()}) AS od ON a.order_id = od.review_order
-    LEFT JOIN ({reviews.promoter_decisions_sql()}) AS pd ON a.promoter_id = pd.review_promoter"""
+    LEFT JOIN ({reviews.promoter_decisions_sql()}) AS pd
+    ON {reviews.REVIEWED_PROMOTER_SQL.format(t="a")} = pd.review_promoter"""
 
 
 # --- 3. conversions_current: what the fold means --------------------------------------------

@@ -185,3 +185,23 @@ def test_enterprise_reversal_python_and_sql_agree(db, case: EnterpriseCase) -> N
     status, reasons, commission, bonus, points = current(db, "o1")
     assert py == (status, sorted(reasons), commission + bonus, points)
     assert (status, sorted(reasons), commission) == case.expected
+
+
+@pytest.mark.parametrize("case", ENTERPRISE_CASES, ids=lambda c: c.name)
+def test_an_override_line_follows_its_recruit_through_the_enterprise_reversal(db, case: EnterpriseCase) -> None:
+    """The recruit P1's order o1 and his recruiter P0's line o1#override: whatever the view
+    does to o1 (a retroactive enterprise reversal), it does to the line."""
+    from streams.logic.overrides import OVERRIDE_SUFFIX
+
+    known = decide(case, case.known_at)
+    line = msgspec.structs.replace(known, order_id="o1" + OVERRIDE_SUFFIX, promoter_id="P0", override_of="P1",
+                                   commission=known.commission / 10, bonus=Decimal(0), points=0)
+    write_records(ClickHouseWriter(db),
+        [known, line, *(Promoter(event_id=f"p-{ts}", ts=ts, promoter_id="P1", tracking_code="T1",
+                                 account_type=account_type) for ts, account_type in case.versions)])
+    install(db, RuleSet())
+    status, reasons, *_ = current(db, "o1")
+    line_status, line_reasons, line_commission, *_ = current(db, "o1" + OVERRIDE_SUFFIX)
+    assert (line_status, sorted(line_reasons)) == (status, sorted(reasons))
+    if status == "reversed":
+        assert line_commission == 0
