@@ -4,10 +4,8 @@ his recruit's order, alone (`earns`, `line`) and as the promoter stage sends it
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,49 +16,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.records import Conversion, DecisionRec
-from schemas.units import DAY_MS, HOUR_MS
 from streams.logic import overrides
 from streams.logic.overrides import OVERRIDE_SUFFIX, earns, line
-from streams.logic.pricing import REVISION_BITS, PromoterBook, add, advance, price_all, reprice
+from streams.logic.pricing import REVISION_BITS, price_all
 from streams.logic.rules.ruleset import RuleBook, RuleSet
+from tests.logic.fixtures import JAN_CLOSES, NOW, Step, decision, jan, ms, refunded, run
 
 D = Decimal
-NOW = 42
 R1, R2 = 1 << REVISION_BITS, 2 << REVISION_BITS
-FAR = 10 * 365 * DAY_MS
 UTC, SHANGHAI = ZoneInfo("UTC"), ZoneInfo("Asia/Shanghai")
 RATE = D("0.1")
 
 
-def ms(iso: str) -> int:
-    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
-
-
-def jan(day: int, hour: int = 12) -> int:
-    return ms(f"2026-01-{day:02d}T{hour:02d}:00:00Z")
-
-
-JAN_CLOSES = ms("2026-02-08T00:00:00Z")  # UTC, month_close_days 7
-
-
-def dec(oid: str, ts: int, amount: str = "100", *, p: str = "P1", parent: str = "P0", joined: int = 0,
-        rev: int = 1, status: str = "approved", **fields: object) -> DecisionRec:
-    """A decision of the account join (tests/logic/test_pricing.py's), for a recruit of `parent`."""
-    acct = str(fields.pop("acct", "a1"))
-    base: dict = dict(
-        order_id=oid, revision=rev, status=status, reasons=[], promoter_id=p, tracking_code="T-" + p,
-        campaign="", account_id=acct, visitor_id="v-" + acct, click_event_id="c1", click_ts=ts - HOUR_MS,
-        signup_event_id="s-" + acct, signup_ts=ts - HOUR_MS, order_event_id="e-" + oid, order_ts=ts, cart_id="",
-        product="db-pro", category="saas", amount=D(amount), discount=D(0), currency="USD", order_status="paid",
-        renewal=False, attribution_model="last_click", attribution_final=True, decided_at=0, rule_version="v1",
-        customer_first_ts=ts, status_ts=ts, expires=ts + FAR, parent_promoter_id=parent, promoter_joined_at=joined)
-    base.update(fields)
-    return DecisionRec(**base)
-
-
-def refunded(d: DecisionRec, at: int, rev: int = 2) -> DecisionRec:
-    return msgspec.structs.replace(d, status="reversed", reasons=["refunded"], order_status="refunded", status_ts=at,
-                                   revision=rev)
+def dec(oid: str, ts: int, amount: str = "100", *, parent: str = "P0", joined: int = 0,
+        **fields: object) -> DecisionRec:
+    """A decision of the account join (tests/logic/fixtures.py), for a recruit of `parent`."""
+    return decision(oid, ts, amount, parent_promoter_id=parent, promoter_joined_at=joined, **fields)
 
 
 def priced(d: DecisionRec, commission: str, bonus: str = "0", **fields: Any) -> Conversion:
@@ -155,25 +126,6 @@ def test_the_line_is_the_rate_of_the_commission_rounded_half_even(commission: De
 
 
 # -- through the promoter stage -----------------------------------------------------------
-Step = DecisionRec | int  # a decision, or a watermark every book advances to
-
-
-def run(steps: Sequence[Step], book: RuleBook) -> list[list[Conversion]]:
-    """What each step makes the stage send (tests/logic/test_pricing.py's `run`)."""
-    books: dict[str, PromoterBook] = defaultdict(PromoterBook)
-    sent: list[list[Conversion]] = []
-    for step in steps:
-        if isinstance(step, int):
-            for state in books.values():
-                advance(state, step, book)
-            sent.append([])
-            continue
-        state = books[step.promoter_id]
-        touched, out = add(state, step, book, NOW)
-        if touched is not None:
-            out += reprice(state, {touched}, book, NOW)
-        sent.append(out)
-    return sent
 
 
 def row(c: Conversion) -> tuple[str, str, str, str, Decimal, int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,43 +23,14 @@ from hypothesis import strategies as st
 
 from schemas.records import Conversion, DecisionRec
 from schemas.units import DAY_MS, HOUR_MS
-from streams.logic.pricing import REVISION_BITS, PromoterBook, add, advance, due, price_all, reprice, unpriced
+from streams.logic.pricing import REVISION_BITS, PromoterBook, advance, due, price_all
 from streams.logic.rules.calendar import month_of, month_start
 from streams.logic.rules.ruleset import RuleBook, RuleSet
+from tests.logic.fixtures import FAR, JAN_CLOSES, NOW, Step, decision, feb, feed, jan, ms, refunded, run
 
 D = Decimal
-NOW = 42
 R1, R2, R3 = (1 << REVISION_BITS, 2 << REVISION_BITS, 3 << REVISION_BITS)  # decision revisions 1..3, unchanged
-FAR = 10 * 365 * DAY_MS  # expires: the account join may still send decisions
-
-
-def ms(iso: str) -> int:
-    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
-
-
-def jan(day: int, hour: int = 12) -> int:
-    return ms(f"2026-01-{day:02d}T{hour:02d}:00:00Z")
-
-
-def feb(day: int, hour: int = 12) -> int:
-    return ms(f"2026-02-{day:02d}T{hour:02d}:00:00Z")
-
-
-JAN_CLOSES = ms("2026-02-08T00:00:00Z")  # UTC, month_close_days 7
-
-
-def dec(oid: str, ts: int, amount: str = "100", *, p: str = "P1", acct: str = "a1", rev: int = 1,
-        status: str = "approved", **fields: object) -> DecisionRec:
-    """A decision of the account join; the customer's first paid order defaults to this one."""
-    base: dict = dict(
-        order_id=oid, revision=rev, status=status, reasons=[], promoter_id=p, tracking_code="T-" + p,
-        campaign="", account_id=acct, visitor_id="v-" + acct, click_event_id="c1", click_ts=ts - HOUR_MS,
-        signup_event_id="s-" + acct, signup_ts=ts - HOUR_MS, order_event_id="e-" + oid, order_ts=ts, cart_id="",
-        product="db-pro", category="saas", amount=D(amount), discount=D(0), currency="USD", order_status="paid",
-        renewal=False, attribution_model="last_click", attribution_final=True, decided_at=0, rule_version="v1",
-        customer_first_ts=ts, status_ts=ts, expires=ts + FAR)
-    base.update(fields)
-    return DecisionRec(**base)
+dec = decision
 
 
 def moved(d: DecisionRec, to: str, rev: int) -> list[DecisionRec]:
@@ -70,41 +40,7 @@ def moved(d: DecisionRec, to: str, rev: int) -> list[DecisionRec]:
     return [msgspec.structs.replace(new, promoter_id=d.promoter_id, removed=True), new]
 
 
-def refunded(d: DecisionRec, at: int, rev: int = 2) -> DecisionRec:
-    return msgspec.structs.replace(d, status="reversed", reasons=["refunded"], order_status="refunded", status_ts=at,
-                                   revision=rev)
-
-
 # -- playing the stage --------------------------------------------------------------
-Step = DecisionRec | int  # a decision, or a watermark every book advances to
-
-
-def feed(books: dict[str, PromoterBook], d: DecisionRec, book: RuleBook) -> list[Conversion]:
-    """What one decision makes the pipeline send (the account join prices no promoter itself)."""
-    if not d.promoter_id:
-        return [unpriced(d, NOW)]
-    state = books[d.promoter_id]
-    touched, out = add(state, d, book, NOW)
-    if touched is not None:
-        out += reprice(state, {touched}, book, NOW)
-    return out
-
-
-def run(steps: Sequence[Step], book: RuleBook,
-        books: dict[str, PromoterBook] | None = None) -> list[list[Conversion]]:
-    """The conversions each step sent."""
-    books = defaultdict(PromoterBook) if books is None else books
-    sent: list[list[Conversion]] = []
-    for step in steps:
-        if isinstance(step, int):
-            for state in books.values():
-                advance(state, step, book)
-            sent.append([])
-        else:
-            sent.append(feed(books, step, book))
-    return sent
-
-
 def latest(convs: list[Conversion]) -> dict[str, Conversion]:
     out: dict[str, Conversion] = {}
     for c in convs:
