@@ -155,22 +155,11 @@ def sources(state: AccountState, ctx: Context) -> dict[str, Source]:
     return out
 
 
-def candidates(state: AccountState, ctx: Context) -> list[str]:
-    """Orders of the account that are conversions (attributed, paid, within binding)."""
-    return list(sources(state, ctx))
-
-
 def paid_orders(state: AccountState) -> list[tuple[int, str]]:
     """(event time, order_id) of the account's paid orders, in that order: the customer's
     order history that pricing's customer rules read."""
     kept = {(o.order.ts, o.order.order_id) for o in state.orders.values() if o.paid}
     return sorted(kept.union(state.paid_before))
-
-
-def first_order(state: AccountState, rules: ConversionRules) -> str | None:
-    """The account's first paid order (event time, then order_id): it earns the new-customer bonus."""
-    paid = paid_orders(state)
-    return paid[0][1] if paid else None
 
 
 def decide(
@@ -231,7 +220,7 @@ def decide_all(state: AccountState, touched: set[str], ctx: Context, now_ms: int
     """Decide every candidate order; return those that changed, plus the `touched` ones
     (re-sent unchanged, so a redelivery repairs an output lost in a crash)."""
     paid = paid_orders(state)
-    first = paid[0][1] if paid else None
+    first = paid[0][1] if paid else None  # the customer's first paid order earns the new-customer bonus
     out = []
     for oid, source in sources(state, ctx).items():
         o = state.orders[oid]

@@ -124,7 +124,6 @@ class PromoterBook(msgspec.Struct, array_like=True):
     closed: dict[int, MonthTotals] = {}  # kept for good: levels count points of every earlier month
     final: dict[str, FinalOrder] = {}
     customers: dict[str, CustomerTotals] = {}
-    closed_through: int = 0  # the last closed month (yyyymm)
 
 
 def content_digest(c: Conversion, extra: str = "") -> int:
@@ -264,7 +263,7 @@ def _priced(state: PromoterBook, book: RuleBook,
             yield entry, NOT_PRICED, fx, False
             continue
         rs = book.at(d.order_ts)
-        window = calendar.window_of(d.customer_first_ts, d.order_ts, rs.cap_per_customer_months, zone)
+        window = _window(d, book)
         spent = _closed_customer(state, d.account_id, window) + customer[d.account_id, window]
         p = price(fx.amount, level_for(d.base_level, before[month], rs), tier_for(volume[month], rs),
                   d.first_order, d.renewal, rs, rule=customer_rule(d, rs, zone),
@@ -279,6 +278,12 @@ def _priced(state: PromoterBook, book: RuleBook,
         yield entry, p, fx, counted
 
 
+def _window(d: DecisionRec, book: RuleBook) -> int:
+    """The customer-cap window of `d`'s order (counted from the customer's first paid order)."""
+    months = book.at(d.order_ts).cap_per_customer_months
+    return calendar.window_of(d.customer_first_ts, d.order_ts, months, book.zone)
+
+
 def _closed_customer(state: PromoterBook, account_id: str, window: int) -> Decimal:
     totals = state.customers.get(account_id)
     return totals.windows.get(window, ZERO) if totals else ZERO
@@ -287,8 +292,8 @@ def _closed_customer(state: PromoterBook, account_id: str, window: int) -> Decim
 # -- time ----------------------------------------------------------------------------
 def due(state: PromoterBook, book: RuleBook) -> int | None:
     """The earliest watermark past which `advance` changes `state`."""
-    times = [closes_at(m, book) for m in {calendar.month_of(e.decision.order_ts, book.zone)
-                                          for e in state.open.values()}]
+    first = min((e.decision.order_ts for e in state.open.values()), default=None)
+    times = [] if first is None else [closes_at(calendar.month_of(first, book.zone), book)]  # months close in order
     times += [f.expires for f in state.final.values()] + [c.expires for c in state.customers.values()]
     if any(e.sent is not None and e.sent[2].rate is None for e in state.open.values()):
         times.append(0)  # waiting for an exchange rate: looked at on every sweep (`refresh`)
@@ -305,7 +310,6 @@ def advance(state: PromoterBook, watermark: int, book: RuleBook, rates: RateLook
     if closing:
         last = max(closing)
         _fix(state, book, rates, lambda month, i: month <= last)  # a later open month stays open
-        state.closed_through = max(state.closed_through, last)
     state.final = {k: f for k, f in state.final.items() if f.expires >= watermark}
     state.customers = {k: c for k, c in state.customers.items() if c.expires >= watermark}
     return not (state.open or state.final or state.customers or state.closed)
@@ -325,12 +329,11 @@ def _fix(state: PromoterBook, book: RuleBook, rates: RateLookup, which: Callable
         totals = state.closed.setdefault(month, MonthTotals())
         state.final[d.order_id] = FinalOrder(month, p, d.expires, entry.revision, entry.digest, entry.line_to, fx)
         del state.open[d.order_id]
-        if counted and fx.amount is not None:
+        if counted:
             totals.volume += fx.amount
             totals.commission += p.commission
             totals.points += p.points
-            rs = book.at(d.order_ts)
-            window = calendar.window_of(d.customer_first_ts, d.order_ts, rs.cap_per_customer_months, zone)
+            window = _window(d, book)
             cust = state.customers.setdefault(d.account_id, CustomerTotals({}, d.expires))
             cust.windows[window] = cust.windows.get(window, ZERO) + p.commission
             cust.expires = max(cust.expires, d.expires)
