@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint bench clean redis promtool chromium
+.PHONY: venv demo test lint bench clean redis promtool chromium stunnel
 
 venv: $(STAMP)
 
@@ -34,7 +34,7 @@ redis: venv
 		exit 1; \
 	fi
 
-test: lint redis promtool chromium
+test: lint redis promtool chromium stunnel
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # ruff (lint, import order) and mypy (strict on streams/logic and schemas): seconds, before the tests
@@ -70,4 +70,14 @@ chromium:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
 	else \
 		echo "chromium is missing: run 'sudo apt-get install -y chromium' (the dashboard test is skipped)" >&2; \
+	fi
+
+# The Kafka TLS tests put Debian's stunnel4 in front of a Tansu (Tansu 0.6 has no working TLS)
+# and make their throwaway certificates with the openssl command line; they skip without them.
+stunnel:
+	@if command -v stunnel4 >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends stunnel4 openssl; \
+	else \
+		echo "stunnel4/openssl missing: run 'sudo apt-get install -y stunnel4 openssl' (the Kafka TLS tests are skipped)" >&2; \
 	fi

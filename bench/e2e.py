@@ -40,10 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streams.adapters.kafka import client_kwargs
 from streams.adapters.signals import drop_namespace
 from streams.config import Settings
 from streams.dev import stack
-from streams.dev.demo import only, to_env
+from streams.dev.demo import child_env, on_stack, only
 from streams.dev.generate import produce
 from streams.dev.traffic import Traffic, TrafficSpec, generate
 from streams.topology import INPUT_TOPICS, OUTPUT_TOPICS, RAW_TOPICS, REFERENCE_TOPICS, Topology, ensure_topics_sync
@@ -118,7 +119,7 @@ async def drain(settings: Settings, expected: int, decode: bool, timeout: float)
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                enable_auto_commit=False)
+                                enable_auto_commit=False, **client_kwargs(settings))
     await consumer.start()
     try:
         await consumer.topics()  # metadata, so partitions_for_topic knows the topics
@@ -209,7 +210,7 @@ async def group_offsets(settings: Settings) -> tuple[dict[Any, int], dict[Any, i
     committed: dict[Any, int] = {}
     for group, topics in Topology(settings).groups(("stream", "sink")).items():
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=group,
-                                    enable_auto_commit=False)
+                                    enable_auto_commit=False, **client_kwargs(settings))
         await consumer.start()
         try:
             await consumer.topics()
@@ -247,7 +248,7 @@ class Drained:
 
 def spawn(settings: Settings, role: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     """One `refstream worker` of `role` serving its web pages on `port`."""
-    env = {**os.environ, **to_env(dataclasses.replace(settings, role=role, web_port=port))}
+    env = child_env(dataclasses.replace(settings, role=role, web_port=port))
     with log_path.open("w") as log:
         return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
@@ -457,8 +458,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_settings(base: Settings, local: Any, workdir: Path, args: argparse.Namespace) -> Settings:
     """Settings of one measured run: its own topic prefix, consumer groups and chdb directory."""
     prefix = f"bench{uuid.uuid4().hex[:8]}-"
-    return dataclasses.replace(
-        base, kafka_url=local.kafka_url, redis_url=local.redis_url, topic_prefix=prefix,
+    return on_stack(
+        base, local, topic_prefix=prefix,
         app_id=f"bench-{prefix.rstrip('-')}", clickhouse_dsn=f"chdb://{workdir / prefix / 'clickhouse'}",
         data_dir=str(workdir / prefix), partitions=args.partitions, broker_session_timeout_s=6,
         web_port=stack.free_port(), log_level=args.log_level,

@@ -190,11 +190,15 @@ JoinRecord = ClickRec | SignupRec | OrderRec | AttributionRec | DecisionRec
 class Batch(msgspec.Struct, array_like=True):
     """Records for one partition of a join topic, plus the event-time progress of the
     sources that feed it (source -> highest event time seen), so that every join's
-    watermark can follow the slowest of all its upstream partitions. A batch may carry
-    clocks only (a heartbeat)."""
+    watermark can follow the slowest of all its upstream partitions, and the sources the
+    sender found idle as of this batch (left out of the watermark until they progress:
+    streams/logic/clock.py) or busy (records left to read: they take part again). A batch
+    may carry clocks only (a heartbeat)."""
 
     records: list[JoinRecord]
     clocks: dict[str, int] = {}
+    idle: list[str] = []  # appended, with defaults: older messages still decode
+    busy: list[str] = []
 
 
 class LateEvent(msgspec.Struct, kw_only=True):
@@ -246,16 +250,16 @@ batch_decoder = msgspec.msgpack.Decoder(Batch)
 MAX_BATCH_BYTES = 512 * 1024
 
 
-def encode_batches(records: list[JoinRecord], clocks: dict[str, int],
-                   limit: int = MAX_BATCH_BYTES) -> list[bytes]:
-    """`Batch(records, clocks)` as one or more encoded messages of at most `limit` bytes each
-    (halved until they fit), records in order and the clocks on the last, so a join never
-    hears a clock before the records it covers. One record is never split: input records are
-    bounded by the input size limit, far below `limit`."""
-    data = batch_encoder.encode(Batch(records, clocks))
+def encode_batches(records: list[JoinRecord], clocks: dict[str, int], limit: int = MAX_BATCH_BYTES,
+                   idle: list[str] | None = None, busy: list[str] | None = None) -> list[bytes]:
+    """`Batch(records, clocks, idle, busy)` as one or more encoded messages of at most `limit`
+    bytes each (halved until they fit), records in order and the clocks and sources on the
+    last, so a join never hears a clock before the records it covers. One record is never
+    split: input records are bounded by the input size limit, far below `limit`."""
+    data = batch_encoder.encode(Batch(records, clocks, idle or [], busy or []))
     if len(data) <= limit or len(records) <= 1:
         return [data]
     mid = len(records) // 2
-    return encode_batches(records[:mid], {}, limit) + encode_batches(records[mid:], clocks, limit)
+    return encode_batches(records[:mid], {}, limit) + encode_batches(records[mid:], clocks, limit, idle, busy)
 json_encoder = msgspec.json.Encoder()
 conversion_decoder = msgspec.json.Decoder(Conversion)

@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=ROLES, default=None,
                    help="what this worker runs (overrides REFSTREAM_ROLE, default all): all; stream = router "
                         "and joins, no ClickHouse; sink = the ClickHouse sink, stats API and dashboard")
-    p.set_defaults(func=cmd_worker)
+    p.set_defaults(func=cmd_worker, uses_kafka=True)
 
     p = sub.add_parser("stack", help="local stack: up | down | status", description=cmd_stack.__doc__)
     p.add_argument("action", choices=["up", "down", "status"])
@@ -437,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="produce realistic sample traffic",
                        description="Produce sample promoters, clicks, signups and orders to the input topics.")
     generate.add_arguments(p)
-    p.set_defaults(func=cmd_generate)
+    p.set_defaults(func=cmd_generate, uses_kafka=True)
 
     p = sub.add_parser("demo", help="run the whole pipeline on the local stack with sample traffic",
                        description=demo.__doc__)
@@ -461,6 +461,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_kafka(settings: Settings) -> int:
+    """Connect to Kafka once as the command's clients will: a wrong certificate, password or
+    protocol ends the command here with one line saying which setting to fix (exit status 2,
+    as for any configuration error), not with clients retrying in the log."""
+    from streams.adapters.kafka_check import check_connection
+
+    try:
+        check_connection(settings)
+    except ConfigError as exc:
+        print(f"refstream: kafka: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -468,6 +482,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"refstream: configuration error: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "uses_kafka", False) and not getattr(args, "dry_run", False):
+        code = check_kafka(settings)
+        if code:
+            return code
     try:
         return args.func(args, settings)
     except Exception as exc:  # expected operational failures: say what and how, no traceback

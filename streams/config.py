@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +16,73 @@ ROLES = ("all", "stream", "sink")
 MAX_INPUT_BYTES = 262_144  # highest REFSTREAM_MAX_MESSAGE_BYTES
 #: what an API token may look like: visible ASCII, as an HTTP header carries it reliably
 #: (RFC 6750's b64token is a subset), bounded
+#: host:port of one Kafka bootstrap server (IPv6 hosts in brackets)
+KAFKA_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):[0-9]{1,5}")
 TOKEN_CHARS = re.compile(r"[\x21-\x7e]{1,4096}")
+#: how refstream talks to the Kafka brokers (the Java client's `security.protocol` values)
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+#: the SASL mechanisms that work from settings alone (GSSAPI and OAUTHBEARER need code)
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: `REFSTREAM_<NAME>_FILE=/path`: the value is the file's content (Docker and Kubernetes secrets)
+FILE_SUFFIX = "_FILE"
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 class ConfigError(ValueError):
     """A setting has a value that cannot work; the message says which and how to fix it."""
 
 
+def secret(default: str = "") -> Any:
+    """A setting that must never show up in `repr(settings)` or a log line."""
+    return field(default=default, repr=False, metadata={"secret": True})
+
+
+def is_secret(f: Field[Any]) -> bool:
+    return bool(f.metadata.get("secret"))
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    try:
+        return _BOOLS[raw.strip().lower()]
+    except KeyError:
+        raise ConfigError(f"{name}={raw!r} is not a boolean: use true or false (also 1/0, yes/no)") from None
+
+
+def read_variable(variables: Mapping[str, str], name: str) -> str | None:
+    """The value of variable `name`, or of the file `<name>_FILE` names (its content without the
+    trailing newline); None when neither is set (unset and empty are the same)."""
+    direct = variables.get(name) or None
+    path = variables.get(name + FILE_SUFFIX) or None
+    if path is None:
+        return direct
+    if direct is not None:
+        raise ConfigError(f"{name} and {name}{FILE_SUFFIX} are both set: keep one of them")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(f"{name}{FILE_SUFFIX}={path}: cannot read it ({why}); mount the file there "
+                          "or fix the path") from None
+    return text.rstrip("\r\n") or None
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka_url: str = "kafka://127.0.0.1:9092"
-    clickhouse_dsn: str = ""  # default: chdb under data_dir
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Kafka security, for every client refstream creates (streams/adapters/kafka.py)
+    kafka_security_protocol: str = "PLAINTEXT"  # one of SECURITY_PROTOCOLS
+    kafka_sasl_mechanism: str = "PLAIN"  # one of SASL_MECHANISMS; used with SASL_* only
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = secret()
+    kafka_ssl_cafile: str = ""  # CA certificates (PEM) the brokers' certificates chain to; empty: the system's
+    kafka_ssl_certfile: str = ""  # client certificate (PEM) for mutual TLS
+    kafka_ssl_keyfile: str = ""  # its private key (PEM)
+    kafka_ssl_key_password: str = secret()  # when the key is encrypted
+    kafka_ssl_check_hostname: bool = True  # the broker's certificate must name the host of KAFKA_URL
+    clickhouse_dsn: str = secret()  # default: chdb under data_dir; a server URL carries a password
+    redis_url: str = secret("redis://127.0.0.1:6379/0")  # may carry a password
     topic_prefix: str = ""
     data_dir: str = ".data"
     app_id: str = "refstream"
@@ -39,13 +94,16 @@ class Settings:
     refund_window_days: float = 90  # how long after binding a refund still claws back
     allowed_lateness_s: float = 3600
     max_future_s: float = 3600
+    #: a raw input partition with no new record for this long (processing time) and nothing
+    #: left to read is left out of the joins' watermark until it has records again; 0: never
+    idle_partition_s: float = 60
     max_clicks_per_visitor: int = 64
-    pii_salt: str = "refstream-dev-salt"
+    pii_salt: str = secret("refstream-dev-salt")
     rules_file: str = ""  # TOML rule book (docs/rules.md); empty: the SPEC defaults
     table_store: str = "memory://"
     web_bind: str = "127.0.0.1"
     web_port: int = 6066
-    api_token: str = ""  # REFSTREAM_API_TOKEN: when set, /api/* and /dashboard need "Authorization: Bearer <token>"
+    api_token: str = secret()  # when set, /api/* and /dashboard need "Authorization: Bearer <token>"
     router_batch: int = 2000  # most raw messages routed at once (a batch is what one fetch returned)
     join_batch: int = 64  # most join-topic messages (batches themselves) a join takes as one step
     join_wait_s: float = 0.02  # longest wait to fill a join step
@@ -62,21 +120,24 @@ class Settings:
     role: str = "all"  # one of ROLES; docs/operations.md, "Roles"
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        """Build settings from `REFSTREAM_<FIELD>` variables; unknown ones are ignored."""
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `REFSTREAM_<FIELD>` variables, or `REFSTREAM_<FIELD>_FILE` naming a
+        file that holds the value; unknown variables are ignored."""
         variables: Mapping[str, str] = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = variables.get(PREFIX + f.name.upper())
-            if raw is None or raw == "":
+            name = PREFIX + f.name.upper()
+            raw = read_variable(variables, name)
+            if raw is None:
+                continue
+            if str(f.type) == "bool":
+                values[f.name] = parse_bool(name, raw)
                 continue
             kind: type = {"int": int, "float": float, "str": str}[str(f.type)]
             try:
                 values[f.name] = kind(raw)
             except ValueError:
-                raise ConfigError(
-                    f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}"
-                ) from None
+                raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
         settings = cls(**values)
         settings.check()
         return settings
@@ -87,6 +148,8 @@ class Settings:
                 f"{PREFIX}ATTRIBUTION_MODEL must be last_click or first_click, "
                 f"not {self.attribution_model!r}"
             )
+        if self.idle_partition_s < 0:
+            raise ConfigError(f"{PREFIX}IDLE_PARTITION_S must be 0 (never idle) or more seconds")
         if self.partitions < 1:
             raise ConfigError(f"{PREFIX}PARTITIONS must be at least 1")
         if self.role not in ROLES:
@@ -114,11 +177,55 @@ class Settings:
                 load_rules(self.rules_file)
             except ValueError as e:
                 raise ConfigError(f"{PREFIX}RULES_FILE: {e}") from None
-        if not self.kafka_url.startswith(("kafka://", "aiokafka://")):
+        if not self.kafka_url.startswith(("kafka://", "aiokafka://")) or not all(
+                KAFKA_HOST.fullmatch(h) for h in self.bootstrap_servers) or not self.bootstrap_servers:
             raise ConfigError(
-                f"{PREFIX}KAFKA_URL must look like kafka://host:9092[;host2:9092], "
-                f"not {self.kafka_url!r}"
+                f"{PREFIX}KAFKA_URL must look like kafka://host:9092[;host2:9092] (a port after each "
+                f"host, [::1]:9092 for IPv6), not {self.kafka_url!r}"
             )
+        self.check_kafka_security()
+
+    def check_kafka_security(self) -> None:
+        """The Kafka security settings fit together and their files can be read."""
+        protocol = self.kafka_security_protocol
+        if protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(f"{PREFIX}KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, "
+                              f"not {protocol!r}")
+        if self.kafka_sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"{PREFIX}KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}, "
+                              f"not {self.kafka_sasl_mechanism!r} (GSSAPI and OAUTHBEARER are not supported)")
+        sasl = {"SASL_USERNAME": self.kafka_sasl_username, "SASL_PASSWORD": self.kafka_sasl_password}
+        tls = {"SSL_CAFILE": self.kafka_ssl_cafile, "SSL_CERTFILE": self.kafka_ssl_certfile,
+               "SSL_KEYFILE": self.kafka_ssl_keyfile, "SSL_KEY_PASSWORD": self.kafka_ssl_key_password}
+        # Settings that would be ignored are a mistake (mostly a forgotten protocol): say so.
+        for used, group, wanted in ((protocol in SASL_PROTOCOLS, sasl, "SASL_SSL or SASL_PLAINTEXT"),
+                                    (protocol in TLS_PROTOCOLS, tls, "SSL or SASL_SSL")):
+            ignored = [f"{PREFIX}KAFKA_{k}" for k, v in group.items() if v]
+            if ignored and not used:
+                raise ConfigError(f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} set, but "
+                                  f"{PREFIX}KAFKA_SECURITY_PROTOCOL={protocol} does not use "
+                                  f"{'it' if len(ignored) == 1 else 'them'}: set the protocol to {wanted}, "
+                                  "or unset them")
+        if protocol in SASL_PROTOCOLS:
+            missing = [f"{PREFIX}KAFKA_{k}" for k, v in sasl.items() if not v]
+            if missing:
+                raise ConfigError(f"{PREFIX}KAFKA_SECURITY_PROTOCOL={protocol} needs {' and '.join(missing)} "
+                                  f"(the password also as {PREFIX}KAFKA_SASL_PASSWORD{FILE_SUFFIX}=/path)")
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ConfigError(f"mutual TLS needs both {PREFIX}KAFKA_SSL_CERTFILE (the client certificate) and "
+                              f"{PREFIX}KAFKA_SSL_KEYFILE (its private key); set both or neither")
+        if self.kafka_ssl_key_password and not self.kafka_ssl_keyfile:
+            raise ConfigError(f"{PREFIX}KAFKA_SSL_KEY_PASSWORD is set without {PREFIX}KAFKA_SSL_KEYFILE")
+        for key in ("SSL_CAFILE", "SSL_CERTFILE", "SSL_KEYFILE"):
+            path = tls[key]
+            if not path:
+                continue
+            problem = ("does not exist" if not os.path.exists(path) else "is not a file" if not os.path.isfile(path)
+                       else f"cannot be read by this user (uid {os.getuid()})" if not os.access(path, os.R_OK)
+                       else "")
+            if problem:
+                raise ConfigError(f"{PREFIX}KAFKA_{key}={path} {problem}: mount the PEM file there "
+                                  "(readable by the worker) or fix the path")
 
     # Derived values -------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from streams.logic.idleness import Position
+
 SPIKE_KINDS = ("promoter", "tracking_code")
 
 
@@ -36,6 +38,21 @@ class Metrics:
             registry=r,
         )
         self.state_keys = Gauge("refstream_state_keys", "Keys in join state", ["join"], registry=r)
+        self.join_idle_sources = Gauge(
+            "refstream_join_idle_sources",
+            "Idle source partitions a join partition leaves out of its watermark (set at every step)",
+            ["join", "partition"], registry=r,
+        )
+        self.join_sources = Gauge(
+            "refstream_join_sources",
+            "Source partitions a join partition's watermark follows (idle ones included)",
+            ["join", "partition"], registry=r,
+        )
+        self.idle_input_partitions = Gauge(
+            "refstream_idle_input_partitions",
+            "Raw input partitions this worker reads that are idle: no record for IDLE_PARTITION_S, nothing to read",
+            ["topic"], registry=r,
+        )
         self.state_refused = Counter(
             "refstream_state_refused", "Raw events dead-lettered because their key's join state is full",
             ["join"], registry=r,
@@ -110,12 +127,41 @@ def partition_lag(assigned: Iterable[Any], read: Mapping[Any, int | None], commi
         if tp.topic not in wanted:
             continue
         end = highwaters.get(tp)
-        last = read.get(tp)  # .get: Faust keeps both offsets in defaultdicts, [] would add keys
-        following = last + 1 if last is not None else committed.get(tp) or 0
         if end is None:
             continue
-        lags[(tp.topic, tp.partition)] = max(end - following, 0)
+        lags[(tp.topic, tp.partition)] = max(end - next_offset(tp, read, committed), 0)
     return lags
+
+
+def next_offset(tp: Any, read: Mapping[Any, int | None], committed: Mapping[Any, int | None]) -> int:
+    """The next offset a worker reads in `tp` (see `partition_lag`)."""
+    last = read.get(tp)  # .get: Faust keeps both offsets in defaultdicts, [] would add keys
+    return last + 1 if last is not None else committed.get(tp) or 0
+
+
+def consumer_positions(consumer: Any, wanted: Collection[str]) -> dict[str, Position] | None:
+    """Where a Faust consumer is in each assigned partition of the `wanted` topics, as
+    {"topic/partition": Position}: what the router's idleness decision needs
+    (streams/logic/idleness.py). The next offset is aiokafka's fetch position, which also
+    steps over transaction markers (Faust's last read offset would stay below the end of a
+    transactionally written partition forever); the end is its high watermark, which every
+    fetch response carries, also for an empty partition. None when the consumer cannot tell
+    now (not started, a rebalance under way)."""
+    try:
+        client = consumer._thread._ensure_consumer()  # Faust's aiokafka driver: the AIOKafkaConsumer
+        subscription = client._subscription
+        if subscription.reassignment_in_progress:
+            return None
+        states = subscription.subscription.assignment
+        positions = {}
+        for tp in consumer.assignment():
+            if tp.topic in wanted:
+                state = states.state_value(tp)
+                at = state.position if state is not None and state.has_valid_position else None
+                positions[f"{tp.topic}/{tp.partition}"] = Position(at, consumer.highwater(tp))
+        return positions
+    except Exception:
+        return None
 
 
 def observe_lag(metrics: Metrics, consumer: Any, wanted: Collection[str]) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from streams.adapters.kafka import client_kwargs
 from streams.config import ROLES as ROLE_NAMES
 from streams.config import Settings
 
@@ -132,6 +133,12 @@ def account_source(partition: int) -> str:
     return f"account/{partition}"
 
 
+def is_derived(source: str) -> bool:
+    """Whether `source` is a join partition (its clock that join's watermark), not a raw
+    input partition (`<prefix>clicks/3`: raw topic names never end in visitor or account)."""
+    return source.startswith(("visitor/", "account/"))
+
+
 async def ensure_topics(
     settings: Settings,
     names: Sequence[str],
@@ -156,6 +163,7 @@ async def ensure_topics(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=f"{settings.app_id}-topics",
         request_timeout_ms=int(timeout_s * 1000),
+        **client_kwargs(settings),
     )
     await admin.start()
     try:
@@ -210,7 +218,7 @@ async def partition_counts(settings: Settings, names: Sequence[str], timeout_s: 
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
-                                request_timeout_ms=int(timeout_s * 1000))
+                                request_timeout_ms=int(timeout_s * 1000), **client_kwargs(settings))
     await consumer.start()
     try:
         await consumer.topics()  # refreshes metadata for every topic

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import pytest
 
-from streams.metrics import Metrics, observe_lag, partition_lag
+from streams.logic.idleness import Position
+from streams.metrics import Metrics, consumer_positions, observe_lag, partition_lag
 
 
 class TP(NamedTuple):  # as Faust's TP: hashable, .topic and .partition
@@ -102,6 +104,47 @@ def test_a_consumer_not_started_reports_nothing() -> None:
     m.consumer_lag.labels("clicks", "0").set(7)
     observe_lag(m, NotStarted(), WANTED)  # no exception, stale values cleared
     assert samples(m) == {}
+
+
+class FaustConsumer:
+    """What consumer_positions reads of a Faust consumer: its aiokafka consumer's fetch
+    positions (aiokafka's subscription state) and high watermarks."""
+
+    def __init__(self, positions: dict, highwaters: dict, reassigning: bool = False) -> None:
+        states = {tp: SimpleNamespace(position=at, has_valid_position=at is not None) for tp, at in positions.items()}
+        assignment = SimpleNamespace(state_value=states.get)
+        subscription = SimpleNamespace(reassignment_in_progress=reassigning,
+                                       subscription=SimpleNamespace(assignment=assignment))
+        client = SimpleNamespace(_subscription=subscription)
+        self._thread = SimpleNamespace(_ensure_consumer=lambda: client)
+        self._highwaters = highwaters
+
+    def assignment(self) -> set:
+        return set(self._highwaters)
+
+    def highwater(self, tp: TP) -> int | None:
+        return self._highwaters[tp]
+
+
+def test_consumer_positions_of_the_wanted_topics_for_the_idleness_decision() -> None:
+    """The router's view of its raw partitions: aiokafka's fetch position (past transaction
+    markers too), None until it is known; the end as aiokafka last heard it; never a changelog."""
+    a, b, empty, unknown, seeking, log = (TP("clicks", 0), TP("clicks", 1), TP("clicks", 2), TP("clicks", 3),
+                                          TP("clicks", 4), TP(CHANGELOG, 0))
+    consumer = FaustConsumer({a: 10, b: 15, empty: 0, unknown: 0, seeking: None, log: 3},
+                             {a: 10, b: 20, empty: 0, unknown: None, seeking: 7, log: 8})
+    assert consumer_positions(consumer, WANTED) == {
+        "clicks/0": Position(10, 10), "clicks/1": Position(15, 20), "clicks/2": Position(0, 0),
+        "clicks/3": Position(0, None), "clicks/4": Position(None, 7)}
+
+
+def test_consumer_positions_of_a_consumer_that_cannot_tell() -> None:
+    class NotStarted:
+        def assignment(self) -> set:
+            raise RuntimeError("not started")
+    assert consumer_positions(NotStarted(), WANTED) is None
+    rebalancing = FaustConsumer({TP("clicks", 0): 10}, {TP("clicks", 0): 10}, reassigning=True)
+    assert consumer_positions(rebalancing, WANTED) is None
 
 
 @pytest.mark.parametrize("role", ["all", "stream", "sink"])

@@ -9,6 +9,7 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.events import Exclusion, FxRate, Promoter
+from streams.adapters.kafka import client_kwargs
 from streams.config import Settings
 from streams.logic.fx import FxDirectory
 from streams.logic.privacy import Pseudonyms
@@ -31,7 +32,8 @@ async def follow_reference(settings: Settings, directory: PromoterDirectory,
     names = {settings.topic(name): name for name in REFERENCE_TOPICS}
     topics = tuple(names)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None,
+        **client_kwargs(settings),
     )
     await consumer.start()
     try:

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from faust.auth import SASLCredentials, SSLCredentials
 from faust.types import TopicT
 
+from streams.adapters.kafka import ssl_context
 from streams.adapters.reference_feed import follow_reference
 from streams.adapters.signals import SignalStore
 from streams.agents.alerts import register_alerts
@@ -31,7 +33,7 @@ from streams.delivery import GuardedApp, finished
 from streams.delivery.changelog import BatchedTable
 from streams.logic.fx import FxDirectory
 from streams.logic.reference import ExclusionDirectory, PromoterDirectory
-from streams.metrics import Metrics, observe_lag
+from streams.metrics import Metrics, consumer_positions, observe_lag
 from streams.topology import (
     ACCOUNT_JOIN,
     CONVERSIONS,
@@ -138,6 +140,7 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> RefstreamApp:
         web_graph_enabled=False,
         web_metrics_enabled=False,
         logging_config=None,
+        **broker_credentials(s),  # TLS and SASL of the app's Kafka clients
     )
     metrics = Metrics()
     topics = make_topics(app, s)
@@ -149,6 +152,20 @@ def create_app(s: Settings, raw_partitions: dict[str, int]) -> RefstreamApp:
     app.metrics, app.directory, app.rates, app.sink = metrics, directory, rates, sink
     _pages(app, s, metrics, directory, sink)
     return app
+
+
+def broker_credentials(s: Settings) -> dict[str, Any]:
+    """The Faust app's `broker_credentials` for TLS and SASL (none for PLAINTEXT). Faust 0.15.3
+    turns them into the same aiokafka arguments as `client_kwargs` (`credentials_to_aiokafka_auth`)
+    for its consumer, its producer and the topic creation it does with the producer's client;
+    SCRAM mechanisms pass through unchanged. SASL_SSL or SASL_PLAINTEXT: with or without a context."""
+    protocol = s.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    if protocol == "SSL":
+        return {"broker_credentials": SSLCredentials(ssl_context(s))}
+    return {"broker_credentials": SASLCredentials(username=s.kafka_sasl_username, password=s.kafka_sasl_password,
+                                                  ssl_context=ssl_context(s), mechanism=s.kafka_sasl_mechanism)}
 
 
 def _stream_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metrics,
@@ -166,7 +183,9 @@ def _stream_agents(app: RefstreamApp, s: Settings, topics: Topics, metrics: Metr
     signals = SignalStore(s.redis_url, s.redis_namespace,
                           on_failure=lambda op: metrics.redis_failures.labels(op).inc())
 
-    router = Router(s, topics, metrics, DeadLetters(topics.dead_letters, metrics, s.pii_salt.encode()), signals)
+    raw_topics = frozenset(Topology(s).topics(RAW_TOPICS))
+    router = Router(s, topics, metrics, DeadLetters(topics.dead_letters, metrics, s.pii_salt.encode()), signals,
+                    positions=lambda: consumer_positions(app.consumer, raw_topics))  # for its idleness decision
     visitor_sources, account_sources, promoter_sources = Topology(s).join_sources(raw_partitions)
     visitor_join = VisitorJoin(s, visitors, topics, metrics, visitor_sources)
     account_join = AccountJoin(s, accounts, topics, metrics, account_sources, directory.as_of,

@@ -25,7 +25,7 @@ from streams.logic.pricing import RateLookup, no_rates
 from streams.logic.privacy import dead_letter
 from streams.logic.rules.ruleset import load_rules
 from streams.metrics import Metrics
-from streams.topology import account_source, visitor_source
+from streams.topology import account_source, is_derived, visitor_source
 
 
 class JoinAgent:
@@ -42,7 +42,8 @@ class JoinAgent:
         self.dead_letters = DeadLetters(topics.dead_letters, metrics, self._salt)
         lateness = settings.lateness_ms if lateness_ms is None else lateness_ms
         self.engine = JoinEngine(logic, table, sources=sources, lateness_ms=lateness,
-                                 partitions=settings.partitions, salt=self._salt)
+                                 partitions=settings.partitions, derived=tuple(filter(is_derived, sources)),
+                                 idleness=settings.idle_partition_s > 0, salt=self._salt)
         self._heard = Every(SWEEP_EVERY_S)
 
     def forget_assignment(self) -> None:
@@ -69,13 +70,15 @@ class JoinAgent:
         """What this join feeds the next one (the visitor join the account join, the account
         join the promoter stage); the last join feeds none."""
 
-    async def _feed(self, topic: Any, clock: str, watermark: int | None,
-                    batches: Mapping[int, Sequence[JoinRecord]]) -> None:
+    async def _feed(self, topic: Any, clock: str, out: Outputs, batches: Mapping[int, Sequence[JoinRecord]]) -> None:
         """Records to the next join's `topic`, with this partition's watermark as its `clock`;
-        every partition of the next join hears that clock at least every SWEEP_EVERY_S."""
-        clocks = {clock: watermark} if watermark is not None else {}
+        every partition of the next join hears that clock at least every SWEEP_EVERY_S. When
+        all of this partition's sources are idle, so is `clock` for the next join (else orders
+        flowing alone would wait for clicks that do not come)."""
+        clocks = {clock: out.watermark} if out.watermark is not None else {}
         heartbeat = bool(clocks) and self._heard.due(clock)
-        await feed_join(topic, self.settings.partitions, batches, clocks, heartbeat)
+        idle = [clock] if out.all_idle else None
+        await feed_join(topic, self.settings.partitions, batches, clocks, heartbeat, idle)
 
     def _undecodable(self, message: Any, exc: Exception) -> DeadLetter:
         reason = f"not a join batch ({type(exc).__name__}: {exc}); only refstream workers write {message.topic}"
@@ -97,6 +100,10 @@ class JoinAgent:
                 m.fraud_reasons.labels(r).inc()
         if out.watermark is not None:
             m.watermark.labels(self.name, str(p)).set(out.watermark)
+        # every step, with or without a watermark: the alert on a join partition without one
+        # (deploy/prometheus/rules) sees the partition by this series
+        m.join_idle_sources.labels(self.name, str(p)).set(out.idle_sources)
+        m.join_sources.labels(self.name, str(p)).set(len(self.engine.sources))
         if out.keys is not None:
             m.state_keys.labels(self.name).set(out.keys)
 
@@ -121,7 +128,7 @@ class VisitorJoin(JoinAgent):
         super().__init__(settings, logic, table, topics, metrics, sources)
 
     async def send_downstream(self, p: int, out: Outputs) -> None:
-        await self._feed(self.topics.account_join, visitor_source(p), out.watermark, out.attributions)
+        await self._feed(self.topics.account_join, visitor_source(p), out, out.attributions)
 
 
 class AccountJoin(JoinAgent):
@@ -140,7 +147,7 @@ class AccountJoin(JoinAgent):
         super().__init__(settings, logic, table, topics, metrics, sources)
 
     async def send_downstream(self, p: int, out: Outputs) -> None:
-        await self._feed(self.topics.promoter_join, account_source(p), out.watermark, out.decisions)
+        await self._feed(self.topics.promoter_join, account_source(p), out, out.decisions)
 
 
 class PromoterJoin(JoinAgent):

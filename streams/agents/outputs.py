@@ -32,13 +32,15 @@ class Every:
 
 
 async def feed_join(topic: Any, partitions: int, batches: Mapping[int, Sequence[JoinRecord]],
-                    clocks: dict[str, int], heartbeat: bool) -> None:
+                    clocks: dict[str, int], heartbeat: bool, idle: list[str] | None = None,
+                    busy: list[str] | None = None) -> None:
     """Records to each partition of join `topic` that has some, and on a `heartbeat` the clocks
-    to every partition: a join moves its event time only when a message reaches it. Batches
-    are split under the message limit, the clocks on the last part (`encode_batches`)."""
+    to every partition: a join moves its event time only when a message reaches it. Every
+    batch names the `idle` sources and the `busy` ones (records left to read). Batches are
+    split under the message limit, the clocks and sources on the last part (`encode_batches`)."""
     for p in range(partitions):
         if p in batches or heartbeat:
-            for value in encode_batches(list(batches.get(p, ())), clocks):
+            for value in encode_batches(list(batches.get(p, ())), clocks, idle=idle, busy=busy):
                 await topic.send(value=value, partition=p)
 
 

@@ -6,29 +6,44 @@ batch messages per destination partition (split under 512 KiB). Every batch also
 the event-time progress of the raw partitions this router reads, and every join partition
 hears it at least every second (a heartbeat, also when no input arrives: joins finalise
 and expire state only when a message reaches them), so the joins' watermarks can follow
-the slowest source. Invalid messages go to `dead-letters` with the reason and their source
-topic, partition and offset.
+the slowest source. Every batch also names the raw partitions this router reads that are
+idle (no record for `IDLE_PARTITION_S`, nothing left to read: streams/logic/idleness.py),
+which the joins leave out of their watermarks until they have records again. Invalid
+messages go to `dead-letters` with the reason and their source topic, partition and offset.
 """
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from schemas.records import ClickRec, OrderRec, SignupRec
 from streams.agents.outputs import DeadLetters, Every, feed_join
 from streams.config import Settings
+from streams.logic.idleness import IdleSources, Position, busy
 from streams.logic.privacy import Pseudonyms
 from streams.logic.routing import Routing
 from streams.metrics import Metrics
 
 HEARTBEAT_S = 1.0
+#: the raw partitions this worker reads: "topic/partition" -> where it is in it; None when the
+#: consumer cannot tell now (not started, mid-rebalance)
+Positions = Callable[[], Mapping[str, Position] | None]
+
+
+def no_positions() -> Mapping[str, Position] | None:
+    return None
 
 
 class Router:
     def __init__(self, settings: Settings, topics: Any, metrics: Metrics, dead_letters: DeadLetters,
-                 signals: Any = None) -> None:
+                 signals: Any = None, positions: Positions = no_positions,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.positions = positions  # answering None: no partition is idle (the default: never)
+        self.idleness = IdleSources(settings.idle_partition_s)
+        self._monotonic = monotonic
         self.signals = signals  # SignalStore: flood and farming counters (None: not counted)
         self.topics = topics
         self.metrics = metrics
@@ -54,6 +69,7 @@ class Router:
 
     async def _route(self, messages: list[Any]) -> None:
         routed = self.routing.route(messages, int(time.time() * 1000))
+        self.idleness.heard(routed.sources, self._monotonic())
         for msg, reason in routed.invalid:
             await self.dead_letters.invalid(reason, msg)
         for topic, count in routed.counts.items():
@@ -68,5 +84,24 @@ class Router:
         the joins sweep the deadlines their recovered clocks passed)."""
         heartbeat = self.heartbeats.due()
         n, progress = self.settings.partitions, self.routing.progress
-        await feed_join(self.topics.visitor_join, n, visitors, progress["visitor"], heartbeat)
-        await feed_join(self.topics.account_join, n, accounts, progress["account"], heartbeat)
+        idle_sources, busy_sources = self.source_states()
+        idle, busy = self.routing.by_join(idle_sources), self.routing.by_join(busy_sources)
+        await feed_join(self.topics.visitor_join, n, visitors, progress["visitor"], heartbeat, idle["visitor"],
+                        busy["visitor"])
+        await feed_join(self.topics.account_join, n, accounts, progress["account"], heartbeat, idle["account"],
+                        busy["account"])
+
+    def source_states(self) -> tuple[list[str], list[str]]:
+        """The raw partitions this router reads that are idle now (also a gauge per topic), and
+        those with records left to read (busy: a join that knew them idle takes them back)."""
+        positions = self.positions()
+        if positions is None:  # unknown now: name none; the joins keep those they know idle
+            return [], []
+        idle = self.idleness.idle(positions, self._monotonic())
+        gauge = self.metrics.idle_input_partitions
+        gauge.clear()  # partitions moved to another worker disappear
+        for source in positions:
+            gauge.labels(source.rsplit("/", 1)[0])  # every read topic shows, at 0 when none is idle
+        for source in idle:
+            gauge.labels(source.rsplit("/", 1)[0]).inc()
+        return idle, busy(positions)

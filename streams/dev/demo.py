@@ -21,8 +21,9 @@ import time
 import urllib.request
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
-from streams.config import Settings
+from streams.config import FILE_SUFFIX, Settings
 from streams.topology import RAW_TOPICS, REFERENCE_TOPICS
 
 
@@ -104,10 +105,10 @@ def run(args: argparse.Namespace, base: Settings) -> int:
     started = time.monotonic()
     say("starting the local stack")
     local = stack.up(settings)
-    settings = dataclasses.replace(settings, kafka_url=local.kafka_url, redis_url=local.redis_url)
+    settings = on_stack(settings, local)
     ensure_pipeline_topics_sync(settings)
 
-    env = {**os.environ, **to_env(settings)}
+    env = child_env(settings)
     log = data / "demo-worker.log"
     say(f"starting a worker (log: {log}, metrics: http://127.0.0.1:{settings.web_port}/metrics)")
     worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
@@ -250,6 +251,22 @@ def only(traffic, topics: tuple[str, ...]):
     keep = [i for i, m in enumerate(traffic.messages) if m[0] in topics]
     return dataclasses.replace(traffic, messages=[traffic.messages[i] for i in keep],
                                deliver_at=[traffic.deliver_at[i] for i in keep])
+
+
+def on_stack(settings: Settings, local: Any, **changes: Any) -> Settings:
+    """`settings` pointed at the local stack `local`: its plaintext Tansu (the Kafka security
+    settings, meant for the user's own brokers, go back to their defaults) and its Redis."""
+    plaintext: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)
+                                 if f.name.startswith("kafka_") and f.name != "kafka_url"}
+    return dataclasses.replace(settings, kafka_url=local.kafka_url, redis_url=local.redis_url, **plaintext, **changes)
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of a child process run with `settings`: every setting by value, over
+    this process's environment without the `REFSTREAM_<NAME>_FILE` variables that would clash."""
+    own = to_env(settings)
+    inherited = {k: v for k, v in os.environ.items() if k.removesuffix(FILE_SUFFIX) not in own}
+    return {**inherited, **own}
 
 
 def to_env(settings: Settings) -> dict[str, str]:

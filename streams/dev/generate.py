@@ -75,11 +75,14 @@ async def produce(
     """
     from aiokafka import AIOKafkaProducer
 
+    from streams.adapters.kafka import client_kwargs
+
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=f"{settings.app_id}-generate",
         linger_ms=5,
         max_batch_size=settings.producer_max_batch_bytes,
+        **client_kwargs(settings),
     )
     names = {t: settings.topic(t) for t in TOPICS}
     sent = dict.fromkeys(TOPICS, 0)

@@ -4,7 +4,7 @@ A join step takes the decoded batch messages of one partition of a join topic, i
 order, and
 1. judges each record's lateness in arrival order against the partition's `EventClock`
    (streams/logic/clock.py), then takes in the record's time and, after each batch's
-   records, the batch's source clocks;
+   records, the batch's source clocks and the sources it says are idle;
 2. groups the records by key and applies each key's records in order: one state read and
    one write per key and step, every key's state bounded in size (`MAX_STATE_BYTES`);
 3. lets the logic work on the step's states as a whole (`on_batch`: Redis, decisions);
@@ -116,6 +116,10 @@ class Outputs:
     misses: int = 0
     #: the partition's watermark after the step (None until every source was heard from)
     watermark: int | None = None
+    #: how many of the partition's sources are idle, left out of its watermark, after the step
+    idle_sources: int = 0
+    #: every source is idle: the next join leaves this partition out of its watermark too
+    all_idle: bool = False
     #: keys waiting for a deadline, over all partitions, after a sweep (None: no sweep)
     keys: int | None = None
 
@@ -197,13 +201,16 @@ class _Reports:
 class JoinEngine(Generic[S, A]):
     """Drives `logic` over the partitions of one join with its state in `store`.
 
-    `sources` are the upstream partitions the watermark waits for, `partitions` the join
+    `sources` are the upstream partitions the watermark waits for, `derived` those of them
+    that are an upstream join's partitions (their clock is its watermark), `idleness` False
+    when idle sources are never left out (IDLE_PARTITION_S=0), `partitions` the join
     topic's partition count (to find a partition's keys in the store), `salt` the key of
     the personal-data hashes in dead letters. `monotonic` and `now_ms` are the clocks of
     sweeping and of dead letters' `at` (injectable for tests)."""
 
     def __init__(self, logic: JoinLogic[S, A], store: StateStore, *, sources: tuple[str, ...],
-                 lateness_ms: int, partitions: int, salt: bytes = b"", sweep_every_s: float = SWEEP_EVERY_S,
+                 lateness_ms: int, partitions: int, derived: tuple[str, ...] = (), idleness: bool = True,
+                 salt: bytes = b"", sweep_every_s: float = SWEEP_EVERY_S,
                  max_state_bytes: int = MAX_STATE_BYTES, full_state_bytes: int = FULL_STATE_BYTES,
                  monotonic: Callable[[], float] = time.monotonic, now_ms: Callable[[], int] = wall_ms) -> None:
         if full_state_bytes > max_state_bytes:
@@ -211,6 +218,8 @@ class JoinEngine(Generic[S, A]):
         self.logic = logic
         self.store = store
         self.sources = sources
+        self.derived = derived
+        self.idleness = idleness
         self.lateness_ms = lateness_ms
         self.partitions = partitions
         self.salt = salt
@@ -236,6 +245,9 @@ class JoinEngine(Generic[S, A]):
         raw = self.store.get(CLOCK_KEY % partition)
         clock = self._clock_decoder.decode(raw) if raw else EventClock((), 0)
         clock.kinds, clock.lateness_ms = self.sources, self.lateness_ms  # settings may change
+        clock.derived = self.derived
+        if not self.idleness:
+            clock.idle = []  # IDLE_PARTITION_S=0: marks stored before do not outlive the setting
         return clock
 
     async def process(self, partition: int, batches: Sequence[Batch]) -> Outputs:
@@ -254,7 +266,9 @@ class JoinEngine(Generic[S, A]):
                     clock.observe(source, ts)
                 by_key[self.logic.key_of(rec)].append((rec, late))
             for source, heard in batch.clocks.items():  # after the records they cover
-                clock.observe(source, heard)
+                clock.heard(source, heard)
+            clock.wake(batch.busy)
+            clock.mark_idle(batch.idle)  # after its records: those woke their sources first
         states: dict[bytes, S] = {}
         applied: dict[bytes, list[A]] = {}
         for key, items in by_key.items():
@@ -262,8 +276,10 @@ class JoinEngine(Generic[S, A]):
         await self.logic.on_batch(states, applied, out)
         for key, state in states.items():
             self._store(p, key, state, self.logic.empty(state))
+        clock.settle()
         self.store.set(p, CLOCK_KEY % p, self._encode(clock))
         out.watermark = wm = clock.watermark
+        out.idle_sources, out.all_idle = clock.idle_sources, clock.all_idle
         if wm is not None:
             now = self._monotonic()
             if now - self._last_sweep.get(p, float("-inf")) >= self.sweep_every_s:
@@ -405,5 +421,6 @@ class JoinEngine(Generic[S, A]):
                     self._schedule(heap, key, self.logic.deadline(self._load(self.store.get(key))))
             clock = self.clock(p)
             log.info("join partition ready", extra={"join": self.logic.name, "partition": p, "keys": keys,
-                                                    "watermark": clock.watermark, "sources": clock.max_ts})
+                                                    "watermark": clock.watermark, "sources": clock.max_ts,
+                                                    "idle": clock.idle})
         return heap

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from schemas.events import Click, Event, Order, Signup, millis
@@ -16,6 +17,7 @@ from streams.logic.privacy import Pseudonyms
 
 log = logging.getLogger(__name__)
 JOINS = ("visitor", "account")
+ORDERS = "orders"  # the raw topic (without prefix) routed to the account join
 
 
 def to_record(event: Event, src: str) -> ClickRec | SignupRec | OrderRec:
@@ -44,12 +46,14 @@ def to_record(event: Event, src: str) -> ClickRec | SignupRec | OrderRec:
 @dataclass
 class Routed:
     """One batch of raw messages, routed: records per join partition, the invalid messages
-    with their reasons, and how many messages each topic gave."""
+    with their reasons, how many messages each topic gave, and the source partitions
+    ("topic/partition") that gave valid records (they are not idle)."""
 
     visitors: dict[int, list[ClickRec | SignupRec]] = field(default_factory=lambda: defaultdict(list))
     accounts: dict[int, list[OrderRec]] = field(default_factory=lambda: defaultdict(list))
     invalid: list[tuple[Message, str]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    sources: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -78,6 +82,7 @@ class Routing:
                 out.invalid.append((msg, rec.reason))
                 continue
             source = f"{msg.topic}/{msg.partition}"
+            out.sources.add(source)
             if isinstance(rec, OrderRec):
                 self._observe("account", source, rec.ts)
                 out.accounts[partition_for(rec.account_id.encode(), self.partitions)].append(rec)
@@ -91,6 +96,15 @@ class Routing:
         if isinstance(event, Invalid):
             return event
         return to_record(self.pseudonyms.apply(event), f"{msg.topic}/{msg.partition}/{msg.offset}")
+
+    def by_join(self, sources: Iterable[str]) -> dict[str, list[str]]:
+        """Source partitions ("topic/partition") by the join they feed: orders the account
+        join, clicks and signups the visitor join (each list in the given order)."""
+        out: dict[str, list[str]] = {join: [] for join in JOINS}
+        for source in sources:
+            topic = source.rsplit("/", 1)[0][self.prefix_len:]
+            out["account" if topic == ORDERS else "visitor"].append(source)
+        return out
 
     def _observe(self, join: str, source: str, ts: int) -> None:
         progress = self.progress[join]

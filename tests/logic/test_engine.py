@@ -35,6 +35,7 @@ from streams.logic.partitioning import partition_for
 from streams.logic.pricing import REVISION_BITS
 from streams.logic.rules.checks import PromoterRef, Signals
 from streams.logic.rules.ruleset import RuleBook
+from streams.topology import is_derived
 
 WINDOW = 1_000
 LATENESS = 100
@@ -78,8 +79,25 @@ class Clocks:
 
 
 @dataclass(frozen=True)
+class Idle:
+    """Closes the current batch naming these sources idle (as the router sends them)."""
+
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Closes the current batch naming these sources busy: records are left to read in them."""
+
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Reassign:
-    """The partitions move: a fresh engine over what the new owner recovers of the store."""
+    """The partitions move: a fresh engine over what the new owner recovers of the store
+    (`idleness` False: restarted with IDLE_PARTITION_S=0)."""
+
+    idleness: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,7 +107,7 @@ class Counts:
     signals: Signals
 
 
-Item = JoinRecord | Clocks | Reassign | Counts
+Item = JoinRecord | Clocks | Idle | Busy | Reassign | Counts
 
 
 class FakeSignals:
@@ -120,7 +138,7 @@ class Run:
     def __post_init__(self) -> None:
         self.engine = self.new_engine()
 
-    def new_engine(self) -> JoinEngine[Any, Any]:
+    def new_engine(self, idleness: bool = True) -> JoinEngine[Any, Any]:
         logic: VisitorLogic | AccountLogic | PromoterLogic
         sources: tuple[str, ...]
         lateness = LATENESS
@@ -134,6 +152,7 @@ class Run:
         else:  # decisions are derived records: never late
             logic, sources, lateness = PromoterLogic(RuleBook([]), now_ms=lambda: 0), PROMOTER_SOURCES, 0
         return JoinEngine(logic, self.store, sources=sources, lateness_ms=lateness, partitions=1,
+                          derived=tuple(filter(is_derived, sources)), idleness=idleness,
                           sweep_every_s=0, now_ms=lambda: 0,
                           max_state_bytes=self.max_state or MAX_STATE_BYTES,
                           full_state_bytes=self.full_state or FULL_STATE_BYTES)
@@ -144,11 +163,17 @@ class Run:
         for item in items:
             if isinstance(item, Reassign):
                 self.store = MemoryStore(self.store.data)
-                self.engine = self.new_engine()
+                self.engine = self.new_engine(item.idleness)
             elif isinstance(item, Counts):
                 self.signals.counts = item.signals
             elif isinstance(item, Clocks):
                 batches.append(Batch(records, {s: item.at for s in item.only or self.engine.sources}))
+                records = []
+            elif isinstance(item, Idle):
+                batches.append(Batch(records, {}, list(item.sources)))
+                records = []
+            elif isinstance(item, Busy):
+                batches.append(Batch(records, {}, [], list(item.sources)))
                 records = []
             else:
                 records.append(item)
@@ -170,6 +195,9 @@ class Run:
             "decisions": {d.order_id: (d.revision, d.status) for d in routed if not d.removed},
             "routed": [(d.promoter_id, d.order_id, d.removed) for d in routed],
             "keys": sorted(k.decode() for k in self.store.data if not k.startswith(b"\x00")),
+            "watermark": self.outputs[-1].watermark if self.outputs else None,
+            "idle": self.outputs[-1].idle_sources if self.outputs else 0,
+            "all_idle": self.outputs[-1].all_idle if self.outputs else False,
         }
 
 
@@ -264,6 +292,52 @@ CASES = [
     Case("expiry makes room again", "visitor",
          [[*signups(0, 10)], [Clocks(10_000)], [signup("s50", 20_000, account="acc50")]],
          {"refused": [], "keys": ["v"]}, SMALL),
+    # idle sources (the router names them): left out of the watermark until they progress
+    Case("an idle source is left out: signups become final, state expires", "visitor",
+         [[click("c1", 0), signup("s", 100)], [Clocks(10_000, only=("clicks/0",))], [Idle(("signups/0",))]],
+         {"final": {"acc": "A"}, "keys": [], "watermark": 9_900, "idle": 1}),
+    Case("a source never heard from, once idle, no longer holds the watermark", "visitor",
+         [[click("c1", 0)], [Clocks(10_000, only=("clicks/0",)), Idle(("signups/0",))]],
+         {"keys": [], "watermark": 9_900}),
+    Case("a woken source's records behind the watermark are late, exactly those", "visitor",
+         [[click("c1", 0), signup("s", 100)], [Clocks(10_000, only=("clicks/0",)), Idle(("signups/0",))],
+          [signup("old", 5_000, "a1", "w1"), signup("new", 9_950, "a2", "w2"), signup("older", 9_000, "a3", "w3")]],
+         {"late": ["old", "older"], "idle": 0, "watermark": 9_900,
+          "sent": [("acc", "A", False), ("acc", "A", True), ("a2", None, False)]}),
+    Case("a woken source holds the watermark at its floor until it catches up", "visitor",
+         [[click("c1", 0), signup("s", 100)], [Clocks(10_000, only=("clicks/0",)), Idle(("signups/0",))],
+          [signup("s2", 9_950, "a2", "w2")], [Clocks(20_000, only=("clicks/0",))]],
+         {"watermark": 9_900, "idle": 0}),
+    Case("an idle source's old clock does not wake it", "visitor",
+         [[click("c1", 0), signup("s", 100)], [Clocks(10_000, only=("clicks/0",)), Idle(("signups/0",))],
+          [Clocks(100, only=("signups/0",))], [Clocks(20_000, only=("clicks/0",))], [signup("x", 15_000)]],
+         {"late": ["x"], "watermark": 19_900, "idle": 1}),  # x: late, a straggler: it wakes nothing
+    Case("every source idle: the newest event time seen, then it holds", "visitor",
+         [[click("c1", 0), signup("s", 100)], [Clocks(10_000, only=("clicks/0",))],
+          [Idle(("clicks/0", "signups/0"))], [Clocks(10_000, only=("clicks/0",))]],
+         {"final": {"acc": "A"}, "watermark": 9_900, "idle": 2}),
+    Case("the idle sources are stored with the clock", "visitor",
+         [[click("c1", 0), signup("s", 100)], [Clocks(10_000, only=("clicks/0",)), Idle(("signups/0",))],
+          [Reassign(), Clocks(10_000, only=("clicks/0",))]],
+         {"watermark": 9_900, "idle": 1}),
+    Case("a busy source is taken back at once: its backlog is on time", "visitor",
+         [[click("c1", 0), signup("s", 100)], [Clocks(10_000, only=("clicks/0",)), Idle(("signups/0",))],
+          [Busy(("signups/0",))], [Clocks(20_000, only=("clicks/0",))], [signup("back", 9_950, "a2", "w2")]],
+         {"late": [], "watermark": 9_900, "idle": 0}),
+    Case("every source idle: the partition is idle for the next join", "visitor",
+         [[click("c1", 0), signup("s", 100)], [Idle(("clicks/0", "signups/0"))]],
+         {"watermark": 0, "idle": 2, "all_idle": True}),
+    Case("IDLE_PARTITION_S=0 after a restart: stored idle marks are dropped", "visitor",
+         [[click("c1", 0), signup("s", 100)], [Clocks(10_000, only=("clicks/0",)), Idle(("signups/0",))],
+          [Reassign(idleness=False), Clocks(20_000, only=("clicks/0",))]],
+         {"watermark": 9_900, "idle": 0, "all_idle": False}),
+    Case("an idle visitor partition wakes on any rise of its clock (it moves again)", "account",
+         [[Clocks(3 * DAY)], [Idle(("visitor/0",))], [Clocks(10 * DAY, only=("orders/0",))],
+          [Clocks(4 * DAY, only=("visitor/0",))], [Clocks(20 * DAY, only=("orders/0",))]],
+         {"watermark": 10 * DAY - LATENESS, "idle": 0}),
+    Case("an idle orders partition: the account join follows its visitor partitions", "account",
+         [[order("o1", DAY)], [Clocks(3 * DAY, only=("visitor/0",)), Idle(("orders/0",))]],
+         {"decisions": {}, "keys": [], "watermark": 3 * DAY - LATENESS}),
     # account join
     Case("paid order of an attributed account", "account",
          [[attribution("A"), order("o1", DAY)]],

@@ -85,3 +85,20 @@ def test_coupon_codes_reach_the_join_records() -> None:
     [s] = [r for recs in routed.visitors.values() for r in recs]
     assert s.coupon_code == "KOL10"
     assert [r.coupon_code for recs in routed.accounts.values() for r in recs] == ["K2", None]
+
+
+def test_only_partitions_that_gave_valid_records_are_heard() -> None:
+    """A partition that sends only invalid messages moves no event time: it may go idle."""
+    routing = Routing(4, len("p-"), 3_600_000, 65_536, Pseudonyms(SALT))
+    routed = routing.route([Msg("p-clicks", click("a", "v"), partition=1), Msg("p-clicks", b"{nope", partition=2),
+                            Msg("p-orders", order("o", "a"), partition=0)], NOW)
+    assert routed.sources == {"p-clicks/1", "p-orders/0"}
+
+
+@pytest.mark.parametrize("sources, expected", [
+    ([], {"visitor": [], "account": []}),
+    (["p-clicks/1", "p-orders/0", "p-signups/3", "p-orders/2"],
+     {"visitor": ["p-clicks/1", "p-signups/3"], "account": ["p-orders/0", "p-orders/2"]}),
+])
+def test_sources_by_the_join_they_feed(sources: list[str], expected: dict[str, list[str]]) -> None:
+    assert Routing(4, len("p-"), 3_600_000, 65_536, Pseudonyms(SALT)).by_join(sources) == expected

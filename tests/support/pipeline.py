@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from schemas.units import DAY_MS, HOUR_MS
+from streams.adapters.kafka import client_kwargs
 from streams.config import Settings
 from streams.logic.partitioning import partition_for
 from streams.topology import RAW_TOPICS, REFERENCE_TOPICS, Topology
@@ -81,6 +82,11 @@ class Pipeline:
     @property
     def kafka(self) -> str:
         return self.env["REFSTREAM_KAFKA_URL"].split("://", 1)[1]
+
+    @property
+    def client_kwargs(self) -> dict[str, Any]:
+        """Security arguments of an aiokafka client of this pipeline (TLS, SASL; none in plaintext)."""
+        return client_kwargs(Settings.from_env(self.env))
 
     @property
     def dsn(self) -> str:
@@ -198,7 +204,7 @@ class Pipeline:
     def produce(self, messages: list[tuple[str, bytes | None, bytes]]) -> None:
         """Send (topic without prefix, key, value) messages in order and wait for the acks."""
         async def send() -> None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.kafka, linger_ms=5)
+            producer = AIOKafkaProducer(bootstrap_servers=self.kafka, linger_ms=5, **self.client_kwargs)
             await producer.start()
             try:
                 futures = [await producer.send(self.topic(t), value=v, key=k) for t, k, v in messages]
@@ -215,7 +221,8 @@ class Pipeline:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         async def read() -> tuple[dict[str, int], dict[str, int]]:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.kafka, group_id=group, enable_auto_commit=False)
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.kafka, group_id=group, enable_auto_commit=False,
+                                        **self.client_kwargs)
             await consumer.start()
             try:
                 await consumer.topics()
@@ -369,10 +376,10 @@ def load_reference(p: Pipeline, traffic: Any, *workers: subprocess.Popen) -> Non
         p.wait(lambda w=w: (p.get("/health", w) or {}).get("promoters") == n, 60, "promoters loaded")
 
 
-def undisturbed(stack: Any, traffic: Any, workdir: Path) -> dict[str, dict[str, str]]:
+def undisturbed(stack: Any, traffic: Any, workdir: Path, **overrides: Any) -> dict[str, dict[str, str]]:
     """conversions_current of one `all` worker fed `traffic` without disturbance; it must
-    match the generator's ground truth."""
-    p = Pipeline.create(stack, f"t{uuid.uuid4().hex[:8]}-one-", workdir, comparable=True)
+    match the generator's ground truth. `overrides`: settings, e.g. another (secured) Kafka."""
+    p = Pipeline.create(stack, f"t{uuid.uuid4().hex[:8]}-one-", workdir, comparable=True, **overrides)
     try:
         w = p.start_worker()
         load_reference(p, traffic, w)
