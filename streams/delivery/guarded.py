@@ -51,7 +51,7 @@ from faust.types import TP
 from mode import Service
 
 from streams.delivery.bulk import BulkReader, drain
-from streams.delivery.changelog import BatchedTable
+from streams.delivery.changelog import ROCKSDB_OPTIONS, BatchedTable, batched_table
 from streams.delivery.ledger import CommitLedger, commit_run
 
 log = logging.getLogger(__name__)
@@ -299,9 +299,13 @@ class GuardedApp(faust.App):
             asyncio.ensure_future(self.crash(exc))
 
     def batched(self, table: Any) -> BatchedTable:
-        """`table` (key and value types bytes), its changelog written in batches (`changelog.py`)."""
+        """`table` (key and value types bytes, just created), its changelog written in batches,
+        its store accessed by partition (`changelog.py`)."""
+        if self.conf.store.scheme == "rocksdb" and table.options is None:
+            table.options = dict(ROCKSDB_OPTIONS)  # before its store exists: Faust opens it with them
         producer: Any = self.producer  # Faust's ProducerT does not declare the aiokafka producer
-        return BatchedTable(table, lambda: producer._ensure_producer(), self.refuse_commits)
+        return batched_table(table, lambda: producer._ensure_producer(), self.refuse_commits,
+                             table.partitions or self.conf.topic_partitions)
 
     def read_in_bulk(self, topic: Any, handler: Callable[[list[Any]], Awaitable[None]], max_messages: int) -> None:
         """Read `topic` (a Faust topic) in fetched batches: `await handler(messages)` with up

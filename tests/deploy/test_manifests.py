@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tomllib
 from dataclasses import fields
 from functools import cache
 from pathlib import Path
@@ -26,6 +27,7 @@ DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 SCHEMAS = Path(__file__).parent / "schemas"
 
 SETTINGS_VARS = {PREFIX + f.name.upper() for f in fields(Settings)}
+SETTINGS_VARS |= {name + "_FILE" for name in SETTINGS_VARS}  # a setting's value read from a file
 DEFAULTS = Settings()
 # The oldest Kubernetes minor we support, and the newest the installed schemas know.
 K8S_VERSIONS = ["1.29", kubernetes_validate.latest_version()]
@@ -73,6 +75,21 @@ def worker_env(source: str) -> dict[str, str]:
         env = compose()["services"]["refstream-worker"]["environment"]
         return {k: interpolate(v) for k, v in env.items()}
     return {**k8s("ConfigMap")["data"], **k8s("Secret")["stringData"]}
+
+
+def core_dependencies() -> dict[str, str]:
+    """Name -> version pin of the project's core dependencies (what the image's `pip install .` gets)."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = (re.match(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?\s*(.*?)\s*(?:;.*)?$", d) for d in deps)
+    return {m.group(1).lower(): m.group(2) for m in pins if m}
+
+
+def quantity(value: str) -> float:
+    """A Kubernetes quantity (`512Mi`, `4Gi`, `20G`) in bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    m = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", value)
+    assert m, f"not a quantity: {value}"
+    return float(m.group(1)) * units.get(m.group(2), 1)
 
 
 def worker_replicas(source: str) -> int:
@@ -163,8 +180,8 @@ def test_worker_settings_load_and_fit_a_container(source: str) -> None:
     assert settings.web_bind == "0.0.0.0"  # the code default, 127.0.0.1, is unreachable from outside
     assert settings.clickhouse_dsn.startswith(("http://", "https://"))  # chdb is not in the image
     assert settings.pii_salt != DEFAULTS.pii_salt
-    if settings.table_store.startswith("rocksdb://"):
-        assert "rocksdict" in DOCKERFILE.read_text(), "rocksdb:// needs rocksdict in the image"
+    if settings.table_store.startswith("rocksdb://"):  # the image installs the core dependencies
+        assert "rocksdict" in core_dependencies(), "rocksdb:// needs rocksdict in the image"
     # Workers beyond the join partitions idle: more replicas than partitions is a mistake.
     assert 1 <= worker_replicas(source) <= settings.partitions
 
@@ -225,6 +242,32 @@ def test_data_dir_is_on_the_pod_volume_claim() -> None:
     claims = {t["metadata"]["name"] for t in sts["volumeClaimTemplates"]}
     mounts = {m["mountPath"]: m["name"] for m in worker_container()["volumeMounts"]}
     assert mounts.get(k8s("ConfigMap")["data"][PREFIX + "DATA_DIR"]) in claims
+
+
+def test_rocksdict_is_pinned() -> None:
+    """Faust's RocksDB store calls rocksdict's API (faust/stores/rocksdb.py): a new release may change it."""
+    assert re.fullmatch(r"==\d+(\.\d+)+", core_dependencies()["rocksdict"])
+
+
+def test_rocksdb_state_is_on_a_volume_sized_for_it() -> None:
+    """With rocksdb:// the join state lives on the pod's claim: the claim and the memory limit
+    follow docs/operations.md ("Sizing"), with room above the worked example (2,000 events/s)."""
+    data = k8s("ConfigMap")["data"]
+    if not data[PREFIX + "TABLE_STORE"].startswith("rocksdb://"):
+        pytest.skip("memory:// store")
+    [claim] = [t for t in k8s("StatefulSet")["spec"]["volumeClaimTemplates"] if t["metadata"]["name"] == "data"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]  # one pod's RocksDB: never shared
+    assert quantity(claim["spec"]["resources"]["requests"]["storage"]) >= 20 * 2**30
+    resources = worker_container()["resources"]
+    assert quantity(resources["limits"]["memory"]) >= quantity(resources["requests"]["memory"]) >= 2**30
+
+
+def test_kafka_files_come_from_an_optional_read_only_secret() -> None:
+    """TLS and SASL files of a secured Kafka (docs/operations.md): mounted when Secret refstream-kafka exists."""
+    [mount] = [m for m in worker_container()["volumeMounts"] if m["mountPath"].rstrip("/") == "/etc/refstream/kafka"]
+    assert mount.get("readOnly") is True
+    [volume] = [v for v in k8s("StatefulSet")["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "refstream-kafka" and volume["secret"]["optional"] is True
 
 
 def dig(obj: Any, path: str) -> Any:

@@ -1,15 +1,19 @@
-"""BatchedTable against the real broker: what a reader of the changelog rebuilds is the store."""
+"""BatchedTable against the real broker: what a reader of the changelog rebuilds is the store,
+in memory and in RocksDB."""
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faust.types import TP
 
-from streams.delivery.changelog import BATCH_BYTES, BatchedTable
+from streams.delivery.changelog import BATCH_BYTES, BatchedTable, DiskBatchedTable, batched_table
 from streams.topology import ensure_topics_sync
 
 BIG = b"x" * (BATCH_BYTES // 3)  # four of these in one partition need two record batches
@@ -44,12 +48,21 @@ def fake_table(topic: str) -> Any:
                            changelog_topic=SimpleNamespace(get_topic_name=lambda: topic))
 
 
-async def run(kafka: list[str], topic: str, steps: list[Step]) -> tuple[dict, dict, int, list]:
+def disk_table(datadir: Path, app_id: str) -> Any:
+    """A Faust table on Faust's RocksDB store, its partitions' databases open (as when assigned)."""
+    app = faust.App(app_id, store="rocksdb://", datadir=str(datadir), autodiscover=False)
+    table = app.Table("t", partitions=2, key_type=bytes, value_type=bytes)
+    for p in (0, 1):
+        table.data._db_for_partition(p)
+    return table
+
+
+async def run(kafka: list[str], topic: str, steps: list[Step], table: Any = None) -> tuple[dict, dict, int, list]:
     producer = AIOKafkaProducer(bootstrap_servers=kafka)
     await producer.start()
     failures: list[BaseException] = []
-    table = fake_table(topic)
-    batched = BatchedTable(table, lambda: producer, failures.append)
+    table = fake_table(topic) if table is None else table
+    batched = batched_table(table, lambda: producer, failures.append, partitions=2)
     try:
         for step in steps:
             for op, p, key, value in step:
@@ -60,9 +73,13 @@ async def run(kafka: list[str], topic: str, steps: list[Step]) -> tuple[dict, di
                     batched.delete(p, key)
             await batched.flush()
         await producer.flush()
+        await asyncio.sleep(0)  # the acks' callbacks
     finally:
         await producer.stop()
     rebuilt, records = await read_back(kafka, topic)
+    if isinstance(batched, DiskBatchedTable):
+        store = batched.store
+        return {k: v for p in (0, 1) for k, v in store._visible_items(store._db_for_partition(p))}, rebuilt, records, failures
     return dict(table.data), rebuilt, records, failures
 
 
@@ -103,12 +120,46 @@ def test_the_changelog_rebuilds_the_store(stack, topic_prefix, case: Case) -> No
     assert failures == []
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_the_rocksdb_store_holds_what_the_changelog_has_up_to_its_offset(stack, topic_prefix, tmp_path,
+                                                                         case: Case) -> None:
+    """Each database gets its partition's records once the broker took them, with the offset
+    of the last one: what a restart replays from (offsets as the real broker assigned them)."""
+    table = disk_table(tmp_path, f"{topic_prefix}app")
+    topic = table.changelog_topic.get_topic_name()
+    ensure_topics_sync(stack.base, [topic], 2)
+    store, rebuilt, records, failures = asyncio.run(run(stack.base.bootstrap_servers, topic, case.steps, table))
+    assert store == rebuilt == case.store
+    assert failures == []
+    written = {p for step in case.steps for _, p, _, _ in step}
+    ends = asyncio.run(last_offsets(stack.base.bootstrap_servers, topic))
+    assert {p: table.data.persisted_offset(TP(topic, p)) for p in written} == {p: ends[p] for p in written}
+
+
+async def last_offsets(kafka: list[str], topic: str) -> dict[int, int]:
+    """The offset of each partition's last record, read back (Tansu's listed end offsets fall short)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in (0, 1)])
+        last: dict[int, int] = {}
+        for _ in range(20):
+            batch = await consumer.getmany(timeout_ms=200)
+            for tp, messages in batch.items():
+                last[tp.partition] = messages[-1].offset
+            if not batch and last:
+                return last
+        return last
+    finally:
+        await consumer.stop()
+
+
 def test_a_batch_the_broker_never_took_is_reported() -> None:
     failures: list[BaseException] = []
-    batched = BatchedTable(fake_table("t"), lambda: None, failures.append)
+    batched = BatchedTable(fake_table("t"), lambda: None, failures.append, partitions=2)
     lost: asyncio.Future = asyncio.new_event_loop().create_future()
     lost.set_exception(TimeoutError("request timed out"))
-    batched._delivered(lost, 3)
+    batched._delivered(lost, {b"a": b"1"}, 0, 1)
     assert [type(e) for e in failures] == [TimeoutError]
 
 
@@ -116,4 +167,4 @@ def test_a_table_that_does_not_hold_raw_bytes_is_refused() -> None:
     table = fake_table("t")
     table.value_serializer = "json"
     with pytest.raises(ValueError, match="value_type=bytes"):
-        BatchedTable(table, lambda: None, lambda exc: None)
+        BatchedTable(table, lambda: None, lambda exc: None, partitions=2)
