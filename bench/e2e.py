@@ -42,12 +42,13 @@ from typing import Any
 
 from streams.adapters.kafka import client_kwargs
 from streams.adapters.signals import drop_namespace
+from streams.adapters.topics import ensure_topics_sync
 from streams.config import Settings
 from streams.dev import stack
 from streams.dev.demo import child_env, on_stack, only
 from streams.dev.generate import produce
 from streams.dev.traffic import Traffic, TrafficSpec, generate
-from streams.topology import INPUT_TOPICS, OUTPUT_TOPICS, RAW_TOPICS, REFERENCE_TOPICS, Topology, ensure_topics_sync
+from streams.topology import INPUT_TOPICS, OUTPUT_TOPICS, RAW_TOPICS, REFERENCE_TOPICS, Topology
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_EVENTS_PER_S = 5_000

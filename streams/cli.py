@@ -33,9 +33,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
     from streams import logs
+    from streams.adapters.topics import ensure_pipeline_topics_sync, partition_counts_sync
     from streams.agents.app import create_app
     from streams.agents.sink import EXIT_UNDRAINED
-    from streams.topology import RAW_TOPICS, ensure_pipeline_topics_sync, partition_counts_sync
+    from streams.topology import RAW_TOPICS
 
     if args.role:
         settings = dataclasses.replace(settings, role=args.role)

@@ -79,10 +79,10 @@ override_rate = "{DEMO_OVERRIDE_RATE}"
 def run(args: argparse.Namespace, base: Settings) -> int:
     from sinks import queries
     from sinks.clickhouse import connect
+    from streams.adapters.topics import ensure_pipeline_topics_sync
     from streams.dev import generate, stack
     from streams.dev.traffic import TrafficSpec
     from streams.dev.traffic import generate as make_traffic
-    from streams.topology import ensure_pipeline_topics_sync
 
     run_id = f"demo{int(time.time())}"
     data = Path(base.data_dir).resolve()

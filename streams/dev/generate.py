@@ -211,7 +211,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Entry point of `refstream generate`. Returns the process exit code."""
     from aiokafka.errors import KafkaError
 
-    from streams.topology import INPUT_TOPICS, ensure_pipeline_topics
+    from streams.adapters.topics import ensure_pipeline_topics
+    from streams.topology import INPUT_TOPICS
 
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(4), "big")

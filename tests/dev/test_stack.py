@@ -5,9 +5,9 @@ import socket
 
 import pytest
 
+from streams.adapters.topics import ensure_topics_sync
 from streams.config import Settings
 from streams.dev import stack as local_stack
-from streams.topology import ensure_topics_sync
 
 
 def test_free_port_is_bindable() -> None:

@@ -13,8 +13,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
+from streams.adapters.topics import ensure_topics_sync
 from streams.delivery.changelog import BATCH_BYTES, BatchedTable, DiskBatchedTable, batched_table
-from streams.topology import ensure_topics_sync
 
 BIG = b"x" * (BATCH_BYTES // 3)  # four of these in one partition need two record batches
 

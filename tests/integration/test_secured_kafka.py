@@ -27,9 +27,9 @@ import pytest
 
 from streams.adapters.kafka import client_kwargs
 from streams.adapters.kafka_check import KafkaSetupError, verify
+from streams.adapters.topics import ensure_topics
 from streams.config import Settings
 from streams.dev.traffic import Traffic, TrafficSpec, generate
-from streams.topology import ensure_topics
 from tests import ROOT
 from tests.support.pipeline import assert_same_conversions, settled_end_ms, undisturbed
 from tests.support.secured_kafka import Pki, ScramServer, make_pki, secured_endpoint, stunnel_binary, tansu

@@ -8,8 +8,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.adapters.topics import ensure_topics, ensure_topics_sync
 from streams.dev import stack as local_stack
-from streams.topology import INPUT_TOPICS, OUTPUT_TOPICS, ensure_topics, ensure_topics_sync
+from streams.topology import INPUT_TOPICS, OUTPUT_TOPICS
 
 
 @pytest.mark.integration
