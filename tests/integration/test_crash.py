@@ -19,7 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.dev.traffic import Traffic, TrafficSpec, generate
-from tests.support.pipeline import Pipeline, expected_counts, raw_messages, settled_end_ms
+from tests.support.pipeline import STORES, Pipeline, expected_counts, raw_messages, settled_end_ms
 
 pytestmark = pytest.mark.integration
 RESTART_DELAY_S = float(os.environ.get("REFSTREAM_TEST_RESTART_DELAY_S", 0))
@@ -99,15 +99,6 @@ def recovery_starts(log: Path) -> dict[str, int]:
     raise AssertionError(f"no recovery in {log}")
 
 
-def store_settings(store: str) -> dict[str, str]:
-    """Pipeline settings for a table store. Tansu lists a partition's end as its last record
-    batch's first offset + 1, below the last offset a RocksDB store persisted from a batch, and
-    Faust's check of that (persisted <= end) would stop the restarted worker: off on Tansu only."""
-    if store.startswith("rocksdb"):
-        return {"table_store": store, "faust_recovery_consistency_check": "false"}
-    return {"table_store": store}
-
-
 @pytest.fixture(scope="module")
 def traffic() -> Traffic:
     return generate(TrafficSpec(seed=11, visitors=3000, days=10, end_ms=settled_end_ms(), malformed=3))
@@ -134,7 +125,7 @@ def reference(stack, traffic: Traffic, tmp_path_factory: pytest.TempPathFactory)
 def test_crash_and_restart_gives_the_same_conversions(stack, topic_prefix, tmp_path, traffic, reference,
                                                       store: str) -> None:
     raw = raw_messages(traffic)
-    crashy = Pipeline.create(stack, topic_prefix + "crash-", tmp_path / "crash", comparable=True, **store_settings(store))
+    crashy = Pipeline.create(stack, topic_prefix + "crash-", tmp_path / "crash", comparable=True, **STORES[store])
     try:
         ends = crash_and_recover(crashy, traffic, raw, len(traffic.truth.promoters), expected_counts(traffic))
     finally:

@@ -28,6 +28,7 @@ from streams.dev import stack as local_stack
 from streams.dev.traffic import Traffic, TrafficSpec, generate
 from streams.topology import SINK
 from tests.support.pipeline import (
+    STORES,
     Pipeline,
     assert_same_conversions,
     conversions,
@@ -129,7 +130,7 @@ def chattr_works(tmp: Path) -> bool:
 
 #: the join state in RocksDB (Faust's persisted-offset check off on Tansu, whose listed end
 #: offsets fall short of a batch's last record: tests/integration/test_crash.py)
-ROCKSDB = {"table_store": "rocksdb://", "faust_recovery_consistency_check": "false"}
+ROCKSDB = STORES["rocksdb://"]
 
 
 @pytest.mark.parametrize("stop_during_outage, store", [(False, {}), (True, {}), (True, ROCKSDB)],

@@ -18,6 +18,7 @@ import pytest
 
 from streams.dev.traffic import Traffic, TrafficSpec, generate
 from tests.support.pipeline import (
+    STORES,
     Pipeline,
     assert_same_conversions,
     conversions,
@@ -51,7 +52,6 @@ def reference(stack, traffic: Traffic, tmp_path_factory: pytest.TempPathFactory)
 
 #: Pipeline settings of each table store (Faust's persisted-offset check is off for RocksDB on
 #: Tansu, whose listed end offsets fall short of a batch's last record: tests/integration/test_crash.py)
-STORES = {"memory://": {}, "rocksdb://": {"table_store": "rocksdb://", "faust_recovery_consistency_check": "false"}}
 
 
 def scaled(stack, tmp: Path, store: str = "memory://") -> Pipeline:
