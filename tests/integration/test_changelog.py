@@ -159,7 +159,7 @@ def test_a_batch_the_broker_never_took_is_reported() -> None:
     batched = BatchedTable(fake_table("t"), lambda: None, failures.append, partitions=2)
     lost: asyncio.Future = asyncio.new_event_loop().create_future()
     lost.set_exception(TimeoutError("request timed out"))
-    batched._delivered(lost, {b"a": b"1"}, 0, 1)
+    batched._delivered(lost, {b"a": b"1"}, 0, 1, 0)
     assert [type(e) for e in failures] == [TimeoutError]
 
 
