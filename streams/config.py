@@ -14,10 +14,10 @@ PREFIX = "REFSTREAM_"
 #: what a worker runs: everything, the router and joins only, or the ClickHouse sink only
 ROLES = ("all", "stream", "sink")
 MAX_INPUT_BYTES = 262_144  # highest REFSTREAM_MAX_MESSAGE_BYTES
-#: what an API token may look like: visible ASCII, as an HTTP header carries it reliably
-#: (RFC 6750's b64token is a subset), bounded
 #: host:port of one Kafka bootstrap server (IPv6 hosts in brackets)
 KAFKA_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):[0-9]{1,5}")
+#: what an API token may look like: visible ASCII, as an HTTP header carries it reliably
+#: (RFC 6750's b64token is a subset), bounded
 TOKEN_CHARS = re.compile(r"[\x21-\x7e]{1,4096}")
 #: how refstream talks to the Kafka brokers (the Java client's `security.protocol` values)
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

@@ -252,9 +252,7 @@ def test_rocksdict_is_pinned() -> None:
 def test_rocksdb_state_is_on_a_volume_sized_for_it() -> None:
     """With rocksdb:// the join state lives on the pod's claim: the claim and the memory limit
     follow docs/operations.md ("Sizing"), with room above the worked example (2,000 events/s)."""
-    data = k8s("ConfigMap")["data"]
-    if not data[PREFIX + "TABLE_STORE"].startswith("rocksdb://"):
-        pytest.skip("memory:// store")
+    assert k8s("ConfigMap")["data"][PREFIX + "TABLE_STORE"] == "rocksdb://"
     [claim] = [t for t in k8s("StatefulSet")["spec"]["volumeClaimTemplates"] if t["metadata"]["name"] == "data"]
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]  # one pod's RocksDB: never shared
     assert quantity(claim["spec"]["resources"]["requests"]["storage"]) >= 20 * 2**30

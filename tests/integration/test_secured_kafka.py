@@ -46,11 +46,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture
-def tls(pki: Pki) -> Pki:
-    """The PKI, for tests that need stunnel (installed by `make stunnel`)."""
+def need_stunnel() -> None:
+    """The TLS endpoints are Debian's stunnel4 in front of a Tansu (`make test` installs it as root)."""
     if not stunnel_binary():
         pytest.skip("stunnel4 is missing: run `make stunnel` (or apt-get install stunnel4) for the TLS tests")
+
+
+@pytest.fixture
+def tls(pki: Pki) -> Pki:
+    """The PKI, for tests that need stunnel."""
+    need_stunnel()
     return pki
 
 
@@ -113,8 +118,8 @@ CONNECTIONS = [
                               for c in CONNECTIONS])
 def test_secured_connections(pki: Pki, endpoint: tuple[bool, bool], values: dict, host: str, tmp_path: Path) -> None:
     with_tls, with_sasl = endpoint
-    if with_tls and not stunnel_binary():
-        pytest.skip("stunnel4 is missing: run `make stunnel`")
+    if with_tls:
+        need_stunnel()
     with secured_endpoint(tmp_path, pki, tls=with_tls, sasl=with_sasl, users=USERS) as url:
         env = {f"REFSTREAM_{k.upper()}": v for k, v in secured(pki, **values).items()}
         settings = Settings.from_env({**env, "REFSTREAM_KAFKA_URL": url.replace("127.0.0.1", host),
@@ -177,8 +182,8 @@ START_FAILURES = [
 def test_worker_stops_at_start_with_one_clear_line(pki: Pki, endpoint: tuple[bool, bool, bool, bool], values: dict,
                                                    words: list[str], tmp_path: Path) -> None:
     with_tls, mutual, with_sasl, broker_authentication = endpoint
-    if with_tls and not stunnel_binary():
-        pytest.skip("stunnel4 is missing: run `make stunnel`")
+    if with_tls:
+        need_stunnel()
     with secured_endpoint(tmp_path / "kafka", pki, tls=with_tls, mutual=mutual, sasl=with_sasl, users=USERS,
                           broker_authentication=broker_authentication) as url:
         env = {f"REFSTREAM_{k.upper()}": v for k, v in secured(pki, **values).items()}
